@@ -1,0 +1,1 @@
+"""Side effects, one module per outside system: lock (Redis), ledger (Postgres), broker."""

@@ -1,0 +1,40 @@
+"""The project's named error types.
+
+``UserError`` is anything the person at the keyboard can fix (bad input, unknown account): the
+CLI prints its message on one line. Activity failures that must not be retried are raised as
+``temporalio.exceptions.ApplicationError(non_retryable=True, type=<one of the names below>)``;
+each type name is defined once, here, so the workflow's retry policies name the same strings.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or an unknown object; printed as one line by the CLI."""
+
+
+# ApplicationError type names (non-retryable unless said otherwise)
+INSUFFICIENT_FUNDS = "InsufficientFunds"
+STALE_FENCE = "StaleFence"
+IDEMPOTENCY_MISMATCH = "IdempotencyMismatch"
+INVALID_AMOUNT = "InvalidAmount"
+UNKNOWN_ACCOUNT = "UnknownAccount"
+HOLD_STATE = "HoldState"
+LEDGER_CONFLICT = "LedgerConflict"  # retryable: CAS retries ran out
+LOCK_NOT_ACQUIRED = "LockNotAcquired"  # retryable
+LOCK_LOST = "LockLost"
+BROKER_REJECTED = "BrokerRejected"
+BROKER_UNAVAILABLE = "BrokerUnavailable"  # retryable
+BROKER_OUTCOME_UNKNOWN = "BrokerOutcomeUnknown"  # retryable: look the order up by client id
+NO_PRICE = "NoPrice"
+ORDER_CONFLICT = "OrderConflict"  # same order id, different parameters
+
+NON_RETRYABLE_LEDGER = [
+    INSUFFICIENT_FUNDS,
+    STALE_FENCE,
+    IDEMPOTENCY_MISMATCH,
+    INVALID_AMOUNT,
+    UNKNOWN_ACCOUNT,
+    HOLD_STATE,
+    ORDER_CONFLICT,
+]

@@ -1,0 +1,26 @@
+"""Every Redis key the project writes, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    prefix: str = "ordersaga:"
+
+    def lock(self, account_id: str) -> str:
+        return f"{self.prefix}lock:{account_id}"
+
+    def fence(self, account_id: str) -> str:
+        return f"{self.prefix}fence:{account_id}"
+
+    def quote(self, symbol: str) -> str:
+        return f"{self.prefix}quote:{symbol.upper()}"
+
+    def listener_offset(self, name: str = "default") -> str:
+        return f"{self.prefix}listener:offset:{name}"
+
+    def pattern(self) -> str:
+        """Glob matching every key under this prefix (tests drop them afterwards)."""
+        return f"{self.prefix}*"

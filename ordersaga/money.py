@@ -1,0 +1,92 @@
+"""Money and quantities: Decimal only, with the rounding rules defined once.
+
+Rounding (documented in docs/ARCHITECTURE.md):
+- Cash is USD with 2 decimals (cents). Share quantities have 9 decimals.
+- A fill's cash amount is rounded from the *cumulative* exact notional of its hold:
+  ``posted_cash_after = round_half_up(sum(qty_i * price_i), cents)``, and the post moves
+  ``posted_cash_after - posted_cash_before``. Rounding errors therefore never accumulate: the
+  total charged for a hold is within half a cent of the exact total.
+- A cash hold is sized with ``ceil_cents(qty * limit_price)`` (rounded up), so the rounded
+  cumulative cost of fills at or below the limit can never exceed it.
+- The post that completes a share hold moves exactly the shares left in it.
+
+This module is pure (no I/O, no clock) so workflow code may import it.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
+
+CASH_ASSET = "USD"
+CASH_PLACES = 2
+SHARE_PLACES = 9
+CENT = Decimal(1).scaleb(-CASH_PLACES)
+SHARE_QUANTUM = Decimal(1).scaleb(-SHARE_PLACES)
+
+# Absurd-amount guard: no single operation moves more than this (cash or shares).
+MAX_AMOUNT = Decimal("1000000000000")  # 1e12
+
+
+class InvalidAmount(ValueError):
+    """An amount that is not a finite, positive, sanely-sized number of the asset's precision."""
+
+
+def places_for(asset: str) -> int:
+    return CASH_PLACES if asset == CASH_ASSET else SHARE_PLACES
+
+
+def quantum_for(asset: str) -> Decimal:
+    return CENT if asset == CASH_ASSET else SHARE_QUANTUM
+
+
+def parse_decimal(value: object, what: str = "amount") -> Decimal:
+    """Turn user input into a finite Decimal, refusing floats' binary noise and garbage."""
+    if isinstance(value, bool):
+        raise InvalidAmount(f"{what} must be a number, got {value!r}")
+    if isinstance(value, float):
+        # floats only reach here from careless callers; their repr is the shortest exact round-trip
+        value = repr(value)
+    try:
+        d = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except (InvalidOperation, ValueError) as exc:
+        raise InvalidAmount(f"{what} is not a number: {value!r}") from exc
+    if not d.is_finite():
+        raise InvalidAmount(f"{what} must be finite, got {value!r}")
+    return d
+
+
+def validate_amount(
+    value: object, asset: str, what: str = "amount", *, allow_zero: bool = False
+) -> Decimal:
+    """A positive amount of ``asset`` with no more decimals than the asset allows."""
+    d = parse_decimal(value, what)
+    if d < 0 or (d == 0 and not allow_zero):
+        raise InvalidAmount(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {d}")
+    if abs(d) > MAX_AMOUNT:
+        raise InvalidAmount(f"{what} {d} exceeds the maximum of {MAX_AMOUNT}")
+    places = places_for(asset)
+    exponent = d.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > places:
+        raise InvalidAmount(f"{what} {d} has more than {places} decimals for {asset}")
+    return d.quantize(quantum_for(asset))
+
+
+def round_cash(amount: Decimal) -> Decimal:
+    """Round an exact cash amount half-up to cents (the rule for fills and fees)."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def ceil_cash(amount: Decimal) -> Decimal:
+    """Round up to cents (the rule for sizing holds)."""
+    return amount.quantize(CENT, rounding=ROUND_CEILING)
+
+
+def round_qty(qty: Decimal) -> Decimal:
+    return qty.quantize(SHARE_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def commission(notional: Decimal, rate: Decimal, minimum: Decimal) -> Decimal:
+    """Commission on a (cumulative) notional: rate x notional, at least the minimum, in cents."""
+    if notional <= 0:
+        return Decimal("0.00")
+    return max(round_cash(notional * rate), minimum.quantize(CENT))

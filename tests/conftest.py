@@ -1,0 +1,58 @@
+"""Shared fixtures: every test session gets its own Postgres database and Redis key prefix.
+
+Nothing outside them is touched, and both are dropped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from ordersaga.db import drop_database, ensure_database, migrate, with_database
+from ordersaga.keys import RedisKeys
+
+SERVER_DSN = os.environ.get("ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("ORDERSAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def unique_name(kind: str) -> str:
+    return f"ordersaga_test_{kind}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """A fresh, migrated database for the whole test session."""
+    dsn = with_database(SERVER_DSN, unique_name("db"))
+    await ensure_database(dsn)
+    await migrate(dsn)
+    yield dsn
+    await drop_database(dsn)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def db_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=30)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+def redis_keys() -> RedisKeys:
+    return RedisKeys(prefix=f"{unique_name('redis')}:")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_client(redis_keys: RedisKeys) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    keys = [k async for k in client.scan_iter(match=redis_keys.pattern(), count=500)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()

@@ -1,0 +1,1 @@
+"""The worker process: settings, composition root (pools -> activity objects -> Worker)."""

@@ -1,0 +1,1 @@
+"""Deterministic workflow code: the order saga, its state machine and models."""
