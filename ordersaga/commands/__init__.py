@@ -8,7 +8,17 @@ import click
 
 # Modules that define a ``register(cli)`` function. A module listed here that does not exist yet
 # is skipped, so areas can land independently.
-_MODULES = ("db", "account", "ledger", "dev", "broker", "orders", "worker", "chaos")
+_MODULES = (
+    "db",
+    "account",
+    "ledger",
+    "dev",
+    "broker",
+    "feeds",
+    "orders",
+    "worker",
+    "chaos",
+)
 
 
 def register_all(cli: click.Group) -> None:
