@@ -23,6 +23,7 @@ HOLD_STATE = "HoldState"
 LEDGER_CONFLICT = "LedgerConflict"  # retryable: CAS retries ran out
 LOCK_NOT_ACQUIRED = "LockNotAcquired"  # retryable
 LOCK_LOST = "LockLost"
+LOCK_INVALID_ARGUMENT = "LockInvalidArgument"  # ttl <= 0, empty owner
 BROKER_REJECTED = "BrokerRejected"
 BROKER_UNAVAILABLE = "BrokerUnavailable"  # retryable
 BROKER_OUTCOME_UNKNOWN = "BrokerOutcomeUnknown"  # retryable: look the order up by client id
