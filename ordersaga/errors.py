@@ -31,6 +31,7 @@ BROKER_AUTH = "BrokerAuth"  # wrong broker keys: a configuration error
 BROKER_ORDER_NOT_FOUND = "BrokerOrderNotFound"  # a broker order id the broker does not know
 NO_PRICE = "NoPrice"
 ORDER_CONFLICT = "OrderConflict"  # same order id, different parameters
+INVALID_REQUEST = "InvalidRequest"  # malformed input other than an amount (asset, side, ...)
 
 NON_RETRYABLE_LEDGER = [
     INSUFFICIENT_FUNDS,
@@ -40,4 +41,5 @@ NON_RETRYABLE_LEDGER = [
     UNKNOWN_ACCOUNT,
     HOLD_STATE,
     ORDER_CONFLICT,
+    INVALID_REQUEST,
 ]

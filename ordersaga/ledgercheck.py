@@ -1,0 +1,160 @@
+"""Whole-ledger invariant check, shared by ``ordersaga ledger check``, the tests and the chaos
+harness. Read-only; run it in one REPEATABLE READ transaction so every query sees one snapshot.
+
+Checked:
+- conservation: per asset, the sum of available + held over every ledger account is zero
+  ('$external' is where deposits come from, so it carries the negative of what came in);
+- no customer balance below zero;
+- every journal entry balances per asset;
+- every account's balance equals the sum of its journal lines (nothing changed unjournaled);
+- every hold has an owner: an orders row or its own reserve entry in the journal;
+- no hold is still open once its order is terminal.
+Open holds are listed too (not a violation: their orders may be live), so callers that know
+every order has finished can assert there are none.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import asyncpg
+from pydantic import BaseModel
+
+TERMINAL_ORDER_STATUSES = ["SETTLED", "CANCELED", "EXPIRED", "REJECTED"]
+
+_CONSERVATION = """
+SELECT asset, sum(available + held) AS total FROM ledger_accounts
+GROUP BY asset HAVING sum(available + held) <> 0 ORDER BY asset
+"""
+_NEGATIVE = """
+SELECT owner, asset, available, held FROM ledger_accounts
+WHERE kind = 'customer' AND (available < 0 OR held < 0) ORDER BY owner, asset
+"""
+_UNBALANCED = """
+SELECT entry_id, asset, sum(amount) AS total FROM journal_lines
+GROUP BY entry_id, asset HAVING sum(amount) <> 0 ORDER BY entry_id, asset
+"""
+_UNJOURNALED = """
+SELECT a.owner, a.asset, a.available, a.held,
+       coalesce(j.available, 0) AS journal_available, coalesce(j.held, 0) AS journal_held
+FROM ledger_accounts a
+LEFT JOIN (
+    SELECT ledger_account_id,
+           sum(amount) FILTER (WHERE bucket = 'available') AS available,
+           sum(amount) FILTER (WHERE bucket = 'held') AS held
+    FROM journal_lines GROUP BY ledger_account_id
+) j ON j.ledger_account_id = a.id
+WHERE a.available <> coalesce(j.available, 0) OR a.held <> coalesce(j.held, 0)
+ORDER BY a.owner, a.asset
+"""
+_HOLDS = """
+SELECT h.order_id, h.owner, h.asset, h.amount, h.held_remaining, h.status,
+       o.status AS order_status,
+       EXISTS (SELECT 1 FROM journal_entries e
+               WHERE e.order_id = h.order_id AND e.code = 'reserve') AS journaled
+FROM holds h LEFT JOIN orders o ON o.account_id = h.owner AND o.order_id = h.order_id
+ORDER BY h.id
+"""
+
+
+class AssetTotal(BaseModel):
+    asset: str
+    total: Decimal
+
+
+class NegativeBalance(BaseModel):
+    owner: str
+    asset: str
+    available: Decimal
+    held: Decimal
+
+
+class UnbalancedEntry(BaseModel):
+    entry_id: int
+    asset: str
+    total: Decimal
+
+
+class UnjournaledBalance(BaseModel):
+    owner: str
+    asset: str
+    available: Decimal
+    held: Decimal
+    journal_available: Decimal
+    journal_held: Decimal
+
+
+class HoldRef(BaseModel):
+    order_id: str
+    owner: str
+    asset: str
+    amount: Decimal
+    held_remaining: Decimal
+    status: str
+    order_status: str | None = None
+
+
+class LedgerReport(BaseModel):
+    ok: bool
+    conservation: list[AssetTotal]
+    negative_balances: list[NegativeBalance]
+    unbalanced_entries: list[UnbalancedEntry]
+    unjournaled_balances: list[UnjournaledBalance]
+    holds_without_owner: list[HoldRef]
+    open_holds_of_finished_orders: list[HoldRef]
+    open_holds: list[HoldRef]
+
+    def violations(self) -> list[str]:
+        """One line per violation, for people."""
+        out = [f"asset {t.asset} not conserved: total {t.total}" for t in self.conservation]
+        out += [
+            f"negative balance {n.owner} {n.asset}: available {n.available} held {n.held}"
+            for n in self.negative_balances
+        ]
+        out += [
+            f"journal entry {u.entry_id} unbalanced in {u.asset} by {u.total}"
+            for u in self.unbalanced_entries
+        ]
+        out += [
+            f"{u.owner} {u.asset} balance ({u.available}/{u.held}) disagrees with its journal "
+            f"({u.journal_available}/{u.journal_held})"
+            for u in self.unjournaled_balances
+        ]
+        out += [f"hold of order {h.order_id} has no owner" for h in self.holds_without_owner]
+        out += [
+            f"hold of order {h.order_id} still open ({h.held_remaining} {h.asset}) "
+            f"but the order is {h.order_status}"
+            for h in self.open_holds_of_finished_orders
+        ]
+        return out
+
+
+async def check_ledger(pool: asyncpg.Pool | asyncpg.Connection) -> LedgerReport:
+    if isinstance(pool, asyncpg.Connection):
+        return await _check(pool)
+    async with pool.acquire() as conn:
+        return await _check(conn)
+
+
+async def _check(conn: asyncpg.Connection) -> LedgerReport:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        conservation = [AssetTotal(**dict(r)) for r in await conn.fetch(_CONSERVATION)]
+        negative = [NegativeBalance(**dict(r)) for r in await conn.fetch(_NEGATIVE)]
+        unbalanced = [UnbalancedEntry(**dict(r)) for r in await conn.fetch(_UNBALANCED)]
+        unjournaled = [UnjournaledBalance(**dict(r)) for r in await conn.fetch(_UNJOURNALED)]
+        holds = await conn.fetch(_HOLDS)
+    refs = [(HoldRef(**{k: r[k] for k in HoldRef.model_fields}), r["journaled"]) for r in holds]
+    orphans = [h for h, journaled in refs if h.order_status is None and not journaled]
+    open_holds = [h for h, _ in refs if h.status == "open"]
+    finished = [h for h in open_holds if h.order_status in TERMINAL_ORDER_STATUSES]
+    ok = not (conservation or negative or unbalanced or unjournaled or orphans or finished)
+    return LedgerReport(
+        ok=ok,
+        conservation=conservation,
+        negative_balances=negative,
+        unbalanced_entries=unbalanced,
+        unjournaled_balances=unjournaled,
+        holds_without_owner=orphans,
+        open_holds_of_finished_orders=finished,
+        open_holds=open_holds,
+    )
