@@ -776,9 +776,10 @@ def _insufficient(
     account_id: str, asset: str, available: Decimal, requested: Decimal
 ) -> ApplicationError:
     return _fail(
-        f"insufficient {asset} in {account_id}: available {available}, requested {requested}",
+        f"insufficient {asset} in {account_id}: available {_q(available, asset)}, "
+        f"requested {requested}",
         errors.INSUFFICIENT_FUNDS,
-        {"asset": asset, "available": str(available), "requested": str(requested)},
+        {"asset": asset, "available": str(_q(available, asset)), "requested": str(requested)},
     )
 
 
