@@ -1,1 +1,1 @@
-"""An overseas-broker simulator speaking a subset of Alpaca Trading API v2."""
+"""An Alpaca-v2-compatible broker simulator with fault injection (docs/BROKER-SIM.md)."""

@@ -1,0 +1,367 @@
+"""The matching engine: orders, prices, fills, cancels, expiries and the event log.
+
+Every public method that changes state writes all of its changes (orders, events, meta) in one
+SQLite transaction before returning, so an answer the client saw is never lost by a restart.
+All methods are synchronous and run on the event loop's thread, so they never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
+from brokersim.orders import TERMINAL, ApiError, Order, invalid, parse_order_request
+from brokersim.store import Store
+from ordersaga.money import InvalidAmount, parse_decimal
+
+CENT = Decimal("0.01")
+M = TypeVar("M", bound=BaseModel)
+# A limit more than this fraction away from the market is rejected (a fat finger).
+MAX_LIMIT_DEVIATION = Decimal("0.5")
+# Random-walk step: up to this many basis points per tick, with a gentle pull to the base price.
+WALK_MAX_BPS = 10
+WALK_REVERSION_BPS = 20
+
+BASE_PRICES: dict[str, Decimal] = {
+    s: Decimal(p)
+    for s, p in {
+        "AAPL": "190.00",
+        "MSFT": "420.00",
+        "TSLA": "250.00",
+        "NVDA": "130.00",
+        "AMZN": "180.00",
+        "GOOGL": "170.00",
+        "META": "500.00",
+        "NFLX": "650.00",
+        "AMD": "150.00",
+        "INTC": "30.00",
+        "SPY": "550.00",
+        "QQQ": "480.00",
+    }.items()
+}
+
+
+class FillModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["instant", "partial"] = "instant"
+    parts: int = Field(default=3, ge=1, le=1000)
+    tick_ms: int = Field(default=50, ge=1)
+    auto: bool = True
+    # Extension: walk=false freezes prices so tests can make limit orders cross exactly.
+    walk: bool = True
+
+
+def merge_model(model: M, patch: object) -> M:
+    """``model`` with the fields of ``patch`` replaced; 422 on unknown or bad fields."""
+    if not isinstance(patch, dict):
+        raise ApiError(400, 40010000, "request body must be a JSON object")
+    try:
+        return type(model).model_validate({**model.model_dump(), **patch})
+    except ValidationError as exc:
+        raise invalid(f"invalid configuration: {exc.errors(include_url=False)}") from None
+
+
+@dataclass
+class _Batch:
+    orders: dict[str, Order] = field(default_factory=dict)
+    events: list[tuple[int, str]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, store: Store, clock: SimClock, seed: int) -> None:
+        self.store = store
+        self.clock = clock
+        self.seed = seed
+        self.prices = dict(BASE_PRICES)
+        self.price_time = clock.now()
+        self.tick_no = 0
+        self.fill_model = FillModel()
+        self.orders: dict[str, Order] = {}
+        self.by_client: dict[str, Order] = {}
+        self.last_offset = 0
+        self.next_seq = 1
+        self.listeners: list[Callable[[], None]] = []
+
+    @classmethod
+    def open(cls, store: Store, clock: SimClock, seed: int) -> Engine:
+        """Load the state in ``store``; a fresh store starts from ``seed`` and the base prices."""
+        meta = store.load_meta()
+        clock.offset_us = int(meta.get("clock_offset_us", 0))
+        engine = cls(store, clock, int(meta.get("seed", seed)))
+        if "prices" in meta:
+            engine.prices = {s: Decimal(p) for s, p in meta["prices"].items()}
+            engine.price_time = parse_rfc3339(meta["price_time"])
+        engine.tick_no = int(meta.get("tick_no", 0))
+        engine.fill_model = FillModel.model_validate(meta.get("fill_model", {}))
+        for record in store.load_orders():
+            order = Order.from_record(record)
+            engine.orders[order.id] = order
+            engine.by_client[order.client_order_id] = order
+            engine.next_seq = max(engine.next_seq, order.seq + 1)
+        engine.last_offset = store.last_offset()
+        engine.save_meta(seed=engine.seed)
+        return engine
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def _commit(self, batch: _Batch) -> None:
+        rows = [
+            (o.id, o.client_order_id, o.seq, json.dumps(o.to_record()))
+            for o in batch.orders.values()
+        ]
+        self.store.commit(rows, batch.events, batch.meta)
+        if batch.events:
+            for listener in self.listeners:
+                listener()
+
+    def save_meta(self, **values: Any) -> None:
+        self._commit(_Batch(meta=values))
+
+    def _emit(
+        self,
+        batch: _Batch,
+        order: Order,
+        kind: str,
+        now: datetime,
+        price: Decimal | None = None,
+        qty: Decimal | None = None,
+    ) -> None:
+        order.updated_at = now
+        self.last_offset += 1
+        event = {
+            "offset": self.last_offset,
+            "event": kind,
+            "execution_id": str(uuid.uuid4()),
+            "timestamp": rfc3339(now),
+            "price": None if price is None else str(price),
+            "qty": None if qty is None else str(qty),
+            "order": order.to_json(),
+        }
+        batch.orders[order.id] = order
+        batch.events.append((self.last_offset, json.dumps(event)))
+
+    # -- orders ---------------------------------------------------------------------------
+
+    def submit(self, body: dict[str, Any]) -> Order:
+        req = parse_order_request(body, set(self.prices))
+        if req.client_order_id in self.by_client:
+            raise invalid("client_order_id must be unique")
+        now = self.clock.now()
+        parts = self.fill_model.parts if self.fill_model.mode == "partial" else 1
+        order = Order(
+            id=str(uuid.uuid4()),
+            client_order_id=req.client_order_id,
+            seq=self.next_seq,
+            symbol=req.symbol,
+            qty=req.qty,
+            side=req.side,
+            order_type=req.order_type,
+            time_in_force=req.time_in_force,
+            limit_price=req.limit_price,
+            status="new",
+            created_at=now,
+            updated_at=now,
+            expires_at=next_close(now) if req.time_in_force == "day" else None,
+            part_qty=req.split(parts),
+        )
+        batch = _Batch()
+        if self._far_from_market(order):
+            order.status = "rejected"
+            order.failed_at = now
+            self._emit(batch, order, "rejected", now)
+        else:
+            self._emit(batch, order, "new", now)
+        self.next_seq += 1
+        self._commit(batch)
+        self.orders[order.id] = order
+        self.by_client[order.client_order_id] = order
+        return order
+
+    def _far_from_market(self, order: Order) -> bool:
+        if order.limit_price is None:
+            return False
+        market = self.prices[order.symbol]
+        return abs(order.limit_price - market) > market * MAX_LIMIT_DEVIATION
+
+    def get(self, order_id: str) -> Order:
+        order = self.orders.get(order_id)
+        if order is None:
+            raise ApiError(404, 40410000, "order not found")
+        return order
+
+    def get_by_client_order_id(self, client_order_id: str) -> Order:
+        order = self.by_client.get(client_order_id)
+        if order is None:
+            raise ApiError(404, 40410000, "order not found")
+        return order
+
+    def list_orders(
+        self, status: str, limit: int, after: datetime | None, direction: str
+    ) -> list[Order]:
+        def wanted(o: Order) -> bool:
+            if o.is_open != (status == "open") and status != "all":
+                return False
+            return after is None or o.created_at > after
+
+        found = sorted(
+            (o for o in self.orders.values() if wanted(o)),
+            key=lambda o: (o.created_at, o.seq),
+            reverse=direction == "desc",
+        )
+        return found[:limit]
+
+    def cancel(self, order_id: str) -> Order:
+        """Mark an order pending_cancel; a later tick cancels it (fills may still race it)."""
+        order = self.get(order_id)
+        if order.status in TERMINAL:
+            raise ApiError(422, 42210000, "order is not cancelable")
+        if order.status != "pending_cancel":
+            batch = _Batch()
+            order.status = "pending_cancel"
+            self._emit(batch, order, "pending_cancel", self.clock.now())
+            self._commit(batch)
+        return order
+
+    # -- matching -------------------------------------------------------------------------
+
+    def tick(self) -> dict[str, Any]:
+        """One matching step: move prices, expire day orders, fill, then process cancels."""
+        batch = _Batch()
+        self.tick_no += 1
+        now = self.clock.now()
+        if self.fill_model.walk:
+            self._walk(now)
+        expired = self._expire_due(batch, now)
+        fills = canceled = 0
+        for order in self._open_orders():
+            fills += self._match(batch, order, now)
+            if order.time_in_force == "ioc" and order.is_open:
+                self._finish(batch, order, "canceled", now)
+                canceled += 1
+        for order in self._open_orders():
+            if order.status == "pending_cancel":
+                self._finish(batch, order, "canceled", now)
+                canceled += 1
+        batch.meta.update(self._price_meta(), tick_no=self.tick_no)
+        self._commit(batch)
+        return {"tick": self.tick_no, "fills": fills, "canceled": canceled, "expired": expired}
+
+    def _open_orders(self) -> list[Order]:
+        return sorted((o for o in self.orders.values() if o.is_open), key=lambda o: o.seq)
+
+    def _walk(self, now: datetime) -> None:
+        # One RNG per (seed, tick): the walk repeats for a seed, also across restarts.
+        rng = random.Random(f"{self.seed}:{self.tick_no}")
+        for symbol in sorted(self.prices):
+            price = self.prices[symbol]
+            base = BASE_PRICES.get(symbol, price)
+            bps = rng.randint(-WALK_MAX_BPS, WALK_MAX_BPS)
+            bps += int((base - price) / base * WALK_REVERSION_BPS)
+            step = (price * bps / 10_000).quantize(CENT, rounding=ROUND_HALF_UP)
+            self.prices[symbol] = max(CENT, price + step)
+        self.price_time = now
+
+    def _match(self, batch: _Batch, order: Order, now: datetime) -> int:
+        price = self.prices[order.symbol]
+        limit = order.limit_price
+        if limit is not None and (price > limit if order.side == "buy" else price < limit):
+            return 0
+        # The last part takes the remainder, so the parts sum exactly to the order's qty.
+        qty = order.part_qty if order.remaining >= 2 * order.part_qty else order.remaining
+        order.filled_qty += qty
+        order.filled_notional += qty * price
+        if order.remaining == 0:
+            order.status = "filled"
+            order.filled_at = now
+            kind = "fill"
+        else:
+            # A pending cancel stays pending: the cancel is processed after this fill.
+            if order.status != "pending_cancel":
+                order.status = "partially_filled"
+            kind = "partial_fill"
+        self._emit(batch, order, kind, now, price=price, qty=qty)
+        return 1
+
+    def _finish(self, batch: _Batch, order: Order, status: str, now: datetime) -> None:
+        order.status = status
+        if status == "canceled":
+            order.canceled_at = now
+        else:
+            order.expired_at = now
+        self._emit(batch, order, status, now)
+
+    def _expire_due(self, batch: _Batch, now: datetime) -> int:
+        due = [o for o in self._open_orders() if o.expires_at is not None and o.expires_at <= now]
+        for order in due:
+            self._finish(batch, order, "expired", now)
+        return len(due)
+
+    # -- admin ----------------------------------------------------------------------------
+
+    def advance_clock(self, seconds: float) -> int:
+        """Move the simulated clock forward and expire the day orders whose close passed."""
+        try:
+            self.clock.advance(seconds)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        batch = _Batch(meta={"clock_offset_us": self.clock.offset_us})
+        expired = self._expire_due(batch, self.clock.now())
+        self._commit(batch)
+        return expired
+
+    def set_prices(self, body: object) -> dict[str, str]:
+        if not isinstance(body, dict):
+            raise ApiError(400, 40010000, "request body must be a JSON object")
+        updates: dict[str, Decimal] = {}
+        for symbol, value in body.items():
+            if symbol.upper() not in self.prices:
+                raise invalid(f'asset "{symbol}" not found')
+            try:
+                price = parse_decimal(value, f"price of {symbol}")
+            except InvalidAmount as exc:
+                raise invalid(str(exc)) from None
+            if price <= 0:
+                raise invalid(f"price of {symbol} must be > 0")
+            updates[symbol.upper()] = price.quantize(CENT, rounding=ROUND_HALF_UP)
+        self.prices.update(updates)
+        self.price_time = self.clock.now()
+        self.save_meta(**self._price_meta())
+        return {s: str(p) for s, p in sorted(self.prices.items())}
+
+    def set_fill_model(self, patch: object) -> FillModel:
+        self.fill_model = merge_model(self.fill_model, patch)
+        self.save_meta(fill_model=self.fill_model.model_dump())
+        return self.fill_model
+
+    def _price_meta(self) -> dict[str, Any]:
+        return {
+            "prices": {s: str(p) for s, p in self.prices.items()},
+            "price_time": rfc3339(self.price_time),
+        }
+
+    def quote(self, symbol: str) -> dict[str, Any] | None:
+        price = self.prices.get(symbol.upper())
+        if price is None:
+            return None
+        # Floats of 2-decimal prices print exactly ("190.13"): what Alpaca's JSON numbers carry.
+        return {
+            "ap": float(price + CENT),
+            "as": 100,
+            "bp": float(max(CENT, price - CENT)),
+            "bs": 100,
+            "t": rfc3339(self.price_time),
+        }
+
+    def events_after(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.store.events_after(offset, limit)]

