@@ -223,12 +223,20 @@ def _postgres_user() -> str | None:
     return _PG_SYSTEM_USER
 
 
+def _as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments to run as ``user``: uid, and its group (else root's group bits apply)."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
 def _let_user_reach(path: Path, user: str) -> None:
-    """Make ``path``'s parents traversable and ``path`` owned by ``user``."""
+    """Make ``path``'s parents readable and traversable, and ``path`` owned by ``user``."""
+    reach = stat.S_IROTH | stat.S_IXOTH  # initdb resolves its path, which needs read too
     for parent in path.parents:
         mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+        if mode & reach != reach:
+            parent.chmod(mode | reach)
     entry = pwd.getpwnam(user)
     os.chown(path, entry.pw_uid, entry.pw_gid)
 
@@ -254,9 +262,10 @@ def _initdb(pgdata: Path, log: Path) -> None:
                 "--no-sync",
             ],
             check=True,
+            cwd=pgdata,
             stdout=out,
             stderr=subprocess.STDOUT,
-            user=user,
+            **_as_user(user),
         )
 
 
@@ -362,7 +371,7 @@ class DevStack:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **env},
                 cwd=self.state_dir,
-                user=launch.user,
+                **_as_user(launch.user),
                 start_new_session=True,  # its own process group: stop it and its children
             )
         self._children[launch.name] = proc

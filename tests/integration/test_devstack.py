@@ -1,0 +1,117 @@
+"""The dev stack brought up fully embedded, on free ports, in a temporary state folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from temporalio.client import Client
+
+from ordersaga.devstack import (
+    DevStack,
+    StackOptions,
+    StackPorts,
+    free_port,
+    load_stack_env,
+    port_answers,
+)
+from ordersaga.settings import Settings
+from tests.conftest import REDIS_URL, SERVER_DSN
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.integration,
+    pytest.mark.temporal,
+]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack() -> AsyncIterator[DevStack]:
+    # Not pytest's tmp_path: its root is mode 0700, which embedded Postgres' own user (postgres
+    # refuses to run as root) could not traverse.
+    state = Path(tempfile.mkdtemp(prefix="ordersaga-devstack-"))
+    ports = StackPorts(
+        postgres=free_port(), redis=free_port(), temporal=free_port(),
+        temporal_ui=free_port(), temporal_metrics=free_port(), temporal_http=free_port(),
+        broker=free_port(),
+    )  # fmt: skip
+    options = StackOptions(
+        state_dir=state, ports=ports, force_embedded=True, apps=(),
+        redis_persistent=False, health_timeout_s=30,
+    )  # fmt: skip
+    dev = DevStack(Settings(), options, echo=quiet)
+    yield dev
+    await dev.down()  # also when the test failed half way
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def pids(rows: list) -> dict[str, int]:
+    return {r.name: r.pid for r in rows if r.pid}
+
+
+async def test_up_runs_embedded_services_and_down_stops_them(stack: DevStack) -> None:
+    rows = await stack.up()
+    assert {r.name: r.state for r in rows} == {
+        "postgres": "running", "redis": "running", "temporal": "running",
+    }  # fmt: skip
+    env = load_stack_env(stack.state_dir)
+    assert env == stack.env()
+
+    client = await Client.connect(env["ORDERSAGA_TEMPORAL_ADDRESS"])
+    assert await client.service_client.check_health()
+    r = aioredis.Redis.from_url(env["ORDERSAGA_REDIS_URL"])
+    assert await r.ping()
+    await r.aclose()
+    conn = await asyncpg.connect(env["ORDERSAGA_DATABASE_URL"])
+    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") > 0
+    await conn.close()
+
+    # A second up starts nothing new.
+    again = await stack.up()
+    assert pids(again) == pids(rows)
+
+    started = pids(rows)
+    stopped = await stack.down()
+    assert set(stopped) == set(started)
+    for pid in started.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert await stack.status() == []
+    assert not port_answers(stack.ports["temporal"])
+    assert await stack.down() == []  # nothing left to stop
+
+    # The machine's own services were never touched.
+    conn = await asyncpg.connect(SERVER_DSN)
+    await conn.close()
+    machine = aioredis.Redis.from_url(REDIS_URL)
+    assert await machine.ping()
+    await machine.aclose()
+
+
+async def test_kill_and_restart_one_service(stack: DevStack) -> None:
+    await stack.up()
+    old = stack.pid_of("redis")
+    assert old is not None
+    assert await stack.kill("redis", signal.SIGKILL)
+    assert stack.pid_of("redis") is None
+    assert not port_answers(stack.ports["redis"])
+    assert {r.name: r.state for r in await stack.status()}["redis"] == "stopped"
+
+    await stack.restart("redis")
+    new = stack.pid_of("redis")
+    assert new is not None and new != old
+    r = aioredis.Redis.from_url(stack.env()["ORDERSAGA_REDIS_URL"])
+    assert await r.ping()
+    await r.aclose()
