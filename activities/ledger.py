@@ -22,10 +22,10 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -50,6 +50,9 @@ _SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
 _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 
 Side = Literal["buy", "sell"]
+# Inputs accept any Decimal so a NaN or infinity reaches the activity and is refused there as a
+# non-retryable InvalidAmount, rather than failing payload decoding (which Temporal would retry).
+AnyDecimal = Annotated[Decimal, Field(allow_inf_nan=True)]
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -70,7 +73,7 @@ class OpenAccountResult(BaseModel):
 
 class DepositInput(BaseModel):
     account_id: str
-    amount: Decimal
+    amount: AnyDecimal
     idempotency_key: str
     asset: str = CASH_ASSET
 
@@ -104,7 +107,7 @@ class ReserveInput(BaseModel):
     account_id: str
     order_id: str
     asset: str
-    amount: Decimal
+    amount: AnyDecimal
     fence: int
     idempotency_key: str
     side: Side
@@ -123,9 +126,9 @@ class ReserveResult(BaseModel):
 
 class PostFillInput(BaseModel):
     order_id: str
-    cum_qty: Decimal
-    cum_notional: Decimal
-    cum_fee: Decimal = Decimal("0")
+    cum_qty: AnyDecimal
+    cum_notional: AnyDecimal
+    cum_fee: AnyDecimal = Decimal("0")
 
 
 class PostFillResult(BaseModel):
@@ -158,8 +161,8 @@ class ErrorFillInput(BaseModel):
     client_order_id: str
     symbol: str
     side: Side
-    cum_qty: Decimal
-    cum_notional: Decimal
+    cum_qty: AnyDecimal
+    cum_notional: AnyDecimal
 
 
 class ErrorFillResult(BaseModel):

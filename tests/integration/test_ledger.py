@@ -1,0 +1,452 @@
+"""The Postgres ledger's operations on a real database: CAS, fences, idempotency, rounding."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal as D
+from typing import TypeVar
+
+import asyncpg
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.ledger import (
+    OMNIBUS,
+    DepositInput,
+    ErrorFillInput,
+    LedgerActivities,
+    OpenAccountInput,
+    OrderRecord,
+    PostFillInput,
+    ReserveInput,
+    VoidInput,
+    WithdrawInput,
+)
+from ordersaga import errors
+from ordersaga.ledgercheck import check_ledger
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
+T = TypeVar("T")
+
+
+@pytest.fixture
+def ledger(db_pool: asyncpg.Pool) -> LedgerActivities:
+    return LedgerActivities(db_pool)
+
+
+async def open_funded(ledger: LedgerActivities, cash: str = "0", **shares: str) -> str:
+    """A fresh customer account holding ``cash`` USD and the given shares."""
+    account = f"acct-{uuid.uuid4().hex[:12]}"
+    await ledger.open_account(OpenAccountInput(account_id=account))
+    for asset, amount in [("USD", cash), *shares.items()]:
+        if D(amount) > 0:
+            await ledger.deposit(
+                DepositInput(
+                    account_id=account, amount=D(amount), asset=asset, idempotency_key=uuid4()
+                )
+            )
+    return account
+
+
+def uuid4() -> str:
+    return str(uuid.uuid4())
+
+
+def buy(account: str, order_id: str, amount: str, fence: int = 1, **kw: object) -> ReserveInput:
+    return ReserveInput(
+        account_id=account,
+        order_id=order_id,
+        asset="USD",
+        amount=D(amount),
+        fence=fence,
+        idempotency_key=f"{order_id}:reserve",
+        side="buy",
+        symbol="AAPL",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def refused(call: Awaitable[object]) -> ApplicationError:
+    with pytest.raises(ApplicationError) as info:
+        await call
+    return info.value
+
+
+async def retried(call: Callable[[], Awaitable[T]]) -> T:
+    """Retry as Temporal would: only the retryable LedgerConflict."""
+    while True:
+        try:
+            return await call()
+        except ApplicationError as exc:
+            if exc.type != errors.LEDGER_CONFLICT:
+                raise
+
+
+async def usd(ledger: LedgerActivities, account: str) -> tuple[D, D]:
+    b = (await ledger.get_balances(account)).of("USD")
+    return b.available, b.held
+
+
+async def assert_ledger_clean(pool: asyncpg.Pool) -> None:
+    report = await check_ledger(pool)
+    assert report.ok, report.violations()
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+async def test_100_concurrent_reserves_lose_no_update(
+    ledger: LedgerActivities, db_pool: asyncpg.Pool
+) -> None:
+    account = await open_funded(ledger, "500.00")
+
+    async def one(i: int) -> bool:
+        try:
+            await retried(lambda: ledger.reserve_funds(buy(account, f"{account}-o{i}", "7.00")))
+            return True
+        except ApplicationError as exc:
+            assert exc.type == errors.INSUFFICIENT_FUNDS
+            return False
+
+    outcomes = await asyncio.gather(*(one(i) for i in range(100)))
+    successes = sum(outcomes)
+    available, held = await usd(ledger, account)
+    assert successes == 71  # floor(500 / 7)
+    assert held == D("7.00") * successes
+    assert available == D("500.00") - held == D("3.00")
+    await assert_ledger_clean(db_pool)
+
+
+async def test_conflicts_running_out_raise_retryable_conflict(db_pool: asyncpg.Pool) -> None:
+    # one CAS attempt and many racers: some must lose and say "retry", never "insufficient"
+    ledger = LedgerActivities(db_pool, cas_attempts=1)
+    account = await open_funded(LedgerActivities(db_pool), "1000.00")
+    results = await asyncio.gather(
+        *(ledger.reserve_funds(buy(account, f"{account}-o{i}", "1.00")) for i in range(20)),
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures, "20 racers with one attempt each should conflict"
+    for exc in failures:
+        assert isinstance(exc, ApplicationError)
+        assert exc.type == errors.LEDGER_CONFLICT and not exc.non_retryable
+    assert (await usd(ledger, account))[1] == D(20 - len(failures))
+
+
+# ------------------------------------------------------------------ fences
+
+
+async def test_stale_fence_is_refused(ledger: LedgerActivities) -> None:
+    account = await open_funded(ledger, "100.00")
+    await ledger.reserve_funds(buy(account, f"{account}-a", "10.00", fence=5))
+    exc = await refused(ledger.reserve_funds(buy(account, f"{account}-b", "20.00", fence=3)))
+    assert exc.type == errors.STALE_FENCE and exc.non_retryable
+    assert await usd(ledger, account) == (D("90.00"), D("10.00"))
+    assert await ledger.max_fence(account) == 5
+
+
+async def test_fence_is_per_account_across_assets(ledger: LedgerActivities) -> None:
+    account = await open_funded(ledger, "100.00", AAPL="2")
+    await ledger.reserve_funds(buy(account, f"{account}-a", "10.00", fence=7))
+    sell = ReserveInput(
+        account_id=account,
+        order_id=f"{account}-s",
+        asset="AAPL",
+        amount=D("1"),
+        fence=6,
+        idempotency_key=f"{account}-s:reserve",
+        side="sell",
+        symbol="AAPL",
+    )
+    exc = await refused(ledger.reserve_funds(sell))
+    assert exc.type == errors.STALE_FENCE
+    assert (await ledger.get_balances(account)).of("AAPL").held == 0
+
+
+async def test_reserve_retry_with_newer_fence_returns_first_result(
+    ledger: LedgerActivities,
+) -> None:
+    account = await open_funded(ledger, "100.00")
+    first = await ledger.reserve_funds(buy(account, f"{account}-a", "10.00", fence=2))
+    again = await ledger.reserve_funds(buy(account, f"{account}-a", "10.00", fence=9))
+    assert again == first
+    assert await usd(ledger, account) == (D("90.00"), D("10.00"))
+
+
+# ------------------------------------------------------------------ refusals
+
+
+async def test_insufficient_funds_carries_what_was_available(ledger: LedgerActivities) -> None:
+    account = await open_funded(ledger, "12.34")
+    exc = await refused(ledger.reserve_funds(buy(account, f"{account}-a", "12.35")))
+    assert exc.type == errors.INSUFFICIENT_FUNDS and exc.non_retryable
+    assert "12.34" in str(exc)
+    assert exc.details[0]["available"] == "12.34"
+    assert await usd(ledger, account) == (D("12.34"), D("0.00"))
+
+
+@pytest.mark.parametrize("amount", ["NaN", "Infinity", "-1", "0", "1e400", "0.001"])
+async def test_bad_amounts_are_refused(ledger: LedgerActivities, amount: str) -> None:
+    account = await open_funded(ledger, "10.00")
+    exc = await refused(
+        ledger.deposit(DepositInput(account_id=account, amount=D(amount), idempotency_key=uuid4()))
+    )
+    assert exc.type == errors.INVALID_AMOUNT and exc.non_retryable
+    assert await usd(ledger, account) == (D("10.00"), D("0.00"))
+
+
+async def test_unknown_account_is_refused(ledger: LedgerActivities) -> None:
+    exc = await refused(
+        ledger.deposit(
+            DepositInput(account_id="nobody-" + uuid4(), amount=D(1), idempotency_key="k")
+        )
+    )
+    assert exc.type == errors.UNKNOWN_ACCOUNT
+
+
+async def test_withdraw_beyond_available_is_refused(ledger: LedgerActivities) -> None:
+    account = await open_funded(ledger, "50.00")
+    await ledger.reserve_funds(buy(account, f"{account}-a", "40.00"))
+    exc = await refused(
+        ledger.withdraw(WithdrawInput(account_id=account, amount=D(20), idempotency_key=uuid4()))
+    )
+    assert exc.type == errors.INSUFFICIENT_FUNDS
+    assert await usd(ledger, account) == (D("10.00"), D("40.00"))
+
+
+# ------------------------------------------------------------------ idempotency
+
+
+async def test_deposit_and_withdraw_apply_once(ledger: LedgerActivities) -> None:
+    account = await open_funded(ledger)
+    dep = DepositInput(account_id=account, amount=D("25.00"), idempotency_key=uuid4())
+    assert await ledger.deposit(dep) == await ledger.deposit(dep)
+    wd = WithdrawInput(account_id=account, amount=D("5.00"), idempotency_key=uuid4())
+    assert await ledger.withdraw(wd) == await ledger.withdraw(wd)
+    assert await usd(ledger, account) == (D("20.00"), D("0.00"))
+    other = dep.model_copy(update={"amount": D("26.00")})
+    assert (await refused(ledger.deposit(other))).type == errors.IDEMPOTENCY_MISMATCH
+    assert (await refused(ledger.withdraw(WithdrawInput(**dep.model_dump())))).type == (
+        errors.IDEMPOTENCY_MISMATCH
+    )
+    assert await usd(ledger, account) == (D("20.00"), D("0.00"))
+
+
+async def test_open_account_is_idempotent(ledger: LedgerActivities) -> None:
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    assert (await ledger.open_account(OpenAccountInput(account_id=account))).created
+    assert not (await ledger.open_account(OpenAccountInput(account_id=account))).created
+    assert [b.asset for b in (await ledger.get_balances(account)).balances] == ["USD"]
+
+
+async def test_reserve_applies_once_and_refuses_other_arguments(
+    ledger: LedgerActivities,
+) -> None:
+    account = await open_funded(ledger, "100.00")
+    order = f"{account}-a"
+    first = await ledger.reserve_funds(buy(account, order, "30.00"))
+    assert await ledger.reserve_funds(buy(account, order, "30.00")) == first
+    exc = await refused(ledger.reserve_funds(buy(account, order, "31.00")))
+    assert exc.type == errors.IDEMPOTENCY_MISMATCH
+    second_key = buy(account, order, "30.00").model_copy(update={"idempotency_key": "other"})
+    assert (await refused(ledger.reserve_funds(second_key))).type == errors.HOLD_STATE
+    assert await usd(ledger, account) == (D("70.00"), D("30.00"))
+
+
+async def test_post_fill_applies_once_per_cumulative_qty(ledger: LedgerActivities) -> None:
+    account = await open_funded(ledger, "1000.00")
+    order = f"{account}-a"
+    await ledger.reserve_funds(buy(account, order, "500.00"))
+    fill = PostFillInput(order_id=order, cum_qty=D(1), cum_notional=D("150.25"), cum_fee=D("0.50"))
+    first = await ledger.post_fill(fill)
+    assert first.applied and first.cash_delta == D("150.25")
+    assert await ledger.post_fill(fill) == first
+    # the same cumulative qty in another spelling is the same fill
+    assert await ledger.post_fill(fill.model_copy(update={"cum_qty": D("1.000")})) == first
+    changed = fill.model_copy(update={"cum_notional": D("150.26")})
+    assert (await refused(ledger.post_fill(changed))).type == errors.IDEMPOTENCY_MISMATCH
+    later = PostFillInput(order_id=order, cum_qty=D(2), cum_notional=D("300.5"), cum_fee=D("0.75"))
+    assert (await ledger.post_fill(later)).applied
+    # an older cumulative report arriving late changes nothing
+    stale = PostFillInput(order_id=order, cum_qty=D("1.5"), cum_notional=D("225"), cum_fee=D(1))
+    assert not (await ledger.post_fill(stale)).applied
+    assert await usd(ledger, account) == (D("500.00"), D("198.75"))
+    assert (await ledger.get_balances(account)).of("AAPL").available == D(2)
+
+
+async def test_void_applies_once_and_unknown_order_is_not_found(
+    ledger: LedgerActivities,
+) -> None:
+    account = await open_funded(ledger, "100.00")
+    order = f"{account}-a"
+    await ledger.reserve_funds(buy(account, order, "30.00"))
+    first = await ledger.void_funds(VoidInput(order_id=order, idempotency_key=f"{order}:void"))
+    assert first.found and first.released == D("30.00")
+    assert await ledger.void_funds(VoidInput(order_id=order, idempotency_key=f"{order}:void")) == (
+        first
+    )
+    again = await ledger.void_funds(VoidInput(order_id=order, idempotency_key="another"))
+    assert again.found and again.released == 0
+    assert await usd(ledger, account) == (D("100.00"), D("0.00"))
+    ghost = f"{account}-never"
+    missing = await ledger.void_funds(VoidInput(order_id=ghost, idempotency_key=f"{ghost}:void"))
+    assert not missing.found and missing.released == 0
+    # a reserve arriving after its order was voided cannot freeze money
+    exc = await refused(ledger.reserve_funds(buy(account, ghost, "10.00")))
+    assert exc.type == errors.HOLD_STATE
+    assert await usd(ledger, account) == (D("100.00"), D("0.00"))
+
+
+async def test_post_to_voided_hold_is_refused(ledger: LedgerActivities) -> None:
+    account = await open_funded(ledger, "100.00")
+    order = f"{account}-a"
+    await ledger.reserve_funds(buy(account, order, "30.00"))
+    await ledger.void_funds(VoidInput(order_id=order, idempotency_key=f"{order}:void"))
+    fill = PostFillInput(order_id=order, cum_qty=D(1), cum_notional=D(10))
+    assert (await refused(ledger.post_fill(fill))).type == errors.HOLD_STATE
+
+
+async def test_reserve_records_the_order_and_refuses_other_parameters(
+    ledger: LedgerActivities, db_pool: asyncpg.Pool
+) -> None:
+    account = await open_funded(ledger, "100.00")
+    order = f"{account}-a"
+    record = OrderRecord(
+        account_id=account,
+        order_id=order,
+        workflow_id=f"order-{account}-{order}",
+        symbol="AAPL",
+        side="buy",
+        order_type="limit",
+        time_in_force="day",
+        qty=D(1),
+        limit_price=D("50"),
+        params_hash="h1",
+    )
+    await ledger.reserve_funds(buy(account, order, "50.00", order=record))
+    status = await db_pool.fetchval(
+        "SELECT status FROM orders WHERE account_id = $1 AND order_id = $2", account, order
+    )
+    assert status == "ACCEPTED"
+    other = f"{account}-b"
+    await db_pool.execute(
+        "INSERT INTO orders (account_id, order_id, workflow_id, symbol, side, order_type,"
+        " time_in_force, qty, params_hash, status)"
+        " VALUES ($1, $2, 'w', 'AAPL', 'buy', 'market', 'day', 1, 'h2', 'ACCEPTED')",
+        account,
+        other,
+    )
+    clash = record.model_copy(update={"order_id": other})
+    exc = await refused(ledger.reserve_funds(buy(account, other, "20.00", order=clash)))
+    assert exc.type == errors.ORDER_CONFLICT
+    assert await usd(ledger, account) == (D("50.00"), D("50.00"))
+
+
+# ------------------------------------------------------------------ posting and rounding
+
+
+async def test_many_small_fills_at_awkward_prices_settle_exactly(
+    ledger: LedgerActivities, db_pool: asyncpg.Pool
+) -> None:
+    account = await open_funded(ledger, "1000.00")
+    order = f"{account}-a"
+    qty, limit = D(7), D("123.4567")
+    hold = (qty * limit).quantize(D("0.01"), rounding="ROUND_CEILING") + D("5.00")  # + fee cap
+    await ledger.reserve_funds(buy(account, order, str(hold)))
+    prices = [D("123.4567"), D("123.4501"), D("122.9999"), D("123.3333"), D("123.0001")]
+    cum_qty, cum_notional = D(0), D(0)
+    step = D("0.333333333")
+    i = 0
+    while cum_qty < qty:
+        part = min(step, qty - cum_qty)
+        cum_qty += part
+        cum_notional += part * prices[i % len(prices)]
+        cum_fee = (cum_notional * D("0.0025")).quantize(D("0.01"))
+        result = await ledger.post_fill(
+            PostFillInput(
+                order_id=order, cum_qty=cum_qty, cum_notional=cum_notional, cum_fee=cum_fee
+            )
+        )
+        assert result.held_remaining >= 0
+        i += 1
+    assert i > 20
+    expected_cash = cum_notional.quantize(D("0.01"), rounding="ROUND_HALF_UP")
+    _, held = await usd(ledger, account)
+    assert held == hold - expected_cash - cum_fee
+    void = await ledger.void_funds(VoidInput(order_id=order, idempotency_key=f"{order}:void"))
+    assert void.released == held
+    assert await usd(ledger, account) == (D("1000.00") - expected_cash - cum_fee, D("0.00"))
+    assert (await ledger.get_balances(account)).of("AAPL").available == qty
+    await assert_ledger_clean(db_pool)
+
+
+async def test_fill_beyond_the_hold_is_refused(ledger: LedgerActivities) -> None:
+    account = await open_funded(ledger, "1000.00")
+    order = f"{account}-a"
+    await ledger.reserve_funds(buy(account, order, "100.00"))
+    fill = PostFillInput(order_id=order, cum_qty=D(1), cum_notional=D("99.99"), cum_fee=D("0.02"))
+    exc = await refused(ledger.post_fill(fill))
+    assert exc.type == errors.HOLD_STATE
+    assert await usd(ledger, account) == (D("900.00"), D("100.00"))
+
+
+async def test_sell_posts_shares_and_credits_proceeds_minus_fee(
+    ledger: LedgerActivities, db_pool: asyncpg.Pool
+) -> None:
+    account = await open_funded(ledger, "0", MSFT="3")
+    order = f"{account}-s"
+    sell = ReserveInput(
+        account_id=account,
+        order_id=order,
+        asset="MSFT",
+        amount=D("2.5"),
+        fence=1,
+        idempotency_key=f"{order}:reserve",
+        side="sell",
+        symbol="MSFT",
+    )
+    await ledger.reserve_funds(sell)
+    await ledger.post_fill(
+        PostFillInput(order_id=order, cum_qty=D(1), cum_notional=D("400.005"), cum_fee=D(1))
+    )
+    final = await ledger.post_fill(
+        PostFillInput(order_id=order, cum_qty=D("2.5"), cum_notional=D("1000.10"), cum_fee=D(2))
+    )
+    assert final.held_remaining == 0
+    over = PostFillInput(order_id=order, cum_qty=D(3), cum_notional=D(1200), cum_fee=D(2))
+    assert (await refused(ledger.post_fill(over))).type == errors.HOLD_STATE
+    balances = await ledger.get_balances(account)
+    assert balances.of("MSFT").available == D("0.5") and balances.of("MSFT").held == 0
+    assert balances.of("USD").available == D("998.10")
+    await assert_ledger_clean(db_pool)
+
+
+async def test_error_fills_touch_only_firm_accounts(
+    ledger: LedgerActivities, db_pool: asyncpg.Pool
+) -> None:
+    broker_id = f"b-{uuid4()}"
+    fill = ErrorFillInput(
+        broker_order_id=broker_id,
+        client_order_id="c1",
+        symbol="TSLA",
+        side="buy",
+        cum_qty=D("1"),
+        cum_notional=D("250.125"),
+    )
+    first = await ledger.book_error_fill(fill)
+    assert first.applied and first.cash_delta == D("250.13")
+    assert await ledger.book_error_fill(fill) == first
+    more = await ledger.book_error_fill(
+        fill.model_copy(update={"cum_qty": D(2), "cum_notional": D("500.25")})
+    )
+    assert more.qty_delta == 1 and more.cash_delta == D("250.12")
+    owners = await db_pool.fetch(
+        "SELECT DISTINCT a.owner FROM journal_lines l"
+        " JOIN journal_entries e ON e.id = l.entry_id"
+        " JOIN ledger_accounts a ON a.id = l.ledger_account_id WHERE e.order_id = $1",
+        broker_id,
+    )
+    assert {r["owner"] for r in owners} == {OMNIBUS, "$error"}
+    await assert_ledger_clean(db_pool)
