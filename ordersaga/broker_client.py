@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -367,7 +367,7 @@ class BrokerClient:
 
     async def trade_updates(
         self, since: int = 0, idle_timeout_s: float | None = None
-    ) -> AsyncIterator[TradeEvent]:
+    ) -> AsyncGenerator[TradeEvent, None]:
         """Server-Sent trade events after ``since``, then live, until the connection ends.
 
         ``idle_timeout_s`` ends the stream (with BrokerOutcomeUnknown) when no byte arrives for

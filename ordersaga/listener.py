@@ -7,8 +7,8 @@ Delivery is at least once, in offset order, and never skips an offset the broker
 - Within a run, an event at or below the last delivered offset (a duplicate on the stream, or a
   replay after a reconnect) is dropped.
 - A gap in offsets (an event dropped on the stream) is filled from the broker's stored events
-  before the later event is delivered; an idle stream is reconnected, which also replays a
-  trailing event that was dropped.
+  before the later event is delivered; every ``resync_s`` the stream is reconnected from the
+  last offset, which also replays a trailing event that was dropped.
 - Any error (broker down, disconnect, simulator restart, a failing callback) reconnects from the
   last delivered offset after an exponential backoff.
 """
@@ -60,6 +60,7 @@ class BrokerListener:
         backoff_first_s: float = 0.2,
         backoff_max_s: float = 5.0,
         idle_timeout_s: float = 30.0,
+        resync_s: float = 30.0,
     ) -> None:
         self._client = client
         self._redis = redis
@@ -69,6 +70,8 @@ class BrokerListener:
         self.backoff_first_s = backoff_first_s
         self.backoff_max_s = backoff_max_s
         self.idle_timeout_s = idle_timeout_s
+        self.resync_s = resync_s
+        self._stream_ended = False
         self.offset = 0
         self._saved = 0
         self.delivered = 0
@@ -100,17 +103,46 @@ class BrokerListener:
         while not stop.is_set():
             try:
                 await self._save()
-                async for event in self._client.trade_updates(self.offset, self.idle_timeout_s):
-                    await self._accept(event)
-                    delay = self.backoff_first_s
+                await self._consume_for(self.resync_s)
             except BrokerAuthError:
                 raise
             except Exception as exc:  # any failure: reconnect from the last delivered offset
                 log.warning("listener %r: %s: %s", self.name, type(exc).__name__, exc)
-            self.reconnects += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            delay = min(delay * 2, self.backoff_max_s)
+                self.reconnects += 1
+                await _sleep_unless(stop, delay)
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            delay = self.backoff_first_s
+            # A planned resync reconnects at once; a stream the broker ended waits a moment so a
+            # broker that keeps closing streams is not hammered.
+            if self._stream_ended:
+                await _sleep_unless(stop, self.backoff_first_s)
+
+    async def _consume_for(self, seconds: float) -> None:
+        """Read the stream for up to ``seconds``, then return so the caller reconnects.
+
+        The reconnect replays from the last delivered offset, which the broker never drops:
+        that is how an event dropped at the end of the live stream (no later event to reveal
+        the gap) still arrives. Only the wait for the next event is timed, never a callback,
+        so a callback is not cut off halfway.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        stream = self._client.trade_updates(self.offset, self.idle_timeout_s)
+        self._stream_ended = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(stream)
+                except TimeoutError:
+                    return
+                except StopAsyncIteration:
+                    self._stream_ended = True
+                    return
+                await self._accept(event)
+        finally:
+            await stream.aclose()
 
     async def _accept(self, event: TradeEvent) -> None:
         if event.offset <= self.offset:
@@ -133,6 +165,11 @@ class BrokerListener:
         if self.offset != self._saved:
             await self._redis.set(self._key, self.offset)
             self._saved = self.offset
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def serve(
