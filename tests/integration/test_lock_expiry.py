@@ -1,0 +1,103 @@
+"""The fence protects the ledger when a lock expires under its holder (real Redis and Postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from temporalio.exceptions import ApplicationError
+
+from activities.ledger import DepositInput, LedgerActivities, OpenAccountInput, ReserveInput
+from activities.lock import AccountLock
+from ordersaga import errors
+from ordersaga.keys import RedisKeys
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
+
+
+async def funded_account(ledger: LedgerActivities, amount: str) -> str:
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    await ledger.open_account(OpenAccountInput(account_id=account))
+    await ledger.deposit(
+        DepositInput(account_id=account, amount=Decimal(amount), idempotency_key=f"{account}:dep")
+    )
+    return account
+
+
+def reserve(account: str, order_id: str, amount: str, fence: int) -> ReserveInput:
+    return ReserveInput(
+        account_id=account, order_id=order_id, asset="USD", amount=Decimal(amount),
+        fence=fence, idempotency_key=f"{order_id}:reserve", side="buy", symbol="AAPL",
+    )  # fmt: skip
+
+
+async def wait_expired(lock: AccountLock, account: str) -> None:
+    """A is paused until its lock is gone (polling Redis, not a timed assert)."""
+    for _ in range(500):
+        if await lock.holder(account) is None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the lock never expired")
+
+
+@pytest.fixture
+def ledger(db_pool: asyncpg.Pool) -> LedgerActivities:
+    return LedgerActivities(db_pool)
+
+
+@pytest.fixture
+def lock(
+    redis_client: aioredis.Redis, redis_keys: RedisKeys, ledger: LedgerActivities
+) -> AccountLock:
+    return AccountLock(redis_client, redis_keys, ledger.max_fence)
+
+
+async def test_late_reserve_of_an_expired_holder_is_refused(
+    ledger: LedgerActivities, lock: AccountLock
+) -> None:
+    account = await funded_account(ledger, "1000")
+    a = await lock.acquire(account, "order-a", ttl_ms=100, wait_ms=0)
+    assert a is not None
+    await wait_expired(lock, account)  # A pauses past its TTL, mid-operation
+
+    b = await lock.acquire(account, "order-b", ttl_ms=10_000, wait_ms=0)
+    assert b is not None and b.fence > a.fence
+    await ledger.reserve_funds(reserve(account, "order-b", "300", b.fence))
+
+    with pytest.raises(ApplicationError) as info:
+        await ledger.reserve_funds(reserve(account, "order-a", "500", a.fence))
+    assert info.value.type == errors.STALE_FENCE
+    assert info.value.non_retryable
+
+    usd = (await ledger.get_balances(account)).of("USD")
+    assert (usd.available, usd.held) == (Decimal("700"), Decimal("300"))
+
+    # What the saga does next: lock again and retry under the same idempotency key.
+    await lock.release(account, "order-b")
+    again = await lock.acquire(account, "order-a", ttl_ms=10_000, wait_ms=0)
+    assert again is not None and again.fence > b.fence
+    await ledger.reserve_funds(reserve(account, "order-a", "500", again.fence))
+    usd = (await ledger.get_balances(account)).of("USD")
+    assert (usd.available, usd.held) == (Decimal("200"), Decimal("800"))
+
+
+async def test_lost_counter_is_reseeded_above_the_ledgers_fence(
+    ledger: LedgerActivities,
+    lock: AccountLock,
+    redis_client: aioredis.Redis,
+    redis_keys: RedisKeys,
+) -> None:
+    account = await funded_account(ledger, "100")
+    first = await lock.acquire(account, "order-1", ttl_ms=10_000, wait_ms=0)
+    assert first is not None
+    await ledger.reserve_funds(reserve(account, "order-1", "10", first.fence))
+    await lock.release(account, "order-1")
+
+    await redis_client.delete(redis_keys.fence(account))  # what a Redis restart loses
+    second = await lock.acquire(account, "order-2", ttl_ms=10_000, wait_ms=0)
+    assert second is not None and second.fence > first.fence
+    await ledger.reserve_funds(reserve(account, "order-2", "10", second.fence))
