@@ -68,7 +68,8 @@ def merge_model(model: M, patch: object) -> M:
     try:
         return type(model).model_validate({**model.model_dump(), **patch})
     except ValidationError as exc:
-        raise invalid(f"invalid configuration: {exc.errors(include_url=False)}") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise invalid(f"invalid configuration: {problems}") from None
 
 
 @dataclass

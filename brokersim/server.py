@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
 from brokersim.engine import Engine
@@ -97,7 +98,13 @@ class BrokerSimServer:
         self._key_id = key_id
         self._secret_key = secret_key
         self._wakeup = asyncio.Event()
+        self.closing = False
         engine.listeners.append(self._wake)
+
+    def close_streams(self) -> None:
+        """End open event streams so shutdown need not wait for them."""
+        self.closing = True
+        self._wake()
 
     def _wake(self) -> None:
         self._wakeup.set()
@@ -167,6 +174,8 @@ class BrokerSimServer:
 
     async def _trading_faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         config, faults = self.faults.config, self.faults
+        # Read the body now: a late request executes after its client has hung up.
+        await request.read()
         delay = faults.delay_s()
         if delay:
             await asyncio.sleep(delay)
@@ -253,7 +262,7 @@ class BrokerSimServer:
         # Events stored before the client connected are a replay: delivered exactly once.
         replay_end = self.engine.last_offset
         last = since
-        while not _gone(request):
+        while not _gone(request) and not self.closing:
             if self.faults.config.unreachable:
                 _drop_connection(request)
                 return
@@ -290,8 +299,8 @@ class BrokerSimServer:
         patch = await _body(request, decimals=False)
         try:
             config = self.faults.update(patch)
-        except ValueError as exc:
-            raise invalid(f"invalid fault configuration: {exc}") from None
+        except ValidationError as exc:
+            raise invalid(f"invalid fault configuration: {_one_line(exc)}") from None
         self.engine.save_meta(faults=config.model_dump())
         self._wake()  # open streams re-check the unreachable switch
         return _json(config.model_dump())
@@ -348,16 +357,28 @@ def open_state(
     faults: dict[str, Any] | None = None,
     fill_model: dict[str, Any] | None = None,
 ) -> tuple[Engine, Faults]:
-    """Load (or create) the state file; ``faults``/``fill_model`` are merged over what it holds."""
+    """Load (or create) the state file; ``faults``/``fill_model`` are merged over what it holds.
+
+    Raises ValueError (one line) on a bad ``faults`` or ``fill_model`` field.
+    """
     engine = Engine.open(Store(state), SimClock(), seed)
     stored = engine.store.load_meta().get("faults", {"seed": engine.seed})
     fault_state = Faults(FaultConfig.model_validate(stored))
-    if faults:
-        fault_state.update(faults)
+    try:
+        if faults:
+            fault_state.update(faults)
+        if fill_model:
+            engine.set_fill_model(fill_model)
+    except ValidationError as exc:
+        raise ValueError(_one_line(exc)) from None
+    except ApiError as exc:
+        raise ValueError(exc.message) from None
     engine.save_meta(faults=fault_state.config.model_dump())
-    if fill_model:
-        engine.set_fill_model(fill_model)
     return engine, fault_state
+
+
+def _one_line(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
 async def serve(
@@ -388,6 +409,7 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        server.close_streams()
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
