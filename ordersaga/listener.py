@@ -76,6 +76,8 @@ class BrokerListener:
         self._saved = 0
         self.delivered = 0
         self.reconnects = 0
+        self.duplicates = 0
+        self.backfilled = 0
 
     async def load_offset(self) -> int:
         raw = await self._redis.get(self._key)
@@ -116,6 +118,7 @@ class BrokerListener:
             # A planned resync reconnects at once; a stream the broker ended waits a moment so a
             # broker that keeps closing streams is not hammered.
             if self._stream_ended:
+                self.reconnects += 1
                 await _sleep_unless(stop, self.backoff_first_s)
 
     async def _consume_for(self, seconds: float) -> None:
@@ -146,13 +149,15 @@ class BrokerListener:
 
     async def _accept(self, event: TradeEvent) -> None:
         if event.offset <= self.offset:
-            return  # a duplicate on the stream, or already delivered
+            self.duplicates += 1  # a duplicate on the stream, or already delivered
+            return
         if event.offset > self.offset + 1:
             missing = event.offset - self.offset - 1
             log.info("listener %r: %d event(s) missing before %d", self.name, missing, event.offset)
             for earlier in await self._client.events_since(self.offset, limit=missing):
                 if self.offset < earlier.offset < event.offset:
                     await self._deliver(earlier)
+                    self.backfilled += 1
         await self._deliver(event)
 
     async def _deliver(self, event: TradeEvent) -> None:

@@ -1,0 +1,162 @@
+"""BrokerListener against the simulator's SSE stream and real Redis.
+
+Every test ends by checking the callback's successful deliveries: each stored offset exactly
+once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from ordersaga.broker_client import BrokerClient, TradeEvent
+from ordersaga.keys import RedisKeys
+from ordersaga.listener import BrokerListener
+from tests.support.brokersim import BrokerSim, brokersim_fixture
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+# A fresh simulator per test: offsets start at 1. Fills only when a test ticks.
+sim = brokersim_fixture(fill_model={"mode": "instant", "auto": False})
+
+
+class Collector:
+    """The callback: records what it accepted; can fail once on chosen offsets."""
+
+    def __init__(self, fail_once: set[int] | None = None) -> None:
+        self.offsets: list[int] = []
+        self.execution_ids: list[str | None] = []
+        self.fail_once = set(fail_once or ())
+        self.failures = 0
+
+    async def __call__(self, event: TradeEvent) -> None:
+        if event.offset in self.fail_once:
+            self.fail_once.discard(event.offset)
+            self.failures += 1
+            raise RuntimeError(f"callback failed on {event.offset}")
+        self.offsets.append(event.offset)
+        self.execution_ids.append(event.execution_id)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(sim: BrokerSim) -> AsyncIterator[BrokerClient]:
+    async with BrokerClient(
+        sim.url, key_id=sim.key_id, secret_key=sim.secret_key, request_timeout_s=2.0
+    ) as broker_client:
+        yield broker_client
+
+
+def new_listener(
+    client: BrokerClient,
+    redis: aioredis.Redis,
+    keys: RedisKeys,
+    on_event: Collector,
+    name: str,
+    **kwargs: float,
+) -> BrokerListener:
+    return BrokerListener(
+        client, redis, keys, on_event, name, backoff_first_s=0.05, backoff_max_s=0.3, **kwargs
+    )
+
+
+class Running:
+    def __init__(self, listener: BrokerListener) -> None:
+        self.listener = listener
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(listener.run(self.stop))
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 5)
+
+
+async def eventually(check: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def trade(sim: BrokerSim, client: BrokerClient, orders: int) -> int:
+    """Submit market orders and fill them: two events each ("new", "fill")."""
+    for _ in range(orders):
+        await client.submit_order("AAPL", Decimal(1), "buy", client_order_id=uuid.uuid4().hex)
+    await sim.admin("POST", "/admin/tick")
+    return (await client.events_since(0, limit=10_000))[-1].offset
+
+
+def name() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def test_in_order_and_resumes_from_stored_offset(
+    sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    seen, listener_name = Collector(), name()
+    last = await trade(sim, client, 2)
+    first = Running(new_listener(client, redis_client, redis_keys, seen, listener_name))
+    await eventually(lambda: len(seen.offsets) == last, "first batch delivered")
+    await first.close()
+    assert await redis_client.get(redis_keys.listener_offset(listener_name)) == str(last)
+
+    last = await trade(sim, client, 3)
+    second = Running(new_listener(client, redis_client, redis_keys, seen, listener_name))
+    await eventually(lambda: len(seen.offsets) >= last, "second batch delivered")
+    await second.close()
+    assert seen.offsets == list(range(1, last + 1))
+    assert len(set(seen.execution_ids)) == last
+
+
+async def test_failed_callback_is_replayed_not_lost(
+    sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    seen = Collector(fail_once={3, 4})
+    last = await trade(sim, client, 3)
+    running = Running(new_listener(client, redis_client, redis_keys, seen, name()))
+    await eventually(lambda: len(seen.offsets) >= last, "all delivered")
+    await running.close()
+    assert seen.failures == 2
+    assert running.listener.reconnects >= 2
+    assert seen.offsets == list(range(1, last + 1))
+
+
+async def test_survives_a_simulator_restart(
+    sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    seen = Collector()
+    first_last = await trade(sim, client, 1)
+    running = Running(new_listener(client, redis_client, redis_keys, seen, name()))
+    await eventually(lambda: len(seen.offsets) == first_last, "before the restart")
+    sim.restart()
+    last = await trade(sim, client, 2)
+    await eventually(lambda: len(seen.offsets) >= last, "after the restart")
+    await running.close()
+    assert running.listener.reconnects >= 1
+    assert seen.offsets == list(range(1, last + 1))
+
+
+async def test_dropped_and_duplicated_live_events(
+    sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    seen = Collector()
+    running = Running(new_listener(client, redis_client, redis_keys, seen, name(), resync_s=0.3))
+    first = await trade(sim, client, 1)
+    await eventually(lambda: len(seen.offsets) == first, "connected and live")
+    await sim.admin(
+        "PUT", "/admin/faults", {"seed": 5, "event_drop_prob": 0.3, "event_dup_prob": 0.3}
+    )
+    last = first
+    for _ in range(5):
+        last = await trade(sim, client, 2)
+    await eventually(lambda: len(seen.offsets) >= last, "every event despite the faults")
+    await running.close()
+    listener = running.listener
+    assert listener.duplicates + listener.backfilled > 0
+    assert seen.offsets == list(range(1, last + 1))
