@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     commission_minimum: Decimal = Decimal("0.50")
     market_buy_buffer: Decimal = Decimal("0.05")
     fill_poll_interval_s: float = 5.0
+    reconcile_every_s: float = 300.0
+    # The saga's broker timing: per-attempt and total submit timeouts, and how long an order the
+    # broker does not know must stay absent before its hold is voided (longer than any request
+    # can remain in flight).
+    submit_start_to_close_s: float = 15.0
+    submit_schedule_to_close_s: float = 120.0
+    absent_grace_s: float = 180.0
+    reconcile_stuck_after_s: float = 900.0
 
     # Worker pools (the bulkhead: the broker queue has its own slots)
     orders_max_concurrent_activities: int = 100

@@ -10,6 +10,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+
+# Imported before any test runs: a late first import of hypothesis (its pytest plugin does one at
+# session end) can trip CPython 3.11's "AST constructor recursion depth mismatch" after the
+# Temporal workflow sandbox has run.
+import hypothesis  # noqa: F401
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
@@ -17,7 +22,9 @@ import redis.asyncio as aioredis
 from ordersaga.db import drop_database, ensure_database, migrate, with_database
 from ordersaga.keys import RedisKeys
 
-SERVER_DSN = os.environ.get("ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SERVER_DSN = os.environ.get(
+    "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("ORDERSAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 

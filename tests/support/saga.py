@@ -96,7 +96,7 @@ class SagaStack:
         return await check_ledger(self.pool)
 
     async def broker_orders(self, client_order_id: str) -> list[dict[str, Any]]:
-        listed = await self.sim.request("GET", "/v2/orders?status=all&limit=500")
+        listed = await self.sim.admin("GET", "/v2/orders?status=all&limit=500")
         return [o for o in listed if o["client_order_id"] == client_order_id]
 
     async def reset_sim(self) -> None:

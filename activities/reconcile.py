@@ -1,0 +1,119 @@
+"""Reconciliation: the broker's orders against the orders table and the ledger.
+
+The broker is the source of truth. A broker order with no live order of ours (a request that
+arrived late, after we gave up) is a *late order*: the reconciler cancels it at the broker and books
+its fills to the firm error account, never to a customer. Orders non-terminal for too long are
+reported as stuck; fills that disagree with the broker are reported as mismatches.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+from pydantic import BaseModel, Field
+from temporalio import activity
+
+from activities.ledger import LedgerActivities
+
+TERMINAL = ("SETTLED", "CANCELED", "EXPIRED", "REJECTED")
+
+
+class BrokerOrderView(BaseModel):
+    """The slice of a broker order the reconciler needs (from the broker queue's listing)."""
+
+    id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: Decimal
+    status: str
+    filled_qty: Decimal
+    filled_notional: Decimal
+    terminal: bool
+
+
+class Break(BaseModel):
+    kind: str  # late_order | fill_mismatch | stuck
+    client_order_id: str
+    broker_order_id: str | None = None
+    detail: str
+
+
+class FindBreaksInput(BaseModel):
+    broker_orders: list[BrokerOrderView]
+    stuck_after_s: float = 900.0
+
+
+class FindBreaksResult(BaseModel):
+    checked: int
+    late: list[BrokerOrderView] = Field(default_factory=list)
+    breaks: list[Break] = Field(default_factory=list)
+
+
+def split_key(client_order_id: str) -> tuple[str, str] | None:
+    account, sep, order = client_order_id.partition("/")
+    return (account, order) if sep and account and order else None
+
+
+class ReconcileActivities:
+    def __init__(self, pool: asyncpg.Pool, ledger: LedgerActivities) -> None:
+        self._pool = pool
+        self._ledger = ledger
+
+    @activity.defn
+    async def find_breaks(self, inp: FindBreaksInput) -> FindBreaksResult:
+        """Classify broker orders against the orders table; read-only, so retries are free."""
+        result = FindBreaksResult(checked=len(inp.broker_orders))
+        async with self._pool.acquire() as conn:
+            for bo in inp.broker_orders:
+                await self._classify(conn, bo, result)
+            cutoff = datetime.now().astimezone() - timedelta(seconds=inp.stuck_after_s)
+            stuck = await conn.fetch(
+                "SELECT account_id, order_id, status, updated_at FROM orders"
+                " WHERE status <> ALL($1::text[]) AND updated_at < $2",
+                list(TERMINAL),
+                cutoff,
+            )
+        for row in stuck:
+            result.breaks.append(
+                Break(
+                    kind="stuck",
+                    client_order_id=f"{row['account_id']}/{row['order_id']}",
+                    detail=f"{row['status']} since {row['updated_at'].isoformat()}",
+                )
+            )
+        return result
+
+    async def _classify(
+        self, conn: asyncpg.Connection, bo: BrokerOrderView, result: FindBreaksResult
+    ) -> None:
+        ids = split_key(bo.client_order_id)
+        row = None
+        if ids is not None:
+            row = await conn.fetchrow(
+                "SELECT status, broker_order_id, filled_qty FROM orders"
+                " WHERE account_id = $1 AND order_id = $2",
+                *ids,
+            )
+        gave_up = row is None or (row["status"] in TERMINAL and row["broker_order_id"] is None)
+        if gave_up:
+            result.late.append(bo)
+            result.breaks.append(
+                Break(
+                    kind="late_order",
+                    client_order_id=bo.client_order_id,
+                    broker_order_id=bo.id,
+                    detail=f"broker has it {bo.status} with {bo.filled_qty} filled; we do not",
+                )
+            )
+        elif row["status"] in TERMINAL and bo.terminal and row["filled_qty"] != bo.filled_qty:
+            result.breaks.append(
+                Break(
+                    kind="fill_mismatch",
+                    client_order_id=bo.client_order_id,
+                    broker_order_id=bo.id,
+                    detail=f"ledger filled {row['filled_qty']}, broker {bo.filled_qty}",
+                )
+            )

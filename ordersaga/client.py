@@ -1,0 +1,327 @@
+"""OrderClient: the typed client SDK over Temporal (orders) and Postgres (accounts, records).
+
+    async with OrderClient.connect(Settings()) as oc:
+        placed = await oc.place_order(account_id="acct-1", symbol="AAPL", side="buy", qty="1")
+        state = await oc.wait(placed.account_id, placed.order_id)
+
+``place_order`` is idempotent on (account, order id): the same id with the same parameters is
+the same order (the first answer again); with other parameters it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.ledger import DepositInput, LedgerActivities, OpenAccountInput, WithdrawInput
+from activities.orders import OrderRow, OrderStoreActivities
+from ordersaga.db import create_pool
+from ordersaga.errors import UserError
+from ordersaga.money import parse_decimal
+from ordersaga.settings import Settings
+from ordersaga.temporal import connect
+from workflows.models import (
+    CancelResult,
+    OrderInput,
+    OrderRequest,
+    OrderState,
+    PlaceResult,
+    SagaConfig,
+    validate_request,
+    workflow_id_for,
+)
+from workflows.order import OrderWorkflow
+
+
+def saga_config(settings: Settings) -> SagaConfig:
+    return SagaConfig(
+        orders_task_queue=settings.orders_task_queue,
+        broker_task_queue=settings.broker_task_queue,
+        commission_rate=settings.commission_rate,
+        commission_minimum=settings.commission_minimum,
+        market_buy_buffer=settings.market_buy_buffer,
+        lock_ttl_ms=settings.lock_ttl_ms,
+        lock_wait_ms=settings.lock_acquire_timeout_ms,
+        fill_poll_interval_s=settings.fill_poll_interval_s,
+        absent_grace_s=settings.absent_grace_s,
+        submit_start_to_close_s=settings.submit_start_to_close_s,
+        submit_schedule_to_close_s=settings.submit_schedule_to_close_s,
+    )
+
+
+def _failure_message(err: BaseException) -> str:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return cause.message
+        cause = cause.__cause__
+    return str(err)
+
+
+class OrderClient:
+    def __init__(self, temporal: Client, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.temporal = temporal
+        self.settings = settings
+        self._pool = pool
+        self._ledger = LedgerActivities(pool, cas_attempts=settings.ledger_cas_attempts)
+        self._store = OrderStoreActivities(pool)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, settings: Settings, temporal: Client | None = None
+    ) -> AsyncIterator[OrderClient]:
+        pool = await create_pool(settings.database_url, 1, 5)
+        try:
+            yield cls(temporal or await connect(settings), pool, settings)
+        finally:
+            await pool.close()
+
+    # ---------------------------------------------------------------- orders
+
+    def build_request(
+        self,
+        *,
+        account_id: str,
+        symbol: str,
+        side: str,
+        qty: Decimal | str,
+        order_type: str = "market",
+        limit_price: Decimal | str | None = None,
+        time_in_force: str = "day",
+        order_id: str | None = None,
+    ) -> OrderRequest:
+        """A validated request; bad input raises UserError before anything is started."""
+        try:
+            req = OrderRequest(
+                account_id=account_id,
+                order_id=order_id or uuid.uuid4().hex[:16],
+                symbol=symbol.upper(),
+                side=side,  # type: ignore[arg-type]
+                qty=parse_decimal(qty, "quantity"),
+                order_type=order_type,  # type: ignore[arg-type]
+                time_in_force=time_in_force,  # type: ignore[arg-type]
+                limit_price=None
+                if limit_price is None
+                else parse_decimal(limit_price, "limit price"),
+            )
+        except ValueError as exc:
+            raise UserError(str(exc).splitlines()[0]) from None
+        reason = validate_request(req)
+        if reason:
+            raise UserError(reason)
+        return req
+
+    async def place_order(self, request: OrderRequest | None = None, **fields: Any) -> PlaceResult:
+        """Start (or find) the order's workflow and return once it is held or refused."""
+        req = request or self.build_request(**fields)
+        start = WithStartWorkflowOperation(
+            OrderWorkflow.run,
+            OrderInput(request=req, config=saga_config(self.settings)),
+            id=req.workflow_id,
+            task_queue=self.settings.orders_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(
+                        SearchAttributeKey.for_keyword("AccountId"), req.account_id
+                    ),
+                    SearchAttributePair(SearchAttributeKey.for_keyword("Symbol"), req.symbol),
+                    SearchAttributePair(SearchAttributeKey.for_keyword("OrderStatus"), "NEW"),
+                ]
+            ),
+            static_summary=(
+                f"{req.side} {req.qty} {req.symbol} ({req.order_type}) for {req.account_id}"
+            ),
+        )
+        try:
+            return await self.temporal.execute_update_with_start_workflow(
+                OrderWorkflow.place, req, start_workflow_operation=start
+            )
+        except WorkflowUpdateFailedError as err:
+            raise UserError(_failure_message(err)) from None
+        except WorkflowAlreadyStartedError:
+            # Retrieve the start operation's failure too, or asyncio reports it as never retrieved.
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await start.workflow_handle()
+        # The order's workflow has already finished: answer from its final state.
+        return await self._place_result_of_closed(req)
+
+    async def _place_result_of_closed(self, req: OrderRequest) -> PlaceResult:
+        state = await self.get_order(req.account_id, req.order_id)
+        if state.request.params_hash() != req.params_hash():
+            raise UserError(f"order id {req.order_id} is already used with other parameters")
+        return PlaceResult(
+            account_id=req.account_id,
+            order_id=req.order_id,
+            workflow_id=req.workflow_id,
+            accepted=state.held > 0,
+            status=state.status,
+            reason=state.reason,
+            held=state.held,
+            hold_asset=state.hold_asset,
+        )
+
+    async def get_order(self, account_id: str, order_id: str) -> OrderState:
+        handle = self.temporal.get_workflow_handle(workflow_id_for(account_id, order_id))
+        try:
+            return await handle.query(OrderWorkflow.status)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+        row = await self._store.get_order(account_id, order_id)
+        if row is None:
+            raise UserError(f"unknown order {account_id}/{order_id}")
+        return state_from_row(row)
+
+    async def cancel_order(self, account_id: str, order_id: str) -> CancelResult:
+        handle = self.temporal.get_workflow_handle(workflow_id_for(account_id, order_id))
+        try:
+            return await handle.execute_update(OrderWorkflow.cancel)
+        except WorkflowUpdateFailedError as err:
+            raise UserError(_failure_message(err)) from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                state = await self.get_order(account_id, order_id)
+                raise UserError(f"order is already {state.status.value}") from None
+            raise
+
+    async def wait(self, account_id: str, order_id: str, timeout_s: float = 300) -> OrderState:
+        handle = self.temporal.get_workflow_handle_for(
+            OrderWorkflow.run, workflow_id_for(account_id, order_id)
+        )
+        try:
+            return await asyncio.wait_for(handle.result(), timeout_s)
+        except TimeoutError:
+            raise UserError(f"order {account_id}/{order_id} not final after {timeout_s}s") from None
+
+    async def list_orders(
+        self,
+        account_id: str | None = None,
+        status: str | None = None,
+        symbol: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Orders through Temporal visibility, then the orders table for those past retention."""
+        clauses = ["WorkflowType = 'OrderWorkflow'"]
+        for attr, value in (("AccountId", account_id), ("OrderStatus", status), ("Symbol", symbol)):
+            if value:
+                clauses.append(f"{attr} = '{_quote(value)}'")
+        seen: dict[str, dict[str, Any]] = {}
+        async for wf in self.temporal.list_workflows(" AND ".join(clauses), limit=limit):
+            sa = wf.typed_search_attributes
+            key = wf.id.removeprefix("order/")
+            seen[key] = {
+                "order": key,
+                "status": sa.get(SearchAttributeKey.for_keyword("OrderStatus")),
+                "symbol": sa.get(SearchAttributeKey.for_keyword("Symbol")),
+                "workflow_status": wf.status.name if wf.status else "",
+                "started": wf.start_time.isoformat(timespec="seconds"),
+                "source": "temporal",
+            }
+        for row in await self._store.list_orders(account_id, status, symbol, limit):
+            key = f"{row.account_id}/{row.order_id}"
+            seen.setdefault(
+                key,
+                {
+                    "order": key,
+                    "status": row.status,
+                    "symbol": row.symbol,
+                    "workflow_status": "",
+                    "started": row.created_at.isoformat(timespec="seconds"),
+                    "source": "orders table",
+                },
+            )
+        return sorted(seen.values(), key=lambda r: r["started"], reverse=True)[:limit]
+
+    async def is_running(self, account_id: str, order_id: str) -> bool:
+        handle = self.temporal.get_workflow_handle(workflow_id_for(account_id, order_id))
+        desc = await handle.describe()
+        return desc.status == WorkflowExecutionStatus.RUNNING
+
+    # ---------------------------------------------------------------- accounts
+
+    async def open_account(self, account_id: str, currency: str = "USD") -> Any:
+        return await self._ledger.open_account(
+            OpenAccountInput(account_id=account_id, currency=currency)
+        )
+
+    async def deposit(
+        self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
+    ) -> Any:
+        return await self._ledger.deposit(
+            DepositInput(
+                account_id=account_id,
+                amount=parse_decimal(amount),
+                asset=asset,
+                idempotency_key=key or f"deposit:{uuid.uuid4().hex}",
+            )
+        )
+
+    async def withdraw(
+        self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
+    ) -> Any:
+        return await self._ledger.withdraw(
+            WithdrawInput(
+                account_id=account_id,
+                amount=parse_decimal(amount),
+                asset=asset,
+                idempotency_key=key or f"withdraw:{uuid.uuid4().hex}",
+            )
+        )
+
+    async def balance(self, account_id: str) -> Any:
+        return await self._ledger.get_balances(account_id)
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def state_from_row(row: OrderRow) -> OrderState:
+    """An order's state from its permanent record (once Temporal's history is gone)."""
+    from workflows.models import OrderStatus
+
+    req = OrderRequest(
+        account_id=row.account_id,
+        order_id=row.order_id,
+        symbol=row.symbol,
+        side=row.side,  # type: ignore[arg-type]
+        qty=row.qty,
+        order_type=row.order_type,  # type: ignore[arg-type]
+        time_in_force=row.time_in_force,  # type: ignore[arg-type]
+        limit_price=row.limit_price,
+    )
+    return OrderState(
+        request=req,
+        status=OrderStatus(row.status),
+        reason=row.reason,
+        workflow_id=row.workflow_id,
+        broker_order_id=row.broker_order_id,
+        filled_qty=row.filled_qty,
+        filled_notional=row.filled_notional,
+        fees=row.fees,
+    )

@@ -1,0 +1,182 @@
+"""The order saga end to end on real parts: Temporal dev server, Postgres, Redis, the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from ordersaga.errors import UserError
+from ordersaga.money import commission, round_cash
+from tests.support.saga import SagaStack
+from workflows.models import OrderStatus
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
+
+RATE, MINIMUM = Decimal("0.0025"), Decimal("0.50")
+
+
+async def balances(saga: SagaStack, account_id: str) -> dict[str, tuple[Decimal, Decimal]]:
+    acct = await saga.orders.balance(account_id)
+    return {b.asset: (b.available, b.held) for b in acct.balances}
+
+
+async def price_of(saga: SagaStack, symbol: str) -> Decimal:
+    quote = await saga.sim.admin("GET", f"/v2/stocks/{symbol}/quotes/latest")
+    return Decimal(str(quote["quote"]["ap"]))
+
+
+async def test_market_buy_settles_and_books_cost_fee_and_shares(saga: SagaStack) -> None:
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="AAPL", side="buy", qty="1")
+    assert placed.accepted and placed.status == OrderStatus.ACCEPTED
+    assert placed.hold_asset == "USD" and placed.held > 0
+
+    final = await saga.wait(acct, placed.order_id)
+
+    assert final.status == OrderStatus.SETTLED
+    assert final.filled_qty == Decimal(1)
+    cost = round_cash(final.filled_notional)
+    fee = commission(cost, RATE, MINIMUM)
+    assert final.fees == fee
+    bal = await balances(saga, acct)
+    assert bal["USD"] == (Decimal("10000") - cost - fee, Decimal(0))
+    assert bal["AAPL"] == (Decimal(1), Decimal(0))
+    assert final.released == placed.held - cost - fee
+    assert len(await saga.broker_orders(f"{acct}/{placed.order_id}")) == 1
+
+
+async def test_fractional_sell_settles_proceeds_less_fee(saga: SagaStack) -> None:
+    acct = await saga.funded_account("100", shares={"MSFT": "2.5"})
+    placed = await saga.place(acct, symbol="MSFT", side="sell", qty="0.75")
+    assert placed.accepted and placed.hold_asset == "MSFT" and placed.held == Decimal("0.75")
+
+    final = await saga.wait(acct, placed.order_id)
+
+    assert final.status == OrderStatus.SETTLED
+    proceeds = round_cash(final.filled_notional)
+    bal = await balances(saga, acct)
+    assert bal["MSFT"] == (Decimal("1.75"), Decimal(0))
+    assert bal["USD"] == (Decimal("100") + proceeds - final.fees, Decimal(0))
+
+
+async def test_insufficient_funds_is_refused_with_nothing_held(saga: SagaStack) -> None:
+    acct = await saga.funded_account("5")
+    placed = await saga.place(acct, symbol="AAPL", side="buy", qty="1")
+    assert not placed.accepted
+    assert placed.status == OrderStatus.REJECTED
+    assert placed.reason and "insufficient funds" in placed.reason
+    assert await balances(saga, acct) == {"USD": (Decimal("5.00"), Decimal(0))}
+    row = await saga.orders._store.get_order(acct, placed.order_id)
+    assert row is not None and row.status == "REJECTED"
+    assert await saga.broker_orders(f"{acct}/{placed.order_id}") == []
+
+
+async def test_no_fresh_quote_is_refused(saga: SagaStack) -> None:
+    acct = await saga.funded_account("1000")
+    # ZZZZ is never quoted by the feed.
+    placed = await saga.place(acct, symbol="ZZZZ", side="buy", qty="1")
+    assert placed.status == OrderStatus.REJECTED
+    assert placed.reason and placed.reason.startswith("no price")
+
+
+async def test_broker_rejection_voids_the_hold(saga: SagaStack) -> None:
+    acct = await saga.funded_account("1000")
+    placed = await saga.place(
+        acct, symbol="ZZZZ", side="buy", qty="1", order_type="limit", limit_price="10"
+    )
+    assert placed.accepted
+    final = await saga.wait(acct, placed.order_id)
+    assert final.status == OrderStatus.REJECTED
+    assert final.reason and "broker rejected" in final.reason
+    assert await balances(saga, acct) == {"USD": (Decimal("1000.00"), Decimal(0))}
+
+
+async def test_partial_fills_sum_to_the_order(saga: SagaStack) -> None:
+    await saga.sim.admin("PUT", "/admin/fill_model", {"mode": "partial", "parts": 4, "auto": True})
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="NVDA", side="buy", qty="3")
+    final = await saga.wait(acct, placed.order_id)
+    assert final.status == OrderStatus.SETTLED
+    assert final.filled_qty == Decimal(3)
+    bal = await balances(saga, acct)
+    assert bal["NVDA"] == (Decimal(3), Decimal(0))
+    assert bal["USD"][1] == 0
+
+
+async def test_cancel_of_a_resting_limit_releases_everything(saga: SagaStack) -> None:
+    acct = await saga.funded_account("10000")
+    low = (await price_of(saga, "AAPL") * Decimal("0.7")).quantize(Decimal("0.01"))
+    placed = await saga.place(
+        acct,
+        symbol="AAPL",
+        side="buy",
+        qty="2",
+        order_type="limit",
+        limit_price=low,
+        time_in_force="gtc",
+    )
+    assert placed.accepted
+    await _until(saga, acct, placed.order_id, lambda s: s.broker_order_id is not None)
+    res = await saga.orders.cancel_order(acct, placed.order_id)
+    assert res.accepted
+    final = await saga.wait(acct, placed.order_id)
+    assert final.status == OrderStatus.CANCELED
+    assert final.filled_qty == 0
+    assert await balances(saga, acct) == {"USD": (Decimal("10000.00"), Decimal(0))}
+    with pytest.raises(UserError, match="already CANCELED"):
+        await saga.orders.cancel_order(acct, placed.order_id)
+
+
+async def test_day_order_expires_when_the_broker_closes(saga: SagaStack) -> None:
+    acct = await saga.funded_account("10000")
+    low = (await price_of(saga, "TSLA") * Decimal("0.7")).quantize(Decimal("0.01"))
+    placed = await saga.place(
+        acct, symbol="TSLA", side="buy", qty="1", order_type="limit", limit_price=low
+    )
+    await _until(saga, acct, placed.order_id, lambda s: s.broker_order_id is not None)
+    await saga.sim.admin("POST", "/admin/clock/advance", {"seconds": 86_400})
+    final = await saga.wait(acct, placed.order_id)
+    assert final.status == OrderStatus.EXPIRED
+    assert await balances(saga, acct) == {"USD": (Decimal("10000.00"), Decimal(0))}
+
+
+async def test_same_order_id_concurrently_is_one_order(saga: SagaStack) -> None:
+    acct = await saga.funded_account("10000")
+    fields = {"symbol": "AAPL", "side": "buy", "qty": "1", "order_id": "dup-1"}
+    results = await asyncio.gather(*(saga.place(acct, **fields) for _ in range(5)))
+    assert {r.workflow_id for r in results} == {f"order/{acct}/dup-1"}
+    assert len({r.held for r in results}) == 1
+    with pytest.raises(UserError, match="other parameters"):
+        await saga.place(acct, **{**fields, "qty": "2"})
+    final = await saga.wait(acct, "dup-1")
+    assert final.status == OrderStatus.SETTLED
+    assert len(await saga.broker_orders(f"{acct}/dup-1")) == 1
+    rows = await saga.pool.fetchval("SELECT count(*) FROM orders WHERE account_id = $1", acct)
+    assert rows == 1
+    # Placing it again after it finished answers from the finished order.
+    again = await saga.place(acct, **fields)
+    assert again.status == OrderStatus.SETTLED
+
+
+async def test_lost_events_the_poll_completes_the_order(saga: SagaStack) -> None:
+    await saga.sim.admin("PUT", "/admin/faults", {"event_drop_prob": 1.0})
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="AMZN", side="buy", qty="1")
+    final = await saga.wait(acct, placed.order_id)
+    assert final.status == OrderStatus.SETTLED
+    assert any("poll" in e.event or "filled" in e.event for e in final.timeline)
+
+
+async def _until(
+    saga: SagaStack, acct: str, order_id: str, pred: object, timeout_s: float = 30
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        state = await saga.orders.get_order(acct, order_id)
+        if pred(state):  # type: ignore[operator]
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not reached; state {state.status}")
+        await asyncio.sleep(0.2)

@@ -1,0 +1,150 @@
+"""The worker process's composition root: settings -> clients -> activity objects -> Workers.
+
+``orders`` runs the workflows and the lock, ledger, market-data and orders-table activities;
+``broker`` runs only the broker activities, with its own slot limit, so a hung broker cannot take
+the slots ledger work needs (the bulkhead). Either or both queues per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import asyncpg
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.broker import BrokerActivities
+from activities.ledger import LedgerActivities
+from activities.lock import AccountLock, LockActivities
+from activities.marketdata import MarketDataActivities
+from activities.orders import OrderStoreActivities
+from activities.reconcile import ReconcileActivities
+from ordersaga.broker_client import BrokerClient
+from ordersaga.db import create_pool
+from ordersaga.keys import RedisKeys
+from ordersaga.settings import Settings
+from ordersaga.temporal import connect
+from workflows.order import OrderWorkflow
+from workflows.reconcile import ReconcileWorkflow
+
+log = logging.getLogger("ordersaga.worker")
+QUEUES = ("orders", "broker")
+
+
+@dataclass
+class Resources:
+    """Clients built once per process and injected into every activity object."""
+
+    settings: Settings
+    pool: asyncpg.Pool | None = None
+    redis: aioredis.Redis | None = None
+    broker: BrokerClient | None = None
+    closers: list[object] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def resources(settings: Settings, queues: Sequence[str]) -> AsyncIterator[Resources]:
+    res = Resources(settings)
+    try:
+        if "orders" in queues:
+            res.pool = await create_pool(
+                settings.database_url, settings.db_pool_min, settings.db_pool_max
+            )
+            res.redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        if "broker" in queues or "orders" in queues:
+            res.broker = BrokerClient.from_settings(settings)
+        yield res
+    finally:
+        if res.broker is not None:
+            await res.broker.close()
+        if res.redis is not None:
+            await res.redis.aclose()
+        if res.pool is not None:
+            await res.pool.close()
+
+
+def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list[Worker]:
+    s = res.settings
+    keys = RedisKeys(s.redis_prefix)
+    workers: list[Worker] = []
+    if "orders" in queues:
+        assert res.pool is not None and res.redis is not None and res.broker is not None
+        ledger = LedgerActivities(res.pool, cas_attempts=s.ledger_cas_attempts)
+        lock = LockActivities(AccountLock(res.redis, keys, fence_floor=ledger.max_fence))
+        quotes = MarketDataActivities(res.redis, keys, max_age_s=s.quote_max_age_s)
+        store = OrderStoreActivities(res.pool)
+        reconcile = ReconcileActivities(res.pool, ledger)
+        workers.append(
+            Worker(
+                client,
+                task_queue=s.orders_task_queue,
+                workflows=[OrderWorkflow, ReconcileWorkflow],
+                activities=[
+                    lock.acquire_lock,
+                    lock.release_lock,
+                    lock.extend_lock,
+                    ledger.reserve_funds,
+                    ledger.post_fill,
+                    ledger.void_funds,
+                    ledger.book_error_fill,
+                    quotes.get_quote,
+                    store.record_order,
+                    store.update_order,
+                    reconcile.find_breaks,
+                ],
+                max_concurrent_activities=s.orders_max_concurrent_activities,
+                graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
+            )
+        )
+    if "broker" in queues:
+        assert res.broker is not None
+        broker = BrokerActivities(res.broker)
+        workers.append(
+            Worker(
+                client,
+                task_queue=s.broker_task_queue,
+                activities=[
+                    broker.submit_order,
+                    broker.get_order,
+                    broker.cancel_order,
+                    broker.reconcile_order,
+                    broker.list_broker_orders,
+                ],
+                max_concurrent_activities=s.broker_max_concurrent_activities,
+                graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
+            )
+        )
+    return workers
+
+
+async def run_workers(settings: Settings, queues: Sequence[str]) -> None:
+    """Run until SIGTERM/SIGINT, then drain in-flight work within the grace period."""
+    unknown = set(queues) - set(QUEUES)
+    if unknown or not queues:
+        raise ValueError(f"queues must be a subset of {QUEUES}, got {list(queues)}")
+    client = await connect(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with resources(settings, queues) as res:
+        workers = build_workers(client, res, queues)
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        names = ", ".join(w.task_queue for w in workers)
+        log.info("worker polling %s on %s", names, settings.temporal_address)
+        print(f"worker ready: queues {names}", flush=True)
+        done_waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([done_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        log.info("draining (grace %.0fs)", settings.worker_grace_s)
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception():
+                raise t.exception()  # type: ignore[misc]
+        done_waiter.cancel()

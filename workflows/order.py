@@ -1,0 +1,614 @@
+"""OrderWorkflow: the saga that carries one customer order to the broker and back.
+
+Phases (docs/ARCHITECTURE.md has the picture):
+
+1. accept  validate (pure) -> price (quote cache) -> lock -> reserve (hold + orders row) -> unlock.
+           ``place`` (an Update, used with update-with-start) answers here: accepted or refused.
+2. submit  the pivot. Before it every step has a compensation (void the hold); from here on
+           nothing is compensated blindly: an unknown outcome is reconciled with the broker first.
+3. follow  book increases of the broker's cumulative fills from signals (the listener) or timed
+           polls, until the broker reports a final status.
+4. finish  void what is left of the hold, record the terminal status.
+
+Workflow code is deterministic: no I/O, clocks or randomness outside Temporal's APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.broker import (
+        BrokerActivities,
+        CancelOrderInput,
+        ReconcileOrderInput,
+        SubmitOrderInput,
+    )
+    from activities.ledger import (
+        LedgerActivities,
+        OrderRecord,
+        PostFillInput,
+        ReserveInput,
+        VoidInput,
+    )
+    from activities.lock import AcquireLockInput, LockActivities, ReleaseLockInput
+    from activities.marketdata import GetQuoteInput, MarketDataActivities
+    from activities.orders import OrderStoreActivities, RecordOrderInput, UpdateOrderInput
+    from ordersaga import errors
+    from ordersaga.money import CASH_ASSET, ceil_cash, commission, round_cash
+    from workflows.models import (
+        BrokerReport,
+        CancelResult,
+        OrderInput,
+        OrderRequest,
+        OrderState,
+        OrderStatus,
+        PlaceResult,
+        TimelineEntry,
+        validate_request,
+    )
+
+ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
+ACCOUNT_ID = SearchAttributeKey.for_keyword("AccountId")
+SYMBOL = SearchAttributeKey.for_keyword("Symbol")
+
+ORDER_TERMINAL = "OrderTerminal"
+
+# Broker statuses that end an order, and the saga status each ends in.
+BROKER_FINAL = {
+    "filled": OrderStatus.SETTLED,
+    "canceled": OrderStatus.CANCELED,
+    "expired": OrderStatus.EXPIRED,
+    "rejected": OrderStatus.REJECTED,
+}
+MAX_TIMELINE = 60
+MAX_FENCE_RETRIES = 5
+
+LEDGER_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=10),
+    non_retryable_error_types=errors.NON_RETRYABLE_LEDGER,
+)
+LOCK_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=100),
+    maximum_interval=timedelta(seconds=2),
+    non_retryable_error_types=[errors.LOCK_LOST],
+)
+# Asking the broker about an order is retried until the broker answers: nothing after the pivot
+# is decided without its word.
+BROKER_ASK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=[errors.BROKER_REJECTED],
+)
+
+
+def _error_type(err: BaseException) -> str | None:
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return cause.type if isinstance(cause, ApplicationError) else None
+
+
+@workflow.defn
+class OrderWorkflow:
+    @workflow.init
+    def __init__(self, inp: OrderInput) -> None:
+        self._cfg = inp.config
+        carried = inp.carried
+        self._state = carried or OrderState(
+            request=inp.request, workflow_id=workflow.info().workflow_id
+        )
+        self._decided = carried is not None
+        self._pivoted = carried is not None
+        self._reports: list[BrokerReport] = []
+        self._compensations: list[Callable[[], Awaitable[None]]] = []
+
+    # ------------------------------------------------------------------ handlers
+
+    @workflow.update
+    async def place(self, request: OrderRequest) -> PlaceResult:
+        """Answers once the order is held or refused; never waits on the broker."""
+        await workflow.wait_condition(lambda: self._decided)
+        return self._place_result()
+
+    @place.validator
+    def _validate_place(self, request: OrderRequest) -> None:
+        if request.params_hash() != self._state.request.params_hash():
+            raise ApplicationError(
+                f"order id {request.order_id} is already used with other parameters",
+                type=errors.ORDER_CONFLICT,
+            )
+
+    @workflow.update
+    async def cancel(self) -> CancelResult:
+        """Records the request; the broker is asked by the main loop, so this never waits on it."""
+        if not self._state.cancel_requested:
+            self._state.cancel_requested = True
+            self._note("cancel requested")
+        if self._pivoted:
+            self._set_status(OrderStatus.CANCEL_REQUESTED, "asking the broker to cancel")
+            detail = "the broker is asked to cancel; the order ends when it confirms"
+        else:
+            detail = "the order will not be sent to the broker"
+        return CancelResult(accepted=True, status=self._state.status, detail=detail)
+
+    @cancel.validator
+    def _validate_cancel(self) -> None:
+        if self._state.terminal:
+            raise ApplicationError(
+                f"order is already {self._state.status.value}", type=ORDER_TERMINAL
+            )
+
+    @workflow.signal
+    def broker_update(self, report: BrokerReport) -> None:
+        self._reports.append(report)
+
+    @workflow.query
+    def status(self) -> OrderState:
+        return self._state
+
+    # ------------------------------------------------------------------ the saga
+
+    @workflow.run
+    async def run(self, inp: OrderInput) -> OrderState:
+        self._upsert_search_attributes()
+        if inp.carried is None:
+            try:
+                await self._accept()
+            except BaseException:
+                # Before the pivot every step has a compensation; run them, keep the error.
+                await self._compensate()
+                raise
+            if self._state.terminal:
+                return self._state
+        await self._execute()
+        return self._state
+
+    async def _accept(self) -> None:
+        req = self._state.request
+        reason = validate_request(req)
+        if reason:
+            await self._refuse(reason, recorded=False)
+            return
+        priced = await self._price()
+        if priced is None:
+            await self._refuse("no price: no fresh quote for " + req.symbol, recorded=False)
+            return
+        asset, amount, limit_sent = priced
+        self._state.hold_asset, self._state.limit_sent = asset, limit_sent
+        refused = await self._reserve_under_lock(asset, amount)
+        if refused:
+            await self._refuse(refused, recorded=False)
+            return
+        self._state.held = amount
+        self._compensations.append(self._void_before_pivot)
+        self._set_status(OrderStatus.ACCEPTED, f"held {amount} {asset}")
+        self._decided = True
+
+    async def _price(self) -> tuple[str, Decimal, Decimal | None] | None:
+        """What to hold and the limit to send: (asset, amount, limit price or None)."""
+        req, cfg = self._state.request, self._cfg
+        cap = req.limit_price
+        if req.order_type == "market":
+            quote = await self._quote()
+            if quote is None:
+                return None
+            if req.side == "buy":
+                # Price protection: a market buy goes out as a limit capped at what is held.
+                cap = ceil_cash(quote * (1 + cfg.market_buy_buffer))
+        if req.side == "sell":
+            return req.symbol, req.qty, cap
+        assert cap is not None
+        notional = ceil_cash(req.qty * cap)
+        fee = commission(notional, cfg.commission_rate, cfg.commission_minimum)
+        return CASH_ASSET, notional + fee, cap
+
+    async def _quote(self) -> Decimal | None:
+        try:
+            q = await workflow.execute_activity_method(
+                MarketDataActivities.get_quote,
+                GetQuoteInput(symbol=self._state.request.symbol),
+                start_to_close_timeout=timedelta(seconds=5),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=5, non_retryable_error_types=[errors.NO_PRICE]
+                ),
+            )
+        except ActivityError as err:
+            if _error_type(err) == errors.NO_PRICE:
+                return None
+            raise
+        if not getattr(q, "fresh", True) or q.ask is None or q.ask <= 0:
+            return None
+        return Decimal(q.ask)
+
+    async def _reserve_under_lock(self, asset: str, amount: Decimal) -> str | None:
+        """Lock, reserve, unlock; a refusal reason, or None once held.
+
+        A stale-fence refusal means our lock expired and someone else wrote since: lock again and
+        retry the same reserve (same idempotency key, same amount).
+        """
+        req = self._state.request
+        key = req.key
+        for _ in range(MAX_FENCE_RETRIES):
+            fence = await self._acquire_lock()
+            try:
+                await self._ledger(
+                    LedgerActivities.reserve_funds,
+                    ReserveInput(
+                        account_id=req.account_id,
+                        order_id=key,
+                        asset=asset,
+                        amount=amount,
+                        fence=fence,
+                        idempotency_key=f"{key}:reserve",
+                        side=req.side,
+                        symbol=req.symbol,
+                        order=self._order_record(),
+                    ),
+                )
+                return None
+            except ActivityError as err:
+                kind = _error_type(err)
+                if kind == errors.STALE_FENCE:
+                    self._note("lock expired under the reserve; locking again")
+                    continue
+                if kind == errors.INSUFFICIENT_FUNDS:
+                    return f"insufficient funds: {err.cause.message if err.cause else err}"
+                if kind == errors.UNKNOWN_ACCOUNT:
+                    return f"unknown account {req.account_id}"
+                raise
+            finally:
+                await self._release_lock()
+        raise ApplicationError("reserve kept losing its lock", type=errors.LOCK_LOST)
+
+    async def _acquire_lock(self) -> int:
+        req = self._state.request
+        res = await workflow.execute_activity_method(
+            LockActivities.acquire_lock,
+            AcquireLockInput(
+                account_id=req.account_id,
+                owner=req.key,
+                ttl_ms=self._cfg.lock_ttl_ms,
+                wait_ms=self._cfg.lock_wait_ms,
+            ),
+            start_to_close_timeout=timedelta(milliseconds=self._cfg.lock_wait_ms + 5_000),
+            retry_policy=LOCK_RETRY,
+        )
+        return int(res.fence)
+
+    async def _release_lock(self) -> None:
+        req = self._state.request
+        await workflow.execute_activity_method(
+            LockActivities.release_lock,
+            ReleaseLockInput(account_id=req.account_id, owner=req.key),
+            start_to_close_timeout=timedelta(seconds=5),
+            retry_policy=LOCK_RETRY,
+        )
+
+    async def _execute(self) -> None:
+        """From the pivot on: submit, follow the broker, finish."""
+        if self._state.broker_order_id is None and not self._pivoted:
+            if self._state.cancel_requested:
+                await self._void("canceled before reaching the broker")
+                await self._finish(OrderStatus.CANCELED, "canceled before reaching the broker")
+                return
+            if not await self._submit():
+                return
+        await self._follow()
+
+    async def _submit(self) -> bool:
+        """Send the order; False when it ended here (rejected, or never reached the broker)."""
+        req = self._state.request
+        self._pivoted = True
+        self._compensations.clear()  # from here on nothing is compensated blindly
+        try:
+            res = await workflow.execute_activity_method(
+                BrokerActivities.submit_order,
+                SubmitOrderInput(
+                    order_id=req.key,
+                    symbol=req.symbol,
+                    qty=req.qty,
+                    side=req.side,
+                    order_type="limit" if self._state.limit_sent is not None else "market",
+                    time_in_force=req.time_in_force,
+                    limit_price=self._state.limit_sent,
+                ),
+                task_queue=self._cfg.broker_task_queue,
+                start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
+                schedule_to_close_timeout=timedelta(seconds=self._cfg.submit_schedule_to_close_s),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1),
+                    maximum_interval=timedelta(seconds=10),
+                    non_retryable_error_types=[errors.BROKER_REJECTED],
+                ),
+            )
+        except ActivityError as err:
+            if _error_type(err) == errors.BROKER_REJECTED:
+                reason = err.cause.message if err.cause else "rejected by the broker"
+                await self._void(f"broker rejected: {reason}")
+                await self._finish(OrderStatus.REJECTED, f"broker rejected: {reason}")
+                return False
+            self._note("submit outcome unknown; asking the broker")
+            return await self._find_after_unknown()
+        self._take_report(self._report_from(res.order, "submit"))
+        return True
+
+    async def _find_after_unknown(self) -> bool:
+        """After an unknown submit outcome: does the broker have the order?
+
+        It is voided only once it has stayed absent longer than any request can remain in flight.
+        """
+        gave_up_at = workflow.now()
+        while True:
+            view = await self._ask_broker()
+            if view.state != "absent":
+                self._take_report(self._report_from(view.order, "poll"))
+                return True
+            waited = (workflow.now() - gave_up_at).total_seconds()
+            if waited >= self._cfg.absent_grace_s:
+                reason = "the broker never received the order"
+                await self._void(reason)
+                await self._finish(OrderStatus.REJECTED, reason)
+                return False
+            await workflow.sleep(min(self._cfg.fill_poll_interval_s, self._cfg.absent_grace_s))
+
+    async def _follow(self) -> None:
+        """Book fills until the broker says the order is final, then finish it."""
+        final: BrokerReport | None = None
+        while final is None:
+            if self._state.cancel_requested and not self._state.cancel_sent:
+                await self._send_cancel()
+            await self._wait_for_reports()
+            reports, self._reports = self._reports, []
+            final = await self._apply_reports(reports)
+            if final is None and self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not self._reports:
+                    workflow.continue_as_new(
+                        OrderInput(
+                            request=self._state.request, config=self._cfg, carried=self._state
+                        )
+                    )
+        status = BROKER_FINAL[final.status]
+        await self._void(f"broker says {final.status}")
+        await self._finish(status, f"broker: {final.status}")
+
+    async def _wait_for_reports(self) -> None:
+        try:
+            await workflow.wait_condition(
+                lambda: (
+                    bool(self._reports)
+                    or (self._state.cancel_requested and not self._state.cancel_sent)
+                ),
+                timeout=timedelta(seconds=self._cfg.fill_poll_interval_s),
+            )
+        except TimeoutError:
+            # Events stopped (lost, or the listener is down): ask the broker ourselves.
+            view = await self._ask_broker()
+            if view.order is not None:
+                self._reports.append(self._report_from(view.order, "poll"))
+        except asyncio.CancelledError:
+            # A Temporal cancel after the pivot is a customer cancel: ask the broker, keep going.
+            self._state.cancel_requested = True
+            self._note("workflow cancel requested")
+
+    async def _apply_reports(self, reports: list[BrokerReport]) -> BrokerReport | None:
+        """Book the largest cumulative fill among the reports; the final report, if any."""
+        if not reports:
+            return None
+        best = max(reports, key=lambda r: r.filled_qty)
+        final = next((r for r in reports if r.status in BROKER_FINAL), None)
+        if best.broker_order_id and not self._state.broker_order_id:
+            self._state.broker_order_id = best.broker_order_id
+            if self._state.status == OrderStatus.ACCEPTED:
+                self._set_status(OrderStatus.SUBMITTED, f"broker order {best.broker_order_id}")
+            await self._store(self._state.status)
+        if final is not None and final.filled_qty > best.filled_qty:
+            best = final
+        self._state.broker_status = (final or best).status
+        await self._book(best)
+        return final
+
+    def _take_report(self, report: BrokerReport) -> None:
+        self._reports.append(report)
+
+    async def _book(self, report: BrokerReport) -> None:
+        """Post the increase of the broker's cumulative fill (booked once, whoever reports it)."""
+        st, cfg, req = self._state, self._cfg, self._state.request
+        if report.filled_qty <= st.filled_qty:
+            return
+        cum_cash = round_cash(report.filled_notional)
+        cum_fee = commission(cum_cash, cfg.commission_rate, cfg.commission_minimum)
+        if req.side == "sell":
+            cum_fee = min(cum_fee, cum_cash)
+        res = await self._ledger(
+            LedgerActivities.post_fill,
+            PostFillInput(
+                order_id=req.key,
+                cum_qty=report.filled_qty,
+                cum_notional=report.filled_notional,
+                cum_fee=cum_fee,
+            ),
+        )
+        st.filled_qty, st.filled_notional, st.fees = (
+            report.filled_qty,
+            report.filled_notional,
+            cum_fee,
+        )
+        st.posted_cash = Decimal(getattr(res, "posted_cash", cum_cash))
+        if st.filled_qty < req.qty and st.status != OrderStatus.CANCEL_REQUESTED:
+            self._set_status(OrderStatus.PARTIALLY_FILLED, f"filled {st.filled_qty}/{req.qty}")
+        else:
+            self._note(f"filled {st.filled_qty}/{req.qty} for {cum_cash} USD")
+        await self._store(st.status)
+
+    async def _send_cancel(self) -> None:
+        self._state.cancel_sent = True
+        res = await workflow.execute_activity_method(
+            BrokerActivities.cancel_order,
+            CancelOrderInput(
+                order_id=self._state.request.key, broker_order_id=self._state.broker_order_id
+            ),
+            task_queue=self._cfg.broker_task_queue,
+            start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
+            retry_policy=BROKER_ASK_RETRY,
+        )
+        if res.order is not None:
+            self._reports.append(self._report_from(res.order, "cancel"))
+
+    async def _ask_broker(self) -> Any:
+        return await workflow.execute_activity_method(
+            BrokerActivities.reconcile_order,
+            ReconcileOrderInput(order_id=self._state.request.key),
+            task_queue=self._cfg.broker_task_queue,
+            start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
+            retry_policy=BROKER_ASK_RETRY,
+        )
+
+    @staticmethod
+    def _report_from(order: Any, source: str) -> BrokerReport:
+        return BrokerReport(
+            source=source,  # type: ignore[arg-type]
+            broker_order_id=order.id,
+            status=order.status,
+            filled_qty=order.filled_qty,
+            filled_notional=order.filled_notional,
+            terminal=order.status in BROKER_FINAL,
+        )
+
+    # ------------------------------------------------------------------ endings
+
+    async def _void_before_pivot(self) -> None:
+        await self._void("compensating")
+        await self._finish(OrderStatus.CANCELED, "compensated before reaching the broker")
+
+    async def _compensate(self) -> None:
+        while self._compensations:
+            step = self._compensations.pop()
+            await step()
+
+    async def _void(self, why: str) -> None:
+        req = self._state.request
+        res = await self._ledger(
+            LedgerActivities.void_funds,
+            VoidInput(order_id=req.key, idempotency_key=f"{req.key}:void"),
+        )
+        self._state.released = Decimal(res.released)
+        self._note(f"released {res.released} {self._state.hold_asset or ''} ({why})".strip())
+
+    async def _refuse(self, reason: str, *, recorded: bool) -> None:
+        self._state.reason = reason
+        self._set_status(OrderStatus.REJECTED, reason)
+        # The permanent record first: the customer's answer must not outrun it.
+        await workflow.execute_activity_method(
+            OrderStoreActivities.record_order,
+            RecordOrderInput(record=self._order_record(), status="REJECTED", reason=reason),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=LEDGER_RETRY,
+        )
+        self._decided = True
+
+    async def _finish(self, status: OrderStatus, reason: str) -> None:
+        if status != OrderStatus.SETTLED:
+            self._state.reason = self._state.reason or reason
+        self._set_status(status, reason)
+        self._decided = True
+        await self._store(status)
+
+    async def _store(self, status: OrderStatus) -> None:
+        st, req = self._state, self._state.request
+        await workflow.execute_activity_method(
+            OrderStoreActivities.update_order,
+            UpdateOrderInput(
+                account_id=req.account_id,
+                order_id=req.order_id,
+                status=status.value,
+                reason=st.reason,
+                broker_order_id=st.broker_order_id,
+                filled_qty=st.filled_qty,
+                filled_notional=st.filled_notional,
+                fees=st.fees,
+            ),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=LEDGER_RETRY,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _ledger(self, method: Any, arg: Any) -> Any:
+        return await workflow.execute_activity_method(
+            method,
+            arg,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=LEDGER_RETRY,
+        )
+
+    def _order_record(self) -> OrderRecord:
+        req = self._state.request
+        return OrderRecord(
+            account_id=req.account_id,
+            order_id=req.order_id,
+            workflow_id=self._state.workflow_id,
+            symbol=req.symbol,
+            side=req.side,
+            order_type=req.order_type,
+            time_in_force=req.time_in_force,
+            qty=req.qty,
+            limit_price=req.limit_price,
+            params_hash=req.params_hash(),
+        )
+
+    def _place_result(self) -> PlaceResult:
+        st = self._state
+        return PlaceResult(
+            account_id=st.request.account_id,
+            order_id=st.request.order_id,
+            workflow_id=st.workflow_id,
+            accepted=st.status != OrderStatus.REJECTED and st.held > 0,
+            status=st.status,
+            reason=st.reason,
+            held=st.held,
+            hold_asset=st.hold_asset,
+        )
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > self._cfg.max_history_events
+        )
+
+    def _set_status(self, status: OrderStatus, detail: str) -> None:
+        self._state.status = status
+        self._note(f"{status.value}: {detail}" if detail else status.value)
+        self._upsert_search_attributes()
+
+    def _note(self, text: str) -> None:
+        timeline = self._state.timeline
+        timeline.append(TimelineEntry(at=workflow.now(), event=text))
+        if len(timeline) > MAX_TIMELINE:
+            del timeline[: len(timeline) - MAX_TIMELINE]
+
+    def _upsert_search_attributes(self) -> None:
+        st, req = self._state, self._state.request
+        workflow.upsert_search_attributes(
+            [
+                ORDER_STATUS.value_set(st.status.value),
+                ACCOUNT_ID.value_set(req.account_id),
+                SYMBOL.value_set(req.symbol),
+            ]
+        )
+        filled = f"filled {st.filled_qty}/{req.qty}"
+        workflow.set_current_details(
+            f"**{st.status.value}** {req.side} {req.qty} {req.symbol} "
+            f"({req.order_type}, {req.time_in_force}) for {req.account_id}; {filled}; "
+            f"held {st.held} {st.hold_asset or ''}; fees {st.fees}"
+            + (f"; reason: {st.reason}" if st.reason else "")
+        )
