@@ -1,0 +1,105 @@
+"""The two feed processes as a user runs them: ``ordersaga marketdata`` and
+``ordersaga broker-listener`` against the simulator, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+import pytest
+import redis.asyncio as aioredis
+
+from ordersaga.keys import RedisKeys
+from tests.conftest import REDIS_URL
+from tests.support.brokersim import BrokerSim, brokersim_fixture
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+sim = brokersim_fixture(scope="module")
+
+
+def start_cli(sim: BrokerSim, keys: RedisKeys, *args: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "ORDERSAGA_BROKER_URL": sim.url,
+        "ORDERSAGA_MARKET_DATA_URL": sim.url,
+        "ORDERSAGA_BROKER_KEY_ID": sim.key_id,
+        "ORDERSAGA_BROKER_SECRET_KEY": sim.secret_key,
+        "ORDERSAGA_REDIS_URL": REDIS_URL,
+        "ORDERSAGA_REDIS_PREFIX": keys.prefix,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "ordersaga.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if await check():
+            return
+        if proc.poll() is not None:
+            break
+        await asyncio.sleep(0.05)
+    proc.kill()
+    output = proc.communicate()[0].decode(errors="replace")
+    raise AssertionError(f"the process never did it; output:\n{output}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=10)[0].decode(errors="replace")
+    return proc.returncode, output
+
+
+async def test_marketdata_command_fills_redis(sim: BrokerSim, redis_client: aioredis.Redis) -> None:
+    keys = RedisKeys(prefix=f"ordersaga_test_cli_{uuid.uuid4().hex[:8]}:")
+    proc = start_cli(sim, keys, "marketdata", "--symbols", "AAPL,msft", "--interval", "0.1")
+    try:
+        await eventually(lambda: _both(redis_client, keys), proc)
+        record = json.loads(await redis_client.get(keys.quote("MSFT")))
+        assert Decimal(record["ask"]) > 0
+    finally:
+        code, output = stop(proc)
+        await redis_client.delete(keys.quote("AAPL"), keys.quote("MSFT"))
+    assert code == 0, output
+    assert "stored 2 quotes" in output
+
+
+async def _both(redis: aioredis.Redis, keys: RedisKeys) -> bool:
+    return await redis.exists(keys.quote("AAPL"), keys.quote("MSFT")) == 2
+
+
+async def test_broker_listener_command_stores_its_offset(
+    sim: BrokerSim, redis_client: aioredis.Redis
+) -> None:
+    keys = RedisKeys(prefix=f"ordersaga_test_cli_{uuid.uuid4().hex[:8]}:")
+    status, _ = await sim.request(
+        "POST",
+        "/v2/orders",
+        {"symbol": "AAPL", "qty": "1", "side": "buy", "type": "market", "time_in_force": "day"},
+    )
+    assert status == 200
+    events = await sim.admin("GET", "/v2/events/trade_updates?stream=false")
+    last = str(events[-1]["offset"])
+    proc = start_cli(sim, keys, "broker-listener", "--name", "cli")
+
+    async def offset_reached() -> bool:
+        return await redis_client.get(keys.listener_offset("cli")) == last
+
+    try:
+        await eventually(offset_reached, proc)
+    finally:
+        code, output = stop(proc)
+        await redis_client.delete(keys.listener_offset("cli"))
+    assert code == 0, output
+    assert "event 1 new" in output
