@@ -217,11 +217,6 @@ async def wait_until_at_broker(client: BrokerClient, order_id: str) -> str:
     raise AssertionError(f"late order {order_id} never reached the broker")
 
 
-@pytest.mark.xfail(
-    reason="brokersim's late fault reads the request body after the client has gone "
-    "(ConnectionResetError), so the late order is never executed",
-    strict=False,
-)
 async def test_late_order_found_by_the_retry(
     sim: BrokerSim, acts: BrokerActivities, client: BrokerClient
 ) -> None:
