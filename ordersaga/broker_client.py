@@ -49,7 +49,11 @@ class BrokerOutcomeUnknown(BrokerError):
 
 
 class BrokerAuthError(BrokerError):
-    """401/403: wrong keys. A configuration error, not worth retrying."""
+    """401: wrong keys. A configuration error, not worth retrying.
+
+    A 403 is a refusal of this request (Alpaca: insufficient buying power, account
+    restrictions), so it is a BrokerRejected with the broker's reason instead.
+    """
 
 
 class BrokerRejected(BrokerError):
@@ -192,6 +196,7 @@ class BrokerClient:
         connect_timeout_s: float = 2.0,
         request_timeout_s: float = 5.0,
         max_connections: int = 50,
+        market_data_feed: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.market_data_url = (market_data_url or base_url).rstrip("/")
@@ -199,6 +204,7 @@ class BrokerClient:
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.max_connections = max_connections
+        self.market_data_feed = market_data_feed
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -211,6 +217,7 @@ class BrokerClient:
             connect_timeout_s=settings.broker_connect_timeout_s,
             request_timeout_s=settings.broker_request_timeout_s,
             max_connections=settings.broker_max_connections,
+            market_data_feed=settings.market_data_feed,
         )
 
     async def __aenter__(self) -> BrokerClient:
@@ -346,10 +353,11 @@ class BrokerClient:
         """Latest quote per symbol; symbols the broker does not know are left out."""
         if not symbols:
             return {}
+        params = {"symbols": ",".join(symbols)}
+        if self.market_data_feed:
+            params["feed"] = self.market_data_feed
         _, raw = await self._request(
-            "GET",
-            self.market_data_url + "/v2/stocks/quotes/latest",
-            params={"symbols": ",".join(symbols)},
+            "GET", self.market_data_url + "/v2/stocks/quotes/latest", params=params
         )
         quotes = raw.get("quotes") or {}
         return {sym: Quote.from_alpaca(sym, q) for sym, q in quotes.items()}
@@ -422,7 +430,7 @@ def _check(status: int, raw: bytes, what: str) -> Any:
     if 200 <= status < 300:
         return _loads(raw) if raw else None
     code, message = _error_fields(raw)
-    if status in (401, 403):
+    if status == 401:
         raise BrokerAuthError(f"{what}: {status} {message}")
     if status == 404 and code is not None:
         raise OrderNotFound(f"{what}: {message}")

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     broker_connect_timeout_s: float = 2.0
     broker_request_timeout_s: float = 5.0
     broker_max_connections: int = 50
+    market_data_feed: str = ""  # Alpaca quote feed ("iex" on free plans); empty: the API's default
 
     # Account lock
     lock_ttl_ms: int = 10_000

@@ -117,6 +117,7 @@ async def test_submit_sends_strings_and_keys(fake: FakeBroker) -> None:
         (422, 40010001, 'asset "XYZ" not found', BrokerRejected),
         (400, 40010000, "malformed JSON", BrokerRejected),
         (401, 40110000, "request is not authorized", BrokerAuthError),
+        (403, 40310000, "insufficient buying power", BrokerRejected),
         (404, 40410000, "order not found", OrderNotFound),
         (503, 50000000, "injected", BrokerOutcomeUnknown),
         (429, 42910000, "rate limit exceeded", BrokerUnavailable),
@@ -259,3 +260,17 @@ async def test_sse_stream_parses_events_and_skips_comments(fake: FakeBroker) -> 
     assert [e.offset for e in got] == [4, 5]
     assert got[0].execution_id == "x4"
     assert got[0].order.filled_qty == Decimal(2)
+
+
+async def test_quotes_ask_for_the_configured_feed_on_the_market_data_host(fake: FakeBroker) -> None:
+    seen: dict[str, str] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.update(request.query)
+        return web.json_response({"quotes": {}})
+
+    fake.handler = handler
+    client = BrokerClient("http://127.0.0.1:9", fake.url, "k", "s", market_data_feed="iex")
+    async with client:
+        assert await client.latest_quotes(["AAPL"]) == {}
+    assert seen == {"symbols": "AAPL", "feed": "iex"}
