@@ -399,12 +399,13 @@ async def serve(
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound_port = runner.addresses[0][1]
-    print(f"broker-sim listening on http://{host}:{bound_port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Handlers first: whoever saw the ready line may send SIGTERM at once.
+    bound_port = runner.addresses[0][1]
+    print(f"broker-sim listening on http://{host}:{bound_port}", flush=True)
     ticker = asyncio.create_task(server.tick_loop())
     try:
         await stop.wait()

@@ -208,9 +208,10 @@ def brokersim_factory(tmp_path: Path) -> Iterator[StartSim]:
 
 
 @pytest.fixture
-def brokersim(brokersim_factory: StartSim) -> BrokerSim:
+def brokersim(tmp_path: Path) -> Iterator[BrokerSim]:
     """A fresh simulator (its own port and state file) for one test."""
-    return brokersim_factory()
+    for start in _factory(tmp_path):
+        yield start()
 
 
 def brokersim_fixture(scope: str = "function", **start_kwargs: Any) -> Any:
