@@ -1,0 +1,120 @@
+"""The saga under broker faults: lost replies, hangs, late executions, duplicated reports."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from tests.support.saga import SagaStack
+from workflows.models import OrderStatus
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
+
+
+async def usd(saga: SagaStack, account_id: str) -> tuple[Decimal, Decimal]:
+    acct = await saga.orders.balance(account_id)
+    bal = acct.of("USD")
+    return bal.available, bal.held
+
+
+async def post_entries(saga: SagaStack, key: str) -> int:
+    return int(
+        await saga.pool.fetchval(
+            "SELECT count(*) FROM journal_entries WHERE order_id = $1 AND code = 'post'", key
+        )
+    )
+
+
+async def wait_for(pred, timeout_s: float = 60, every_s: float = 0.25) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(every_s)
+
+
+async def test_execute_then_drop_reply_settles_once(saga: SagaStack) -> None:
+    await saga.sim.admin("PUT", "/admin/faults", {"seed": 11, "drop_reply_prob": 0.6})
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="AAPL", side="buy", qty="2")
+    final = await saga.wait(acct, placed.order_id)
+    await saga.reset_sim()  # the checks below talk to the broker too
+    key = f"{acct}/{placed.order_id}"
+    assert final.status == OrderStatus.SETTLED
+    assert final.filled_qty == Decimal(2)
+    assert len(await saga.broker_orders(key)) == 1
+    assert await post_entries(saga, key) == 1
+    acct_bal = await saga.orders.balance(acct)
+    assert acct_bal.of("AAPL").available == Decimal(2)
+
+
+async def test_broker_hang_then_recovery_settles_once(saga: SagaStack) -> None:
+    await saga.sim.admin("PUT", "/admin/faults", {"hang_prob": 1.0, "hang_ms": 600_000})
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="MSFT", side="buy", qty="1")
+    # The customer had an answer at once; the broker is hung for a while, then recovers.
+    assert placed.accepted
+    await asyncio.sleep(3.5)
+    await saga.sim.admin("PUT", "/admin/faults", {"hang_prob": 0.0})
+    final = await saga.wait(acct, placed.order_id)
+    assert final.status == OrderStatus.SETTLED
+    assert len(await saga.broker_orders(f"{acct}/{placed.order_id}")) == 1
+
+
+async def test_duplicated_events_and_polls_book_each_fill_once(saga: SagaStack) -> None:
+    await saga.sim.admin("PUT", "/admin/faults", {"seed": 5, "event_dup_prob": 1.0})
+    await saga.sim.admin("PUT", "/admin/fill_model", {"mode": "partial", "parts": 3, "auto": True})
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="AAPL", side="buy", qty="3")
+    key = f"{acct}/{placed.order_id}"
+    # The same fill also arrives from the other source (a poll's report), twice.
+    final = await saga.wait(acct, placed.order_id)
+    assert final.status == OrderStatus.SETTLED
+    [broker_order] = await saga.broker_orders(key)
+    assert Decimal(broker_order["filled_qty"]) == final.filled_qty == Decimal(3)
+    assert await post_entries(saga, key) <= 3
+    posted = await saga.pool.fetchval("SELECT posted_qty FROM holds WHERE order_id = $1", key)
+    assert posted == Decimal(3)
+
+
+async def test_late_execution_after_we_gave_up_lands_in_the_error_account(
+    saga: SagaStack,
+) -> None:
+    await saga.sim.admin("PUT", "/admin/faults", {"late_prob": 1.0, "late_ms": 20_000})
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="NVDA", side="buy", qty="1")
+    key = f"{acct}/{placed.order_id}"
+
+    async def submit_gave_up() -> bool:
+        state = await saga.orders.get_order(acct, placed.order_id)
+        return any("outcome unknown" in e.event for e in state.timeline)
+
+    await wait_for(submit_gave_up, timeout_s=30)
+    # Only the submit requests were late; the broker answers lookups again.
+    await saga.sim.admin("PUT", "/admin/faults", {"late_prob": 0.0})
+    final = await saga.wait(acct, placed.order_id)
+    assert final.status == OrderStatus.REJECTED
+    assert final.reason == "the broker never received the order"
+    assert await usd(saga, acct) == (Decimal("10000.00"), Decimal(0))
+
+    # The request arrives at the broker late; the reconciler finds it, cancels what is left and
+    # books what filled to the firm error account, never to the customer.
+    async def booked_to_error() -> bool:
+        return bool(
+            await saga.pool.fetchval(
+                "SELECT posted_qty > 0 FROM error_positions WHERE client_order_id = $1", key
+            )
+        )
+
+    await wait_for(lambda: saga.broker_orders(key), timeout_s=40)  # type: ignore[arg-type]
+    await wait_for(booked_to_error, timeout_s=40)
+    [broker_order] = await saga.broker_orders(key)
+    error_qty = await saga.pool.fetchval(
+        "SELECT posted_qty FROM error_positions WHERE client_order_id = $1", key
+    )
+    assert error_qty == Decimal(broker_order["filled_qty"])
+    assert await usd(saga, acct) == (Decimal("10000.00"), Decimal(0))
+    customer = await saga.orders.balance(acct)
+    assert customer.of("NVDA").available == 0
