@@ -14,6 +14,7 @@ import sys
 import click
 
 from ordersaga.commands import register_all
+from ordersaga.devstack import apply_stack_env
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +28,9 @@ register_all(cli)
 
 def main(argv: list[str] | None = None) -> None:
     code = 0
+    # Addresses of a stack started by `ordersaga dev up` (embedded stores, ports); variables
+    # already set in the environment win.
+    apply_stack_env()
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:

@@ -18,6 +18,7 @@ _MODULES = (
     "orders",
     "worker",
     "chaos",
+    "demo",
 )
 
 

@@ -50,8 +50,12 @@ async def _marketdata(settings: Settings, symbols: list[str], interval_s: float)
 
 
 async def _listen(settings: Settings, name: str) -> None:
-    # The saga replaces listener.log_event with its "signal the order's workflow" callback.
-    await listener.serve(settings, on_event=listener.log_event, name=name, stop=_stop_on_signals())
+    from ordersaga.delivery import signal_workflows
+    from ordersaga.temporal import connect
+
+    # Each event becomes a signal to its order's workflow (or a targeted reconcile).
+    deliver = signal_workflows(await connect(settings), settings)
+    await listener.serve(settings, on_event=deliver, name=name, stop=_stop_on_signals())
 
 
 def register(cli: click.Group) -> None:
