@@ -1,0 +1,194 @@
+"""Record OrderWorkflow histories for the replay tests (tests/workflows/test_replay.py).
+
+    .venv/bin/python -m tests.chaos.record_histories [--out tests/histories]
+
+Runs a few orders on real parts (a Temporal dev server, Postgres, Redis, the broker simulator;
+the same stack the saga tests use) through the paths a workflow change is most likely to break:
+a cancel, partial fills, an unknown submit outcome reconciled with the broker (found late, and
+never found), submit retries after 5xx, and a day order the broker expires. Each history is
+written as ``<name>.json`` (``WorkflowHistory.to_json()``); the file name is the replay's
+workflow id.
+Re-record after an intended, versioned change to the workflow; never to make a replay pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from ordersaga.db import drop_database, ensure_database, migrate, with_database
+from ordersaga.keys import RedisKeys
+from tests.support.brokersim import BrokerSim
+from tests.support.saga import SagaStack, saga_settings, saga_stack, start_dev_server
+from workflows.models import OrderState, OrderStatus
+
+SERVER_DSN = os.environ.get(
+    "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("ORDERSAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+OUT = Path(__file__).resolve().parent.parent / "histories"
+
+Scenario = Callable[[SagaStack], Awaitable[OrderState]]
+
+
+async def _price(saga: SagaStack, symbol: str) -> Decimal:
+    quote = await saga.sim.admin("GET", f"/v2/stocks/{symbol}/quotes/latest")
+    return Decimal(str(quote["quote"]["ap"]))
+
+
+async def _until_at_broker(saga: SagaStack, acct: str, order_id: str) -> None:
+    for _ in range(300):
+        if (await saga.orders.get_order(acct, order_id)).broker_order_id:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("order never reached the broker")
+
+
+async def cancel_resting_limit(saga: SagaStack) -> OrderState:
+    acct = await saga.funded_account("10000")
+    low = (await _price(saga, "AAPL") * Decimal("0.7")).quantize(Decimal("0.01"))
+    placed = await saga.place(
+        acct, symbol="AAPL", side="buy", qty="2", order_type="limit", limit_price=low,
+        time_in_force="gtc",
+    )  # fmt: skip
+    await _until_at_broker(saga, acct, placed.order_id)
+    await saga.orders.cancel_order(acct, placed.order_id)
+    return await saga.wait(acct, placed.order_id)
+
+
+async def partial_fills_buy(saga: SagaStack) -> OrderState:
+    await saga.sim.admin("PUT", "/admin/fill_model", {"mode": "partial", "parts": 4, "auto": True})
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="NVDA", side="buy", qty="3")
+    return await saga.wait(acct, placed.order_id)
+
+
+async def partial_fills_sell(saga: SagaStack) -> OrderState:
+    await saga.sim.admin("PUT", "/admin/fill_model", {"mode": "partial", "parts": 3, "auto": True})
+    acct = await saga.funded_account("100", shares={"MSFT": "2.5"})
+    placed = await saga.place(acct, symbol="MSFT", side="sell", qty="1.75")
+    return await saga.wait(acct, placed.order_id)
+
+
+async def unknown_outcome_found_late(saga: SagaStack) -> OrderState:
+    """Every trading request answers after the client gave up; the order exists all the same."""
+    acct = await saga.funded_account("10000")
+    await saga.sim.admin("PUT", "/admin/faults", {"late_prob": 1.0, "late_ms": 2_500})
+    placed = await saga.place(acct, symbol="AMZN", side="buy", qty="1")
+    await asyncio.sleep(11)  # past the submit's schedule-to-close: the workflow asks the broker
+    await saga.reset_sim()
+    return await saga.wait(acct, placed.order_id)
+
+
+async def unknown_outcome_never_arrived(saga: SagaStack) -> OrderState:
+    """Every submit fails with 5xx; the broker never has the order; voided after the grace."""
+    acct = await saga.funded_account("10000")
+    await saga.sim.admin("PUT", "/admin/faults", {"error_5xx_prob": 1.0})
+    placed = await saga.place(acct, symbol="TSLA", side="buy", qty="1")
+    await asyncio.sleep(10)
+    await saga.reset_sim()
+    return await saga.wait(acct, placed.order_id)
+
+
+async def submit_retries_after_5xx(saga: SagaStack) -> OrderState:
+    await saga.sim.admin("PUT", "/admin/faults", {"error_5xx_prob": 0.6, "seed": 11})
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="AAPL", side="buy", qty="1")
+    return await saga.wait(acct, placed.order_id)
+
+
+async def day_order_expires(saga: SagaStack) -> OrderState:
+    acct = await saga.funded_account("10000")
+    low = (await _price(saga, "TSLA") * Decimal("0.7")).quantize(Decimal("0.01"))
+    placed = await saga.place(
+        acct, symbol="TSLA", side="buy", qty="1", order_type="limit", limit_price=low
+    )
+    await _until_at_broker(saga, acct, placed.order_id)
+    await saga.sim.admin("POST", "/admin/clock/advance", {"seconds": 86_400})
+    return await saga.wait(acct, placed.order_id)
+
+
+async def refused_for_funds(saga: SagaStack) -> OrderState:
+    acct = await saga.funded_account("5")
+    placed = await saga.place(acct, symbol="AAPL", side="buy", qty="1")
+    return await saga.wait(acct, placed.order_id)
+
+
+SCENARIOS: dict[str, tuple[Scenario, OrderStatus]] = {
+    "cancel_resting_limit": (cancel_resting_limit, OrderStatus.CANCELED),
+    "partial_fills_buy": (partial_fills_buy, OrderStatus.SETTLED),
+    "partial_fills_sell": (partial_fills_sell, OrderStatus.SETTLED),
+    "unknown_outcome_found_late": (unknown_outcome_found_late, OrderStatus.SETTLED),
+    "unknown_outcome_never_arrived": (unknown_outcome_never_arrived, OrderStatus.REJECTED),
+    "submit_retries_after_5xx": (submit_retries_after_5xx, OrderStatus.SETTLED),
+    "day_order_expires": (day_order_expires, OrderStatus.EXPIRED),
+    "refused_for_funds": (refused_for_funds, OrderStatus.REJECTED),
+}
+
+
+async def record(out: Path, only: list[str]) -> None:
+    dsn = with_database(SERVER_DSN, f"ordersaga_record_{uuid.uuid4().hex[:10]}")
+    keys = RedisKeys(prefix=f"ordersaga_record_{uuid.uuid4().hex[:10]}:")
+    await ensure_database(dsn)
+    await migrate(dsn)
+    env = await start_dev_server()
+    tmp = tempfile.TemporaryDirectory()
+    sim = BrokerSim.start(Path(tmp.name) / "broker.db", seed=7)
+    try:
+        settings = saga_settings(dsn, keys, sim.url, redis_url=REDIS_URL)
+        async with saga_stack(env.client, settings, sim) as saga:
+            for name in only or list(SCENARIOS):
+                await _record_one(saga, name, out)
+    finally:
+        sim.stop()
+        await env.shutdown()
+        await drop_database(dsn)
+        await _drop_keys(keys)
+        tmp.cleanup()
+
+
+async def _record_one(saga: SagaStack, name: str, out: Path) -> None:
+    scenario, expected = SCENARIOS[name]
+    await saga.reset_sim()
+    final = await scenario(saga)
+    if final.status != expected:
+        raise RuntimeError(f"{name}: ended {final.status}, expected {expected}: {final.reason}")
+    handle = saga.temporal.get_workflow_handle(final.workflow_id)
+    history = await handle.fetch_history()
+    (out / f"{name}.json").write_text(history.to_json() + "\n")
+    print(f"{name}: {final.status.value}, {len(history.events)} events")
+
+
+async def _drop_keys(keys: RedisKeys) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    with contextlib.suppress(Exception):
+        found = [k async for k in client.scan_iter(match=keys.pattern(), count=500)]
+        if found:
+            await client.delete(*found)
+    await client.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)}")
+    args = parser.parse_args()
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    asyncio.run(record(args.out, args.scenarios))
+    os._exit(0)  # the SDK can abort at interpreter exit (sdk-python#300)
+
+
+if __name__ == "__main__":
+    main()
