@@ -1,0 +1,406 @@
+"""docker-compose.yml, the Dockerfile and deploy/: Docker cannot run here, so the file is checked as
+data: every service the stack needs, pinned images, one project image, addresses that point at the
+services and ports they name, settings that exist, and a start order that holds. Where
+``docker-compose`` is installed it also renders the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import redis.asyncio as aioredis
+import yaml
+
+from ordersaga.cli import cli
+from ordersaga.keys import RedisKeys
+from ordersaga.settings import Settings
+from ordersaga.temporal import SEARCH_ATTRIBUTES
+from tests.conftest import REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"
+
+INFRA = ("temporal-db", "temporal", "temporal-setup", "temporal-ui", "ledger-db", "redis")
+PROJECT = (
+    "migrate",
+    "reconcile-schedule",
+    "broker-sim",
+    "marketdata",
+    "worker-orders",
+    "worker-broker",
+    "broker-listener",
+)
+# Long-running project processes that poll Temporal or signal workflows.
+TEMPORAL_APPS = ("worker-orders", "worker-broker", "broker-listener")
+ONE_SHOTS = ("migrate", "temporal-setup", "reconcile-schedule")
+
+_VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def resolve(value: object) -> str:
+    """The value compose would use with no .env file: each ${NAME:-default} becomes its default."""
+    return _VAR.sub(lambda m: m.group(2) or "", str(value))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def env(compose: dict[str, Any]) -> dict[str, str]:
+    return {k: resolve(v) for k, v in compose["x-ordersaga-env"].items()}
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def container_ports(service: dict[str, Any]) -> dict[int, int]:
+    """Published ports as {container port: host port}."""
+    published = {}
+    for spec in service.get("ports", []):
+        *_, host, container = str(spec).split(":")
+        published[int(container.split("/")[0])] = int(host)
+    return published
+
+
+def dependencies(service: dict[str, Any]) -> dict[str, str]:
+    return {name: dep["condition"] for name, dep in service.get("depends_on", {}).items()}
+
+
+def test_every_service_the_stack_needs_is_there(services: dict[str, Any]) -> None:
+    missing = set(INFRA + PROJECT) - set(services)
+    assert not missing, f"missing services: {sorted(missing)}"
+
+
+def test_third_party_images_are_pinned(services: dict[str, Any]) -> None:
+    expected_repos = {
+        "temporal": "temporalio/auto-setup",
+        "temporal-setup": "temporalio/admin-tools",
+        "temporal-ui": "temporalio/ui",
+        "temporal-db": "postgres",
+        "ledger-db": "postgres",
+        "redis": "redis",
+    }
+    for name, svc in services.items():
+        image = svc["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest", f"{name}: image {image!r} is not pinned"
+        assert "$" not in image, f"{name}: image {image!r} depends on the environment"
+        if name in expected_repos:
+            assert repo == expected_repos[name], f"{name}: {image}"
+    # One Temporal release across the server and its tools.
+    server_tag = services["temporal"]["image"].rpartition(":")[2]
+    assert services["temporal-setup"]["image"].rpartition(":")[2].startswith(server_tag + "-")
+
+
+def test_project_services_share_one_image_built_from_the_dockerfile(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    project_image = f"ordersaga:{version}"
+    built = {name for name, svc in services.items() if "build" in svc}
+    assert built == set(PROJECT) | {"ordersaga"}
+    for name in built:
+        svc = services[name]
+        assert svc["image"] == project_image, name
+        assert svc["build"] is compose["x-ordersaga-app"]["build"], name
+        assert (ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]) == DOCKERFILE
+    assert project_image not in {services[n]["image"] for n in INFRA}
+
+
+def test_project_services_share_the_one_env_anchor(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    shared = compose["x-ordersaga-env"]
+    for name in (*PROJECT, "ordersaga"):
+        # The same object, not an equal copy: a per-service edit could not drift silently.
+        assert services[name]["environment"] is shared, name
+
+
+def test_every_ordersaga_variable_is_a_settings_field(services: dict[str, Any]) -> None:
+    fields = set(Settings.model_fields)
+    seen = set()
+    for name, svc in services.items():
+        for var in svc.get("environment", {}):
+            if var.startswith("ORDERSAGA_"):
+                seen.add(var)
+                field = var.removeprefix("ORDERSAGA_").lower()
+                assert field in fields, f"{name}: {var} is not a field of Settings"
+    assert "ORDERSAGA_TEMPORAL_ADDRESS" in seen
+
+
+def test_the_shared_env_parses_as_settings(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in [v for v in os.environ if v.startswith("ORDERSAGA_")]:
+        monkeypatch.delenv(var)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    settings = Settings()
+    assert settings.temporal_address == env["ORDERSAGA_TEMPORAL_ADDRESS"]
+    assert settings.database_url == env["ORDERSAGA_DATABASE_URL"]
+    assert settings.worker_grace_s == float(env["ORDERSAGA_WORKER_GRACE_S"])
+    assert settings.commission_rate == Decimal("0.0025")  # untouched fields keep their defaults
+
+
+def test_temporal_address_points_at_the_temporal_service(
+    env: dict[str, str], services: dict[str, Any]
+) -> None:
+    address = env["ORDERSAGA_TEMPORAL_ADDRESS"]
+    host, port = address.rsplit(":", 1)
+    assert host == "temporal"
+    assert int(port) in container_ports(services["temporal"])
+    assert resolve(services["temporal-ui"]["environment"]["TEMPORAL_ADDRESS"]) == address
+    assert resolve(services["temporal-setup"]["environment"]["TEMPORAL_ADDRESS"]) == address
+    assert f"--address {address}" in " ".join(services["temporal"]["healthcheck"]["test"])
+    namespace = env["ORDERSAGA_TEMPORAL_NAMESPACE"]
+    assert services["temporal"]["environment"]["DEFAULT_NAMESPACE"] == namespace
+    assert services["temporal-setup"]["environment"]["TEMPORAL_NAMESPACE"] == namespace
+    assert services["temporal-ui"]["environment"]["TEMPORAL_DEFAULT_NAMESPACE"] == namespace
+
+
+def test_temporal_persists_to_its_postgres(services: dict[str, Any]) -> None:
+    temporal = {k: resolve(v) for k, v in services["temporal"]["environment"].items()}
+    db = {k: resolve(v) for k, v in services["temporal-db"]["environment"].items()}
+    assert temporal["DB"] == temporal["SQL_PLUGIN"] == "postgres12"
+    assert temporal["POSTGRES_SEEDS"] == temporal["SQL_HOST"] == "temporal-db"
+    assert temporal["DB_PORT"] == temporal["SQL_PORT"] == "5432"
+    assert temporal["POSTGRES_USER"] == temporal["SQL_USER"] == db["POSTGRES_USER"]
+    assert temporal["POSTGRES_PWD"] == temporal["SQL_PASSWORD"] == db["POSTGRES_PASSWORD"]
+    assert "-p 5432" in services["temporal-db"]["healthcheck"]["test"][1]
+
+
+def test_database_url_points_at_the_ledger_postgres(
+    env: dict[str, str], services: dict[str, Any]
+) -> None:
+    url = urlsplit(env["ORDERSAGA_DATABASE_URL"])
+    db = {k: resolve(v) for k, v in services["ledger-db"]["environment"].items()}
+    assert (url.hostname, url.port) == ("ledger-db", 5432)
+    assert url.username == db["POSTGRES_USER"]
+    assert url.password == db["POSTGRES_PASSWORD"]
+    assert url.path.lstrip("/") == db["POSTGRES_DB"]
+
+
+def test_redis_url_points_at_the_redis_service(
+    env: dict[str, str], services: dict[str, Any]
+) -> None:
+    url = urlsplit(env["ORDERSAGA_REDIS_URL"])
+    assert url.hostname == "redis"
+    assert str(url.port) == option(argv(services["redis"]), "--port")
+    assert str(url.port) in services["redis"]["healthcheck"]["test"]
+
+
+def test_broker_urls_point_at_the_simulator(env: dict[str, str], services: dict[str, Any]) -> None:
+    args = argv(services["broker-sim"])
+    for var in ("ORDERSAGA_BROKER_URL", "ORDERSAGA_MARKET_DATA_URL"):
+        url = urlsplit(env[var])
+        assert url.hostname == "broker-sim", var
+        assert str(url.port) == option(args, "--port"), var
+    assert option(args, "--host") == "0.0.0.0"  # reachable from the other containers
+    assert option(args, "--state").startswith("/data/")
+    assert any(str(v).endswith(":/data") for v in services["broker-sim"]["volumes"])
+    health = " ".join(services["broker-sim"]["healthcheck"]["test"])
+    assert f":{option(args, '--port')}/healthz" in health
+
+
+def test_ui_url_is_the_published_ui_port(env: dict[str, str], services: dict[str, Any]) -> None:
+    url = urlsplit(env["ORDERSAGA_TEMPORAL_UI_URL"])
+    assert container_ports(services["temporal-ui"]) == {8080: url.port}
+
+
+def test_commands_are_real_cli_commands(services: dict[str, Any]) -> None:
+    ctx = click.Context(cli)
+    for name in (*PROJECT, "ordersaga"):
+        if "entrypoint" in services[name] or not argv(services[name]):
+            continue
+        args = argv(services[name])
+        command: click.Command | None = cli
+        while isinstance(command, click.Group) and args:
+            command = command.get_command(ctx, args.pop(0))
+        assert command is not None, f"{name}: not an ordersaga command: {argv(services[name])}"
+        # Parsing checks every option and its type without running the command.
+        command.make_context(name, args)
+    assert argv(services["worker-orders"]) == ["worker", "--queues", "orders"]
+    assert argv(services["worker-broker"]) == ["worker", "--queues", "broker"]
+    assert argv(services["migrate"]) == ["db", "migrate"]
+    assert argv(services["marketdata"]) == ["marketdata"]
+    assert argv(services["broker-listener"]) == ["broker-listener"]
+
+
+def test_start_order(services: dict[str, Any]) -> None:
+    for name in TEMPORAL_APPS:
+        deps = dependencies(services[name])
+        assert deps.get("migrate") == "service_completed_successfully", name
+        assert deps.get("temporal-setup") == "service_completed_successfully", name
+        assert deps.get("temporal") == "service_healthy", name
+        assert deps.get("redis") == "service_healthy", name
+    for name in ("worker-broker", "broker-listener", "marketdata"):
+        assert dependencies(services[name]).get("broker-sim") == "service_healthy", name
+    assert dependencies(services["migrate"]) == {"ledger-db": "service_healthy"}
+    assert dependencies(services["temporal"]) == {"temporal-db": "service_healthy"}
+    assert dependencies(services["temporal-setup"]) == {"temporal": "service_healthy"}
+    assert dependencies(services["reconcile-schedule"]).get("temporal") == "service_healthy"
+
+
+def test_dependency_conditions_can_be_met(services: dict[str, Any]) -> None:
+    for name, svc in services.items():
+        for dep, condition in dependencies(svc).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep}'s health"
+            if condition == "service_completed_successfully":
+                assert dep in ONE_SHOTS, f"{name} waits for {dep} to exit"
+    for name in ONE_SHOTS:
+        assert services[name]["restart"] == "no", f"one-shot {name} must not be restarted"
+
+
+def test_start_order_has_no_cycle(services: dict[str, Any]) -> None:
+    started: list[str] = []
+    pending = dict(services)
+    while pending:
+        ready = [n for n, s in pending.items() if set(dependencies(s)) <= set(started)]
+        assert ready, f"dependency cycle among {sorted(pending)}"
+        for n in ready:
+            started.append(n)
+            del pending[n]
+    assert started.index("temporal-db") < started.index("temporal")
+
+
+def test_workers_can_scale_and_drain(env: dict[str, str], services: dict[str, Any]) -> None:
+    for name in ("worker-orders", "worker-broker"):
+        svc = services[name]
+        # A fixed name or host port would stop `--scale` from starting a second container.
+        assert "container_name" not in svc and "ports" not in svc, name
+        grace = re.fullmatch(r"(\d+)s", svc["stop_grace_period"])
+        assert grace is not None
+        assert int(grace.group(1)) > float(env["ORDERSAGA_WORKER_GRACE_S"]), name
+
+
+def test_search_attributes_are_registered_by_the_setup_one_shot(services: dict[str, Any]) -> None:
+    setup = services["temporal-setup"]
+    mounts = dict(str(v).rsplit(":", 1)[0].split(":", 1) for v in setup["volumes"])
+    script_in_container = setup["entrypoint"][-1]
+    script = ROOT / next(h for h, c in mounts.items() if c == script_in_container)
+    text = script.read_text()
+    assert re.search(r"^ATTRIBUTES=\"(.*)\"$", text, re.M).group(1).split() == list(  # type: ignore[union-attr]
+        SEARCH_ATTRIBUTES
+    )
+    assert "--type Keyword" in text
+
+
+def test_mounted_deploy_files_exist(services: dict[str, Any]) -> None:
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            source = str(volume).split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).is_file(), f"{name} mounts missing {source}"
+    for name in (*PROJECT, "ordersaga"):
+        for part in [
+            *services[name].get("entrypoint", []),
+            *services[name].get("healthcheck", {}).get("test", []),
+        ]:
+            if str(part).startswith("/app/"):
+                assert (ROOT / str(part).removeprefix("/app/")).is_file(), f"{name}: {part}"
+
+
+def test_dockerfile_builds_a_non_root_image_running_ordersaga() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    entry = json.loads(re.search(r"^ENTRYPOINT (.*)$", text, re.M).group(1))  # type: ignore[union-attr]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entry == ["ordersaga"] and "ordersaga" in scripts
+    assert re.search(r"pip install (--\S+ )*\.(\s|$)", text, re.M)
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for needed in ("ordersaga", "workflows", "activities", "worker", "brokersim", "deploy"):
+        assert needed not in ignored, needed
+
+
+def _docker_compose() -> list[str] | None:
+    explicit = os.environ.get("ORDERSAGA_DOCKER_COMPOSE")
+    if explicit:
+        return shlex.split(explicit)
+    found = shutil.which("docker-compose")
+    return [found] if found else None
+
+
+def test_docker_compose_renders_the_file() -> None:
+    command = _docker_compose()
+    if command is None:
+        pytest.skip("docker-compose is not installed (set ORDERSAGA_DOCKER_COMPOSE to its path)")
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _load_healthcheck() -> Any:
+    spec = importlib.util.spec_from_file_location("deploy_healthcheck", HEALTHCHECK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio(loop_scope="session")
+async def test_marketdata_healthcheck_wants_fresh_quotes(
+    redis_client: aioredis.Redis, redis_keys: RedisKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORDERSAGA_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("ORDERSAGA_REDIS_PREFIX", redis_keys.prefix)
+    monkeypatch.setenv("ORDERSAGA_MARKETDATA_SYMBOLS", "AAPL,MSFT")
+    monkeypatch.setenv("ORDERSAGA_QUOTE_MAX_AGE_S", "10")
+    healthcheck = _load_healthcheck()
+
+    async def store(symbol: str, age_s: float) -> None:
+        record = {"symbol": symbol, "received_at": time.time() - age_s}
+        await redis_client.set(redis_keys.quote(symbol), json.dumps(record))
+
+    await store("AAPL", 0)
+    assert healthcheck.main(["quotes"]) == 1  # MSFT has no quote yet
+    await store("MSFT", 60)
+    assert healthcheck.main(["quotes"]) == 1  # older than the saga would price with
+    await store("MSFT", 1)
+    assert healthcheck.main(["quotes"]) == 0
+
+
+def test_http_healthcheck_fails_when_nothing_listens() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert _load_healthcheck().main(["http", f"http://127.0.0.1:{port}/healthz"]) == 1
