@@ -1,5 +1,5 @@
-"""The two feed processes as a user runs them: ``ordersaga marketdata`` and
-``ordersaga broker-listener`` against the simulator, stopped with SIGTERM."""
+"""The feed processes against the simulator: ``ordersaga marketdata`` as a user runs it (stopped
+with SIGTERM), and the listener's ``serve()`` built from settings."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
+from ordersaga import listener
+from ordersaga.broker_client import TradeEvent
 from ordersaga.keys import RedisKeys
+from ordersaga.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.support.brokersim import BrokerSim, brokersim_fixture
 
@@ -79,9 +82,11 @@ async def _both(redis: aioredis.Redis, keys: RedisKeys) -> bool:
     return await redis.exists(keys.quote("AAPL"), keys.quote("MSFT")) == 2
 
 
-async def test_broker_listener_command_stores_its_offset(
+async def test_listener_serve_from_settings_stores_its_offset(
     sim: BrokerSim, redis_client: aioredis.Redis
 ) -> None:
+    # In process: ``ordersaga broker-listener`` wires serve() to the saga's callback, which
+    # needs Temporal; what is tested here is serve() built from settings alone.
     keys = RedisKeys(prefix=f"ordersaga_test_cli_{uuid.uuid4().hex[:8]}:")
     status, _ = await sim.request(
         "POST",
@@ -90,16 +95,32 @@ async def test_broker_listener_command_stores_its_offset(
     )
     assert status == 200
     events = await sim.admin("GET", "/v2/events/trade_updates?stream=false")
-    last = str(events[-1]["offset"])
-    proc = start_cli(sim, keys, "broker-listener", "--name", "cli")
+    settings = Settings(
+        broker_url=sim.url,
+        broker_key_id=sim.key_id,
+        broker_secret_key=sim.secret_key,
+        redis_url=REDIS_URL,
+        redis_prefix=keys.prefix,
+    )
+    seen: list[int] = []
 
-    async def offset_reached() -> bool:
-        return await redis_client.get(keys.listener_offset("cli")) == last
+    async def on_event(event: TradeEvent) -> None:
+        seen.append(event.offset)
 
+    key, last = keys.listener_offset("cli"), events[-1]["offset"]
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener.serve(settings, on_event=on_event, name="cli", stop=stop))
     try:
-        await eventually(offset_reached, proc)
+        for _ in range(300):
+            if int(await redis_client.get(key) or 0) >= last:
+                break
+            await asyncio.sleep(0.02)
     finally:
-        code, output = stop(proc)
-        await redis_client.delete(keys.listener_offset("cli"))
-    assert code == 0, output
-    assert "event 1 new" in output
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    stored = int(await redis_client.get(key) or 0)
+    await redis_client.delete(key)
+    assert stored >= last
+    # The offset is stored after the callback: a stop can fall between the two, never before.
+    assert seen == list(range(1, len(seen) + 1))
+    assert len(seen) in (stored, stored + 1)
