@@ -69,7 +69,9 @@ async def test_marketdata_command_fills_redis(sim: BrokerSim, redis_client: aior
     proc = start_cli(sim, keys, "marketdata", "--symbols", "AAPL,msft", "--interval", "0.1")
     try:
         await eventually(lambda: _both(redis_client, keys), proc)
-        record = json.loads(await redis_client.get(keys.quote("MSFT")))
+        raw = await redis_client.get(keys.quote("MSFT"))
+        assert raw is not None
+        record = json.loads(raw)
         assert Decimal(record["ask"]) > 0
     finally:
         code, output = stop(proc)

@@ -50,7 +50,9 @@ async def test_feed_writes_quotes_the_reader_serves(
     quotes = await feed.poll_once()
     assert set(quotes) == {"AAPL", "MSFT"}
 
-    record = json.loads(await redis_client.get(redis_keys.quote("AAPL")))
+    raw = await redis_client.get(redis_keys.quote("AAPL"))
+    assert raw is not None
+    record = json.loads(raw)
     assert record["received_at"] == 1000.0
     assert Decimal(record["bid"]) < Decimal(record["ask"])
     assert record["timestamp"].endswith("Z")
