@@ -346,6 +346,28 @@ def test_dockerfile_builds_a_non_root_image_running_ordersaga() -> None:
         assert needed not in ignored, needed
 
 
+class _OverrideLoader(yaml.SafeLoader):
+    """Reads Compose's !override / !reset tags as plain values."""
+
+
+for _tag in ("!override", "!reset"):
+    _OverrideLoader.add_constructor(
+        _tag, lambda loader, node: loader.construct_mapping(node, deep=True)
+    )
+
+
+def test_real_broker_override_drops_only_the_simulator(services: dict[str, Any]) -> None:
+    text = (ROOT / "deploy" / "compose.real-broker.yml").read_text()
+    override = yaml.load(text, Loader=_OverrideLoader)["services"]
+    assert override["broker-sim"]["profiles"], "the simulator must not start by default"
+    waiting = {n for n, s in services.items() if "broker-sim" in dependencies(s)}
+    assert waiting == set(override) - {"broker-sim"}
+    for name in waiting:
+        expected = {d: c for d, c in dependencies(services[name]).items() if d != "broker-sim"}
+        assert dependencies(override[name]) == expected, name
+    assert "-f deploy/compose.real-broker.yml" in text
+
+
 def _docker_compose() -> list[str] | None:
     explicit = os.environ.get("ORDERSAGA_DOCKER_COMPOSE")
     if explicit:
