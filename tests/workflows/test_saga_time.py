@@ -1,0 +1,256 @@
+"""Workflow-side waits, tested with time skipping (no real sleeps) and stand-in activities.
+
+The stand-ins are registered under the real activities' names, so the workflow code under test is
+the product's own; only the outside world is scripted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+import pytest_asyncio
+from temporalio import activity
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.broker import (
+    CancelOrderInput,
+    CancelOrderResult,
+    ReconcileOrderInput,
+    ReconcileOrderResult,
+    SubmitOrderInput,
+    SubmitOrderResult,
+)
+from activities.ledger import (
+    PostFillInput,
+    PostFillResult,
+    ReserveInput,
+    ReserveResult,
+    VoidInput,
+    VoidResult,
+)
+from activities.lock import AcquireLockInput, AcquireLockResult, ReleaseLockInput, ReleaseLockResult
+from activities.marketdata import GetQuoteInput, GetQuoteResult
+from activities.orders import (
+    RecordOrderInput,
+    RecordOrderResult,
+    UpdateOrderInput,
+    UpdateOrderResult,
+)
+from ordersaga import errors
+from ordersaga.broker_client import BrokerOrder
+from tests.support.saga import SEARCH_ATTRIBUTES, temporal_binary
+from workflows.models import OrderInput, OrderRequest, OrderStatus, SagaConfig
+from workflows.order import OrderWorkflow
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+DAY = 86_400.0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping_v2(
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_existing_path=temporal_binary(),
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "frontend.WorkflowTimeSkippingEnabled=true",
+        ],
+    )
+    yield env
+    await env.shutdown()
+
+
+def broker_order(status: str, filled: str, qty: str = "2", price: str = "100") -> BrokerOrder:
+    return BrokerOrder.model_validate(
+        {
+            "id": "b-1",
+            "client_order_id": "acct/o-1",
+            "symbol": "AAPL",
+            "qty": qty,
+            "filled_qty": filled,
+            "filled_avg_price": price if Decimal(filled) > 0 else None,
+            "side": "buy",
+            "type": "limit",
+            "order_type": "limit",
+            "time_in_force": "gtc",
+            "limit_price": "120",
+            "status": status,
+        }
+    )
+
+
+class World:
+    """The scripted outside world; records what the saga did to it."""
+
+    def __init__(self, broker_script: list[BrokerOrder | None], submit_fails: bool) -> None:
+        self.broker_script = broker_script
+        self.submit_fails = submit_fails
+        self.asked_at: list[datetime] = []
+        self.voided_at: list[datetime] = []
+        self.posts: list[Decimal] = []
+
+    def activities(self) -> list[object]:
+        world = self
+
+        @activity.defn(name="get_quote")
+        async def get_quote(inp: GetQuoteInput) -> GetQuoteResult:
+            return GetQuoteResult(symbol=inp.symbol, bid=Decimal(99), ask=Decimal(100), fresh=True)
+
+        @activity.defn(name="acquire_lock")
+        async def acquire_lock(inp: AcquireLockInput) -> AcquireLockResult:
+            return AcquireLockResult(fence=1, reacquired=False)
+
+        @activity.defn(name="release_lock")
+        async def release_lock(inp: ReleaseLockInput) -> ReleaseLockResult:
+            return ReleaseLockResult(released=True)
+
+        @activity.defn(name="reserve_funds")
+        async def reserve_funds(inp: ReserveInput) -> ReserveResult:
+            return ReserveResult(
+                hold_id=1,
+                order_id=inp.order_id,
+                asset=inp.asset,
+                amount=inp.amount,
+                available_after=Decimal(0),
+                fence=inp.fence,
+            )
+
+        @activity.defn(name="submit_order")
+        async def submit_order(inp: SubmitOrderInput) -> SubmitOrderResult:
+            if world.submit_fails:
+                raise ApplicationError(
+                    "timed out", type=errors.BROKER_OUTCOME_UNKNOWN, non_retryable=True
+                )
+            return SubmitOrderResult.of(broker_order("new", "0"))
+
+        @activity.defn(name="reconcile_order")
+        async def reconcile_order(inp: ReconcileOrderInput) -> ReconcileOrderResult:
+            world.asked_at.append(activity.info().current_attempt_scheduled_time)
+            order = (
+                world.broker_script.pop(0)
+                if len(world.broker_script) > 1
+                else world.broker_script[0]
+            )
+            if order is None:
+                return ReconcileOrderResult(state="absent")
+            return ReconcileOrderResult(
+                state="terminal" if order.is_terminal else "open", order=order
+            )
+
+        @activity.defn(name="cancel_order")
+        async def cancel_order(inp: CancelOrderInput) -> CancelOrderResult:
+            return CancelOrderResult(status="pending_cancel")
+
+        @activity.defn(name="post_fill")
+        async def post_fill(inp: PostFillInput) -> PostFillResult:
+            world.posts.append(inp.cum_qty)
+            return PostFillResult(
+                order_id=inp.order_id,
+                applied=True,
+                qty_delta=inp.cum_qty,
+                cash_delta=Decimal(0),
+                fee_delta=Decimal(0),
+                posted_qty=inp.cum_qty,
+                posted_notional=inp.cum_notional,
+                posted_cash=Decimal(0),
+                posted_fee=inp.cum_fee,
+                held_remaining=Decimal(0),
+            )
+
+        @activity.defn(name="void_funds")
+        async def void_funds(inp: VoidInput) -> VoidResult:
+            world.voided_at.append(activity.info().current_attempt_scheduled_time)
+            return VoidResult(order_id=inp.order_id, found=True, released=Decimal(5), asset="USD")
+
+        @activity.defn(name="record_order")
+        async def record_order(inp: RecordOrderInput) -> RecordOrderResult:
+            return RecordOrderResult(created=True)
+
+        @activity.defn(name="update_order")
+        async def update_order(inp: UpdateOrderInput) -> UpdateOrderResult:
+            return UpdateOrderResult(updated=True)
+
+        return [
+            get_quote,
+            acquire_lock,
+            release_lock,
+            reserve_funds,
+            submit_order,
+            reconcile_order,
+            cancel_order,
+            post_fill,
+            void_funds,
+            record_order,
+            update_order,
+        ]
+
+
+async def run_order(env: WorkflowEnvironment, world: World, config: SagaConfig):  # type: ignore[no-untyped-def]
+    queue = f"ts-{uuid.uuid4().hex[:8]}"
+    config = config.model_copy(update={"orders_task_queue": queue, "broker_task_queue": queue})
+    req = OrderRequest(
+        account_id="acct",
+        order_id=f"o-{uuid.uuid4().hex[:6]}",
+        symbol="AAPL",
+        side="buy",
+        qty=Decimal(2),
+        order_type="limit",
+        time_in_force="gtc",
+        limit_price=Decimal(120),
+    )
+    async with Worker(
+        env.client, task_queue=queue, workflows=[OrderWorkflow], activities=world.activities()
+    ):
+        return await env.client.execute_workflow(
+            OrderWorkflow.run,
+            OrderInput(request=req, config=config),
+            id=req.workflow_id,
+            task_queue=queue,
+        )
+
+
+async def test_an_absent_order_is_voided_only_after_the_grace_period(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    world = World(broker_script=[None], submit_fails=True)
+    config = SagaConfig(absent_grace_s=3 * DAY, fill_poll_interval_s=6 * 3600)
+
+    final = await run_order(skipping_env, world, config)
+
+    assert final.status == OrderStatus.REJECTED
+    assert final.reason == "the broker never received the order"
+    assert len(world.voided_at) == 1
+    # It kept asking the broker for the whole grace period before releasing anything.
+    assert len(world.asked_at) >= 3 * DAY / (6 * 3600)
+    assert (world.voided_at[0] - world.asked_at[0]).total_seconds() >= 3 * DAY
+
+
+async def test_without_events_timed_polls_book_fills_until_final(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    script = [
+        broker_order("new", "0"),
+        broker_order("partially_filled", "0.5"),
+        broker_order("partially_filled", "0.5"),
+        broker_order("partially_filled", "1.5"),
+        broker_order("filled", "2"),
+    ]
+    world = World(broker_script=script, submit_fails=False)
+    config = SagaConfig(fill_poll_interval_s=12 * 3600)
+
+    final = await run_order(skipping_env, world, config)
+
+    assert final.status == OrderStatus.SETTLED
+    assert final.filled_qty == Decimal(2)
+    assert world.posts == [Decimal("0.5"), Decimal("1.5"), Decimal(2)]
+    assert len(world.voided_at) == 1
+    assert (world.asked_at[-1] - world.asked_at[0]).total_seconds() >= 3 * 12 * 3600
