@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # Temporal
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
+    temporal_api_key: str = ""  # Temporal Cloud API key; setting it turns TLS on
+    temporal_tls: bool = False
     temporal_ui_url: str = "http://127.0.0.1:8233"
     orders_task_queue: str = "orders"
     broker_task_queue: str = "broker"

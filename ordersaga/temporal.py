@@ -15,4 +15,6 @@ async def connect(settings: Settings) -> Client:
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
+        api_key=settings.temporal_api_key or None,
+        tls=settings.temporal_tls or bool(settings.temporal_api_key),
     )
