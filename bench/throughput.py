@@ -1,0 +1,238 @@
+"""Throughput of the full saga against Temporal's own floor, measured side by side in one run.
+
+    .venv/bin/python -m bench.throughput [--orders 500]
+
+N market buys (each on its own funded account, so no lock contention) are placed at once through
+the product's OrderClient; the simulator answers at once and fills instantly. Reported: orders
+settled per second and place->settled p50/p95/p99, then the same for the same-shape floor (a
+workflow running as many no-op activities, on the same queues in the same order, as the saga ran
+for one order) and a minimal one-activity workflow, and the ratios. Then the saga again with
+worker tuning and with a bench-only local-activity variant, each with its ratio to the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.worker import Worker
+
+from bench.common import (
+    bar_chart,
+    finish,
+    infra,
+    print_header,
+    progress,
+    ratio,
+    summary_ms,
+    table,
+    write_json,
+)
+from bench.floor import FloorInput, FloorWorkflow, MinimalWorkflow, noop
+from bench.stack import Running, bench_settings, funded_accounts, saga_workers
+from bench.variants import LocalStepsOrderWorkflow
+from ordersaga.settings import Settings
+from workflows.reconcile import ReconcileWorkflow
+
+NAME = "throughput"
+
+# Product timing, not the tests' aggressive polling: at the test's 1 s a loaded run polls the
+# broker on timers and the saga's shape changes under load.
+SAGA_TIMING = {"fill_poll_interval_s": 5.0, "submit_start_to_close_s": 15.0}
+
+TUNED = {"max_concurrent_workflow_tasks": 200, "max_concurrent_workflow_task_polls": 10}
+
+
+async def run_saga(run: Running, n: int) -> dict[str, Any]:
+    accounts = await funded_accounts(run.orders, n)
+    started: dict[str, float] = {}
+    done: dict[str, float] = {}
+    statuses: dict[str, int] = {}
+
+    async def one(account_id: str) -> None:
+        order_id = uuid.uuid4().hex[:16]
+        started[account_id] = time.monotonic()
+        placed = await run.orders.place_order(
+            account_id=account_id, symbol="AAPL", side="buy", qty="1", order_id=order_id
+        )
+        final = await run.orders.wait(account_id, placed.order_id, timeout_s=600)
+        done[account_id] = time.monotonic()
+        statuses[final.status.value] = statuses.get(final.status.value, 0) + 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(a) for a in accounts))
+    elapsed = time.monotonic() - t0
+    latencies = [done[a] - started[a] for a in accounts]
+    return {
+        "orders": n,
+        "seconds": round(elapsed, 2),
+        "per_s": round(n / elapsed, 2),
+        "statuses": statuses,
+        **summary_ms(latencies),
+    }
+
+
+async def saga_shape(run: Running) -> tuple[list[str], dict[str, int]]:
+    """The task queue of every activity one settled order ran, and its history's event counts."""
+    [account] = await funded_accounts(run.orders, 1, tag="shape")
+    placed = await run.orders.place_order(account_id=account, symbol="AAPL", side="buy", qty="1")
+    await run.orders.wait(account, placed.order_id, timeout_s=60)
+    handle = run.orders.temporal.get_workflow_handle(f"order/{account}/{placed.order_id}")
+    queues: list[str] = []
+    kinds = {"activities": 0, "workflow_tasks": 0, "signals": 0, "updates": 0, "events": 0}
+    async for event in handle.fetch_history_events():
+        kinds["events"] += 1
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            queues.append(event.activity_task_scheduled_event_attributes.task_queue.name)
+            kinds["activities"] += 1
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            kinds["workflow_tasks"] += 1
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            kinds["signals"] += 1
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            kinds["updates"] += 1
+    return queues, kinds
+
+
+async def run_floor(inf: Any, shape: list[str], n: int, minimal: bool) -> dict[str, Any]:
+    """The floor on fresh queues with the product's worker settings (slots per queue)."""
+    client = inf.env.client
+    tag = uuid.uuid4().hex[:8]
+    orders_q, broker_q = f"floor-orders-{tag}", f"floor-broker-{tag}"
+    settings = Settings()  # the product's default slots per queue
+    mapped = [broker_q if q.startswith("broker") else orders_q for q in shape]
+    workers = [
+        Worker(
+            client,
+            task_queue=orders_q,
+            workflows=[FloorWorkflow, MinimalWorkflow],
+            activities=[noop],
+            max_concurrent_activities=settings.orders_max_concurrent_activities,
+        ),
+        Worker(
+            client,
+            task_queue=broker_q,
+            activities=[noop],
+            max_concurrent_activities=settings.broker_max_concurrent_activities,
+        ),
+    ]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    started: list[float] = []
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        t = time.monotonic()
+        started.append(t)
+        wid = f"floor-{tag}-{i}"
+        if minimal:
+            handle = await client.start_workflow(MinimalWorkflow.run, id=wid, task_queue=orders_q)
+        else:
+            handle = await client.start_workflow(
+                FloorWorkflow.run, FloorInput(queues=mapped), id=wid, task_queue=orders_q
+            )
+        await handle.result()
+        latencies.append(time.monotonic() - t)
+
+    try:
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.monotonic() - t0
+    finally:
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "orders": n,
+        "seconds": round(elapsed, 2),
+        "per_s": round(n / elapsed, 2),
+        "activities": len(mapped) if not minimal else 1,
+        **summary_ms(latencies),
+    }
+
+
+async def saga_variant(
+    inf: Any, n: int, label: str, tuning: dict[str, Any], pool_max: int = 20
+) -> dict[str, Any]:
+    progress(f"saga [{label}]: {n} orders")
+    settings = bench_settings(inf, **SAGA_TIMING)
+    async with saga_workers(inf, settings, tuning=tuning, pool_max=pool_max) as run:
+        result = await run_saga(run, n)
+        result["cas_conflicts_retried"] = run.counters.cas_conflicts_retried
+    progress(f"saga [{label}]: {result['per_s']} orders/s, p50 {result['p50_ms']} ms")
+    return result
+
+
+async def main(n: int) -> dict[str, Any]:
+    info = print_header(NAME)
+    async with infra() as inf:
+        settings = bench_settings(inf, **SAGA_TIMING)
+        async with saga_workers(inf, settings) as run:
+            progress("warm-up: one order, to read the saga's shape from its history")
+            shape, kinds = await saga_shape(run)
+        progress(f"saga shape: {len(shape)} activities {kinds}")
+        rows: dict[str, dict[str, Any]] = {}
+        rows["saga (product defaults)"] = await saga_variant(inf, n, "defaults", {})
+        progress(f"floor: {n} workflows of {len(shape)} no-op activities")
+        rows["same-shape floor"] = await run_floor(inf, shape, n, minimal=False)
+        progress(f"minimal: {n} workflows of 1 no-op activity")
+        rows["minimal workflow"] = await run_floor(inf, shape, n, minimal=True)
+        rows["saga + worker tuning"] = await saga_variant(inf, n, "tuned", TUNED, pool_max=40)
+        local = {"workflows": [LocalStepsOrderWorkflow, ReconcileWorkflow]}
+        rows["saga, local lock/ledger steps (bench-only)"] = await saga_variant(
+            inf, n, "local steps", local
+        )
+    floor = rows["same-shape floor"]["per_s"]
+    minimal = rows["minimal workflow"]["per_s"]
+    for row in rows.values():
+        row["ratio_to_floor"] = ratio(row["per_s"], floor)
+        row["ratio_to_minimal"] = ratio(row["per_s"], minimal)
+    print(
+        table(
+            ["run", "orders/s", "p50 ms", "p95 ms", "p99 ms", "/floor", "/minimal"],
+            [
+                [
+                    k,
+                    r["per_s"],
+                    r["p50_ms"],
+                    r["p95_ms"],
+                    r["p99_ms"],
+                    r["ratio_to_floor"],
+                    r["ratio_to_minimal"],
+                ]
+                for k, r in rows.items()
+            ],
+        )
+    )
+    data = {
+        "machine": info,
+        "orders": n,
+        "saga_shape": {"activity_queues": shape, **kinds},
+        "tuning": {"saga + worker tuning": {**TUNED, "db_pool_max": 40}},
+        "results": rows,
+        "saga_over_floor": rows["saga (product defaults)"]["ratio_to_floor"],
+        "saga_over_minimal": rows["saga (product defaults)"]["ratio_to_minimal"],
+    }
+    print(f"wrote {write_json(NAME, data)}")
+    chart = bar_chart(
+        NAME,
+        f"{n} orders, {info['nproc']} cores: settled per second",
+        {k.replace(" (", "\n("): {"orders/s": r["per_s"]} for k, r in rows.items()},
+        "orders (workflows) per second",
+    )
+    print(f"wrote {chart}")
+    return data
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
+    parser.add_argument("--orders", type=int, default=500)
+    args = parser.parse_args()
+    asyncio.run(main(args.orders))
+    finish(0)
+
+
+if __name__ == "__main__":
+    cli()
