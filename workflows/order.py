@@ -371,6 +371,7 @@ class OrderWorkflow:
             if final is None and self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._reports:
+                    self._note("continued as new (history is long); fills carried over")
                     workflow.continue_as_new(
                         OrderInput(
                             request=self._state.request, config=self._cfg, carried=self._state

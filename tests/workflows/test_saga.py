@@ -180,3 +180,54 @@ async def _until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not reached; state {state.status}")
         await asyncio.sleep(0.2)
+
+
+async def test_marketable_limit_buy_fills_at_or_below_its_limit(saga: SagaStack) -> None:
+    acct = await saga.funded_account("10000")
+    limit = (await price_of(saga, "AMD") * Decimal("1.01")).quantize(Decimal("0.01"))
+    placed = await saga.place(
+        acct, symbol="AMD", side="buy", qty="4", order_type="limit", limit_price=limit
+    )
+    final = await saga.wait(acct, placed.order_id)
+    assert final.status == OrderStatus.SETTLED
+    assert final.filled_notional <= 4 * limit
+    bal = await balances(saga, acct)
+    assert bal["AMD"] == (Decimal(4), Decimal(0))
+
+
+async def test_cancel_during_partial_fills_keeps_the_fills_and_releases_the_rest(
+    saga: SagaStack,
+) -> None:
+    await saga.sim.admin("PUT", "/admin/fill_model", {"mode": "partial", "parts": 4, "auto": False})
+    acct = await saga.funded_account("10000")
+    limit = (await price_of(saga, "AAPL") * Decimal("1.2")).quantize(Decimal("0.01"))
+    placed = await saga.place(
+        acct, symbol="AAPL", side="buy", qty="4", order_type="limit", limit_price=limit
+    )
+    await _until(saga, acct, placed.order_id, lambda s: s.broker_order_id is not None)
+    await saga.sim.admin("POST", "/admin/tick")
+    await _until(saga, acct, placed.order_id, lambda s: s.filled_qty > 0)
+
+    await saga.orders.cancel_order(acct, placed.order_id)
+    for _ in range(3):  # fills may race the cancel until the broker processes it
+        await saga.sim.admin("POST", "/admin/tick")
+        await asyncio.sleep(0.2)
+    final = await saga.wait(acct, placed.order_id)
+
+    [broker_order] = await saga.broker_orders(f"{acct}/{placed.order_id}")
+    assert broker_order["status"] == "canceled"
+    assert final.status == OrderStatus.CANCELED
+    assert 0 < final.filled_qty < 4
+    assert final.filled_qty == Decimal(broker_order["filled_qty"])
+    bal = await balances(saga, acct)
+    assert bal["AAPL"] == (final.filled_qty, Decimal(0))
+    cost = round_cash(final.filled_notional)
+    assert bal["USD"] == (Decimal("10000") - cost - final.fees, Decimal(0))
+
+
+async def test_cancel_after_the_order_settled_is_refused(saga: SagaStack) -> None:
+    acct = await saga.funded_account("10000")
+    placed = await saga.place(acct, symbol="AAPL", side="buy", qty="1")
+    await saga.wait(acct, placed.order_id)
+    with pytest.raises(UserError, match="already SETTLED"):
+        await saga.orders.cancel_order(acct, placed.order_id)

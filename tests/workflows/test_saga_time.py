@@ -254,3 +254,19 @@ async def test_without_events_timed_polls_book_fills_until_final(
     assert world.posts == [Decimal("0.5"), Decimal("1.5"), Decimal(2)]
     assert len(world.voided_at) == 1
     assert (world.asked_at[-1] - world.asked_at[0]).total_seconds() >= 3 * 12 * 3600
+
+
+async def test_a_long_lived_order_continues_as_new_and_keeps_its_fills(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    script = [broker_order("new", "0")]
+    script += [broker_order("partially_filled", "0.5")] * 40
+    script += [broker_order("filled", "2")]
+    world = World(broker_script=script, submit_fails=False)
+    config = SagaConfig(fill_poll_interval_s=DAY, max_history_events=60)
+
+    final = await run_order(skipping_env, world, config)
+
+    assert final.status == OrderStatus.SETTLED
+    assert world.posts == [Decimal("0.5"), Decimal(2)]  # the carried fill is not booked again
+    assert any("continued" in e.event for e in final.timeline)
