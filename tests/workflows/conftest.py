@@ -10,7 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from ordersaga.keys import RedisKeys
 from tests.support.brokersim import BrokerSim
-from tests.support.saga import SagaStack, saga_stack, saga_settings
+from tests.support.saga import SagaStack, saga_settings, saga_stack
 
 
 @pytest.fixture(scope="session")
