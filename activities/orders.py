@@ -157,7 +157,8 @@ class OrderStoreActivities:
         symbol: str | None = None,
         limit: int = 100,
     ) -> list[OrderRow]:
-        clauses, args = [], []  # type: ignore[var-annotated]
+        clauses: list[str] = []
+        args: list[object] = []
         for column, value in (("account_id", account_id), ("status", status), ("symbol", symbol)):
             if value is not None:
                 args.append(value)

@@ -112,7 +112,7 @@ async def _until_at_broker(oc: OrderClient, account_id: str, order_id: str) -> N
 
 
 def _order_rows(finals: list[OrderState]) -> list[dict[str, object]]:
-    rows = []
+    rows: list[dict[str, object]] = []
     for st in sorted(finals, key=lambda s: (s.request.account_id, s.request.order_id)):
         req = st.request
         rows.append(

@@ -96,6 +96,11 @@ def _error_type(err: BaseException) -> str | None:
     return cause.type if isinstance(cause, ApplicationError) else None
 
 
+def _error_message(err: ActivityError, default: str) -> str:
+    cause = err.cause
+    return cause.message if isinstance(cause, ApplicationError) else default
+
+
 @workflow.defn
 class OrderWorkflow:
     @workflow.init
@@ -260,7 +265,7 @@ class OrderWorkflow:
                     self._note("lock expired under the reserve; locking again")
                     continue
                 if kind == errors.INSUFFICIENT_FUNDS:
-                    return f"insufficient funds: {err.cause.message if err.cause else err}"
+                    return f"insufficient funds: {_error_message(err, str(err))}"
                 if kind == errors.UNKNOWN_ACCOUNT:
                     return f"unknown account {req.account_id}"
                 raise
@@ -331,7 +336,7 @@ class OrderWorkflow:
             )
         except ActivityError as err:
             if _error_type(err) == errors.BROKER_REJECTED:
-                reason = err.cause.message if err.cause else "rejected by the broker"
+                reason = _error_message(err, "rejected by the broker")
                 await self._void(f"broker rejected: {reason}")
                 await self._finish(OrderStatus.REJECTED, f"broker rejected: {reason}")
                 return False
