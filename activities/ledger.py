@@ -898,7 +898,7 @@ class _Post:
         if post.held_used > hold["held_remaining"]:
             raise _fail(
                 f"fill of order {hold['order_id']!r} needs {post.held_used} {hold['asset']} "
-                f"but only {hold['held_remaining']} is held",
+                f"but only {_q(hold['held_remaining'], hold['asset'])} is held",
                 errors.HOLD_STATE,
                 {"needed": str(post.held_used), "held": str(hold["held_remaining"])},
             )
