@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal as D
 from typing import TypeVar
 
 import asyncpg
 import pytest
+import pytest_asyncio
 from temporalio.exceptions import ApplicationError
 
 from activities.ledger import (
@@ -25,15 +27,47 @@ from activities.ledger import (
     WithdrawInput,
 )
 from ordersaga import errors
+from ordersaga.db import drop_database, ensure_database, migrate, with_database
 from ordersaga.ledgercheck import check_ledger
+from tests.conftest import SERVER_DSN, unique_name
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 T = TypeVar("T")
 
 
+@asynccontextmanager
+async def scratch_database(kind: str) -> AsyncIterator[str]:
+    """A migrated database of its own. The session database is shared with tests that plant
+    violations on purpose (e.g. the bench's broken writers), so whole-ledger checks run here."""
+    dsn = with_database(SERVER_DSN, unique_name(kind))
+    await ensure_database(dsn)
+    await migrate(dsn)
+    try:
+        yield dsn
+    finally:
+        await drop_database(dsn)
+
+
+@asynccontextmanager
+async def scratch_pool(kind: str) -> AsyncIterator[asyncpg.Pool]:
+    async with scratch_database(kind) as dsn:
+        pool = await asyncpg.create_pool(dsn, min_size=2, max_size=30)
+        assert pool is not None
+        try:
+            yield pool
+        finally:
+            await pool.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def ledger_pool() -> AsyncIterator[asyncpg.Pool]:
+    async with scratch_pool("ledger") as pool:
+        yield pool
+
+
 @pytest.fixture
-def ledger(db_pool: asyncpg.Pool) -> LedgerActivities:
-    return LedgerActivities(db_pool)
+def ledger(ledger_pool: asyncpg.Pool) -> LedgerActivities:
+    return LedgerActivities(ledger_pool)
 
 
 async def open_funded(ledger: LedgerActivities, cash: str = "0", **shares: str) -> str:
@@ -98,7 +132,7 @@ async def assert_ledger_clean(pool: asyncpg.Pool) -> None:
 
 
 async def test_100_concurrent_reserves_lose_no_update(
-    ledger: LedgerActivities, db_pool: asyncpg.Pool
+    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
 ) -> None:
     account = await open_funded(ledger, "500.00")
 
@@ -116,13 +150,13 @@ async def test_100_concurrent_reserves_lose_no_update(
     assert successes == 71  # floor(500 / 7)
     assert held == D("7.00") * successes
     assert available == D("500.00") - held == D("3.00")
-    await assert_ledger_clean(db_pool)
+    await assert_ledger_clean(ledger_pool)
 
 
-async def test_conflicts_running_out_raise_retryable_conflict(db_pool: asyncpg.Pool) -> None:
+async def test_conflicts_running_out_raise_retryable_conflict(ledger_pool: asyncpg.Pool) -> None:
     # one CAS attempt and many racers: some must lose and say "retry", never "insufficient"
-    ledger = LedgerActivities(db_pool, cas_attempts=1)
-    account = await open_funded(LedgerActivities(db_pool), "1000.00")
+    ledger = LedgerActivities(ledger_pool, cas_attempts=1)
+    account = await open_funded(LedgerActivities(ledger_pool), "1000.00")
     results = await asyncio.gather(
         *(ledger.reserve_funds(buy(account, f"{account}-o{i}", "1.00")) for i in range(20)),
         return_exceptions=True,
@@ -309,7 +343,7 @@ async def test_post_to_voided_hold_is_refused(ledger: LedgerActivities) -> None:
 
 
 async def test_reserve_records_the_order_and_refuses_other_parameters(
-    ledger: LedgerActivities, db_pool: asyncpg.Pool
+    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
 ) -> None:
     account = await open_funded(ledger, "100.00")
     order = f"{account}-a"
@@ -326,12 +360,12 @@ async def test_reserve_records_the_order_and_refuses_other_parameters(
         params_hash="h1",
     )
     await ledger.reserve_funds(buy(account, order, "50.00", order=record))
-    status = await db_pool.fetchval(
+    status = await ledger_pool.fetchval(
         "SELECT status FROM orders WHERE account_id = $1 AND order_id = $2", account, order
     )
     assert status == "ACCEPTED"
     other = f"{account}-b"
-    await db_pool.execute(
+    await ledger_pool.execute(
         "INSERT INTO orders (account_id, order_id, workflow_id, symbol, side, order_type,"
         " time_in_force, qty, params_hash, status)"
         " VALUES ($1, $2, 'w', 'AAPL', 'buy', 'market', 'day', 1, 'h2', 'ACCEPTED')",
@@ -348,7 +382,7 @@ async def test_reserve_records_the_order_and_refuses_other_parameters(
 
 
 async def test_many_small_fills_at_awkward_prices_settle_exactly(
-    ledger: LedgerActivities, db_pool: asyncpg.Pool
+    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
 ) -> None:
     account = await open_funded(ledger, "1000.00")
     order = f"{account}-a"
@@ -379,7 +413,7 @@ async def test_many_small_fills_at_awkward_prices_settle_exactly(
     assert void.released == held
     assert await usd(ledger, account) == (D("1000.00") - expected_cash - cum_fee, D("0.00"))
     assert (await ledger.get_balances(account)).of("AAPL").available == qty
-    await assert_ledger_clean(db_pool)
+    await assert_ledger_clean(ledger_pool)
 
 
 async def test_fill_beyond_the_hold_is_refused(ledger: LedgerActivities) -> None:
@@ -393,7 +427,7 @@ async def test_fill_beyond_the_hold_is_refused(ledger: LedgerActivities) -> None
 
 
 async def test_sell_posts_shares_and_credits_proceeds_minus_fee(
-    ledger: LedgerActivities, db_pool: asyncpg.Pool
+    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
 ) -> None:
     account = await open_funded(ledger, "0", MSFT="3")
     order = f"{account}-s"
@@ -420,11 +454,11 @@ async def test_sell_posts_shares_and_credits_proceeds_minus_fee(
     balances = await ledger.get_balances(account)
     assert balances.of("MSFT").available == D("0.5") and balances.of("MSFT").held == 0
     assert balances.of("USD").available == D("998.10")
-    await assert_ledger_clean(db_pool)
+    await assert_ledger_clean(ledger_pool)
 
 
 async def test_error_fills_touch_only_firm_accounts(
-    ledger: LedgerActivities, db_pool: asyncpg.Pool
+    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
 ) -> None:
     broker_id = f"b-{uuid4()}"
     fill = ErrorFillInput(
@@ -442,11 +476,11 @@ async def test_error_fills_touch_only_firm_accounts(
         fill.model_copy(update={"cum_qty": D(2), "cum_notional": D("500.25")})
     )
     assert more.qty_delta == 1 and more.cash_delta == D("250.12")
-    owners = await db_pool.fetch(
+    owners = await ledger_pool.fetch(
         "SELECT DISTINCT a.owner FROM journal_lines l"
         " JOIN journal_entries e ON e.id = l.entry_id"
         " JOIN ledger_accounts a ON a.id = l.ledger_account_id WHERE e.order_id = $1",
         broker_id,
     )
     assert {r["owner"] for r in owners} == {OMNIBUS, "$error"}
-    await assert_ledger_clean(db_pool)
+    await assert_ledger_clean(ledger_pool)

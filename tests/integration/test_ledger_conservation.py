@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal as D
 from typing import Any, ClassVar
 
 import asyncpg
 import pytest
+import pytest_asyncio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -39,6 +41,7 @@ from activities.ledger import (
 from ordersaga import errors
 from ordersaga.ledgercheck import check_ledger
 from ordersaga.money import round_cash
+from tests.integration.test_ledger import scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -197,8 +200,14 @@ class LedgerMachine(RuleBasedStateMachine):
         assert report.ok, report.violations()
 
 
-def test_random_operations_keep_the_ledger_consistent(database_url: str) -> None:
-    LedgerMachine.dsn = database_url
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def scratch_dsn() -> AsyncIterator[str]:
+    async with scratch_database("conservation") as dsn:
+        yield dsn
+
+
+def test_random_operations_keep_the_ledger_consistent(scratch_dsn: str) -> None:
+    LedgerMachine.dsn = scratch_dsn
     run_state_machine_as_test(
         LedgerMachine,
         settings=settings(

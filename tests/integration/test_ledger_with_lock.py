@@ -14,15 +14,26 @@ from activities.ledger import LedgerActivities
 from activities.lock import AccountLock
 from ordersaga import errors
 from ordersaga.keys import RedisKeys
-from tests.integration.test_ledger import assert_ledger_clean, buy, open_funded, usd
+from tests.integration.test_ledger import (
+    assert_ledger_clean,
+    buy,
+    open_funded,
+    scratch_pool,
+    usd,
+)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
 
 async def test_100_concurrent_reserves_under_the_lock(
-    db_pool: asyncpg.Pool, redis_client: aioredis.Redis, redis_keys: RedisKeys
+    redis_client: aioredis.Redis, redis_keys: RedisKeys
 ) -> None:
-    ledger = LedgerActivities(db_pool)
+    async with scratch_pool("lock") as pool:
+        await _run(pool, redis_client, redis_keys)
+
+
+async def _run(pool: asyncpg.Pool, redis_client: aioredis.Redis, redis_keys: RedisKeys) -> None:
+    ledger = LedgerActivities(pool)
     lock = AccountLock(redis_client, redis_keys, ledger.max_fence)
     account = await open_funded(ledger, "500.00")
     fences: list[int] = []
@@ -47,4 +58,4 @@ async def test_100_concurrent_reserves_under_the_lock(
     assert (available, held) == (D("3.00"), D("497.00"))
     assert len(set(fences)) == 71  # every holder had its own, newer token
     assert await ledger.max_fence(account) == max(fences)
-    await assert_ledger_clean(db_pool)
+    await assert_ledger_clean(pool)
