@@ -33,10 +33,13 @@ BROKER_FAULTS: dict[str, dict[str, Any]] = {
     "broker_late": {"late_prob": 0.4, "late_ms": 3_000},
     # Executed only after the saga gave the order up (past its absent grace): a late broker
     # order the reconciler must find, cancel and book to the firm error account.
-    "broker_late_lost": {"late_prob": 0.5, "late_ms": LATE_LOST_MS},
+    "broker_late_lost": {"late_prob": 1.0, "late_ms": LATE_LOST_MS},
     "event_drop": {"event_drop_prob": 0.6},
     "event_dup": {"event_dup_prob": 0.6},
 }
+# Windows of a fixed length: a lost order needs every submit attempt late, so the window must
+# outlast the submit's schedule-to-close (12 s on a chaos stack).
+FIXED_WINDOWS = {"broker_late_lost": 14.0}
 CLEAR: dict[str, Any] = {
     "latency_ms": 0,
     "jitter_ms": 0,
@@ -96,12 +99,16 @@ def build_schedule(seed: int, kinds: list[str], duration_s: float) -> list[Fault
     slots = max(len(kinds), int(duration_s // 6))
     chosen = list(kinds) + [rng.choice(kinds) for _ in range(slots - len(kinds))]
     rng.shuffle(chosen)
+    if "broker_late_lost" in chosen:
+        # First, so its requests (held 45 s) execute while the run still goes on.
+        chosen.remove("broker_late_lost")
+        chosen.insert(0, "broker_late_lost")
     step = duration_s / (len(chosen) + 1)
     return [
         FaultEvent(
             at_s=round(step * (i + 0.5) + rng.uniform(0, step / 2), 2),
             kind=kind,
-            window_s=round(rng.uniform(1.5, 4.0), 2),
+            window_s=FIXED_WINDOWS.get(kind, round(rng.uniform(1.5, 4.0), 2)),
         )
         for i, kind in enumerate(chosen)
     ]
@@ -160,6 +167,9 @@ class Injector:
             await asyncio.sleep(window)
             await self._retrying(lambda: self.stack.restart(name))
         elif kind in RESTART_FAULTS:
+            if kind == "restart_broker":
+                # A restart would drop the requests the broker still holds late, unexecuted.
+                await asyncio.sleep(max(0.0, self.late_until - time.monotonic()))
             await self._retrying(lambda: self.stack.restart(RESTART_FAULTS[kind]))
         elif kind == "pg_terminate":
             await self.stack.terminate_pg_backends()
