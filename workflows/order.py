@@ -61,6 +61,7 @@ ACCOUNT_ID = SearchAttributeKey.for_keyword("AccountId")
 SYMBOL = SearchAttributeKey.for_keyword("Symbol")
 
 ORDER_TERMINAL = "OrderTerminal"
+ORDER_CONFLICT_REASON = "order id already used with other parameters"
 
 # Broker statuses that end an order, and the saga status each ends in.
 BROKER_FINAL = {
@@ -188,12 +189,15 @@ class OrderWorkflow:
             return
         asset, amount, limit_sent = priced
         self._state.hold_asset, self._state.limit_sent = asset, limit_sent
+        # Pushed before the reserve: a reserve interrupted by a cancellation may still commit,
+        # and the void (idempotent, and a no-op on an order with no hold) covers both cases.
+        self._compensations.append(self._void_before_pivot)
         refused = await self._reserve_under_lock(asset, amount)
         if refused:
-            await self._refuse(refused, recorded=False)
+            self._compensations.pop()
+            await self._refuse(refused, recorded=refused.startswith(ORDER_CONFLICT_REASON))
             return
         self._state.held = amount
-        self._compensations.append(self._void_before_pivot)
         self._set_status(OrderStatus.ACCEPTED, f"held {amount} {asset}")
         self._decided = True
 
@@ -268,6 +272,8 @@ class OrderWorkflow:
                     return f"insufficient funds: {_error_message(err, str(err))}"
                 if kind == errors.UNKNOWN_ACCOUNT:
                     return f"unknown account {req.account_id}"
+                if kind == errors.ORDER_CONFLICT:
+                    return f"{ORDER_CONFLICT_REASON} ({req.order_id})"
                 raise
             finally:
                 await self._release_lock()
@@ -510,8 +516,12 @@ class OrderWorkflow:
         self._note(f"released {res.released} {self._state.hold_asset or ''} ({why})".strip())
 
     async def _refuse(self, reason: str, *, recorded: bool) -> None:
+        """End the order before anything is held; `recorded`: its row exists already."""
         self._state.reason = reason
         self._set_status(OrderStatus.REJECTED, reason)
+        if recorded:
+            self._decided = True
+            return
         # The permanent record first: the customer's answer must not outrun it.
         await workflow.execute_activity_method(
             OrderStoreActivities.record_order,

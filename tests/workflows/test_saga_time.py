@@ -6,6 +6,7 @@ the product's own; only the outside world is scripted.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -14,8 +15,9 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 from temporalio import activity
+from temporalio.client import WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -91,9 +93,17 @@ def broker_order(status: str, filled: str, qty: str = "2", price: str = "100") -
 class World:
     """The scripted outside world; records what the saga did to it."""
 
-    def __init__(self, broker_script: list[BrokerOrder | None], submit_fails: bool) -> None:
+    def __init__(
+        self,
+        broker_script: list[BrokerOrder | None],
+        submit_fails: bool,
+        reserve_delay_s: float = 0.0,
+    ) -> None:
         self.broker_script = broker_script
         self.submit_fails = submit_fails
+        self.reserve_delay_s = reserve_delay_s
+        self.reserved = asyncio.Event()
+        self.statuses: list[str] = []
         self.asked_at: list[datetime] = []
         self.voided_at: list[datetime] = []
         self.posts: list[Decimal] = []
@@ -115,6 +125,8 @@ class World:
 
         @activity.defn(name="reserve_funds")
         async def reserve_funds(inp: ReserveInput) -> ReserveResult:
+            world.reserved.set()
+            await asyncio.sleep(world.reserve_delay_s)  # no heartbeat: cannot see a cancel
             return ReserveResult(
                 hold_id=1,
                 order_id=inp.order_id,
@@ -177,6 +189,7 @@ class World:
 
         @activity.defn(name="update_order")
         async def update_order(inp: UpdateOrderInput) -> UpdateOrderResult:
+            world.statuses.append(inp.status)
             return UpdateOrderResult(updated=True)
 
         return [
@@ -270,3 +283,42 @@ async def test_a_long_lived_order_continues_as_new_and_keeps_its_fills(
     assert final.status == OrderStatus.SETTLED
     assert world.posts == [Decimal("0.5"), Decimal(2)]  # the carried fill is not booked again
     assert any("continued" in e.event for e in final.timeline)
+
+
+async def test_a_cancel_during_the_reserve_voids_the_hold(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    world = World(broker_script=[None], submit_fails=False, reserve_delay_s=1.5)
+    queue = f"ts-{uuid.uuid4().hex[:8]}"
+    config = SagaConfig(orders_task_queue=queue, broker_task_queue=queue)
+    req = OrderRequest(
+        account_id="acct",
+        order_id=f"o-{uuid.uuid4().hex[:6]}",
+        symbol="AAPL",
+        side="buy",
+        qty=Decimal(1),
+        order_type="limit",
+        limit_price=Decimal(100),
+    )
+    async with Worker(
+        skipping_env.client,
+        task_queue=queue,
+        workflows=[OrderWorkflow],
+        activities=world.activities(),
+    ):
+        handle = await skipping_env.client.start_workflow(
+            OrderWorkflow.run,
+            OrderInput(request=req, config=config),
+            id=req.workflow_id,
+            task_queue=queue,
+        )
+        await asyncio.wait_for(world.reserved.wait(), 30)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+
+    assert isinstance(failure.value.cause, CancelledError)
+    # A reserve interrupted by the cancel may still commit: the void covers it (and the ledger's
+    # tombstone refuses a reserve that arrives after the void).
+    assert len(world.voided_at) == 1
+    assert world.statuses[-1] == "CANCELED"
