@@ -569,6 +569,7 @@ class LedgerActivities:
         req = _check_reserve(input)
 
         async def body(conn: asyncpg.Connection) -> ReserveResult:
+            await _lock_order(conn, input.order_id)
             done = await _recorded(conn, input.idempotency_key, "reserve", req.args, ReserveResult)
             if done is not None:
                 return done
@@ -674,6 +675,7 @@ class LedgerActivities:
         args = _args_hash("void", {"order_id": input.order_id})
 
         async def body(conn: asyncpg.Connection) -> VoidResult:
+            await _lock_order(conn, input.order_id)
             done = await _recorded(conn, input.idempotency_key, "void", args, VoidResult)
             if done is not None:
                 return done
@@ -823,6 +825,16 @@ def _check_reserve(input: ReserveInput) -> _ReserveRequest:
         },
     )
     return _ReserveRequest(asset=input.asset, symbol=symbol, amount=amount, args=args)
+
+
+async def _lock_order(conn: asyncpg.Connection, order_id: str) -> None:
+    """Serialize a reserve and a void of the same order (held to the end of the transaction).
+
+    Without it, a void that finds no hold (and leaves a tombstone) and a reserve that finds no
+    tombstone could both commit, leaving a hold whose order has already ended. Balances are
+    still guarded by compare-and-set; this only orders the two decisions about one order.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", order_id)
 
 
 async def _refuse_second_hold(conn: asyncpg.Connection, order_id: str) -> None:

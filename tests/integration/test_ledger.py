@@ -484,3 +484,30 @@ async def test_error_fills_touch_only_firm_accounts(
     )
     assert {r["owner"] for r in owners} == {OMNIBUS, "$error"}
     await assert_ledger_clean(ledger_pool)
+
+
+async def test_a_void_racing_a_reserve_never_leaves_an_open_hold(ledger: LedgerActivities) -> None:
+    """The saga's compensation (void) may race a reserve still in flight for the same order:
+    either the reserve wins and the void releases it, or the void wins and the reserve is
+    refused. Never a hold that outlives its voided order."""
+    account = await open_funded(ledger, cash="1000")
+    outcomes = []
+    for _ in range(30):
+        order_id = f"{account}/{uuid4()}"
+        reserve = retried(lambda o=order_id: ledger.reserve_funds(buy(account, o, "10")))
+        void = retried(
+            lambda o=order_id: ledger.void_funds(VoidInput(order_id=o, idempotency_key=f"{o}:void"))
+        )
+        results = await asyncio.gather(reserve, void, return_exceptions=True)
+        reserved, voided = results
+        if isinstance(reserved, ApplicationError):
+            assert reserved.type == errors.HOLD_STATE  # the void came first
+            assert not voided.found  # type: ignore[union-attr]
+        else:
+            assert voided.found and voided.released == D(10)  # type: ignore[union-attr]
+        outcomes.append(isinstance(reserved, ApplicationError))
+        open_holds = await ledger._pool.fetchval(  # type: ignore[attr-defined]
+            "SELECT count(*) FROM holds WHERE order_id = $1 AND status = 'open'", order_id
+        )
+        assert open_holds == 0
+    assert await usd(ledger, account) == (D("1000.00"), D(0))
