@@ -20,12 +20,14 @@ from unittest import mock
 import asyncpg
 import redis.asyncio as aioredis
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 import worker.main as composition
 from activities.ledger import LedgerActivities
 from activities.lock import AccountLock, Acquired
 from bench.common import REDIS_URL, Infra
+from ordersaga import errors
 from ordersaga.broker_client import BrokerClient
 from ordersaga.client import OrderClient
 from ordersaga.delivery import signal_workflows
@@ -119,7 +121,7 @@ def build(
         merged["max_concurrent_activities"] = shared_slots
         specs = [merged]
     # Tuning applies to the worker that runs the workflows; the broker worker keeps its own slots.
-    return [Worker(client, **spec, **_only_for_workflows(spec, tuning)) for spec in specs]
+    return [Worker(client, **{**spec, **_only_for_workflows(spec, tuning)}) for spec in specs]
 
 
 def _only_for_workflows(spec: dict[str, Any], tuning: dict[str, Any]) -> dict[str, Any]:
@@ -199,12 +201,21 @@ async def funded_accounts(
 
     run = uuid.uuid4().hex[:6]
     ids = [f"{tag}-{run}-{i}" for i in range(n)]
-    sem = asyncio.Semaphore(16)
+    # Every deposit moves money out of the one '$external' firm row, so deposits race on its
+    # version: few at a time, and a deposit that lost 50 races in a row is simply sent again
+    # (the same idempotency key, so it is applied once).
+    sem = asyncio.Semaphore(4)
 
     async def one(account_id: str) -> None:
         async with sem:
             await orders.open_account(account_id)
-            await orders.deposit(account_id, usd)
+            for attempt in range(5):
+                try:
+                    await orders.deposit(account_id, usd, key=f"bench-fund:{account_id}")
+                    return
+                except ApplicationError as err:
+                    if err.type != errors.LEDGER_CONFLICT or attempt == 4:
+                        raise
 
     await asyncio.gather(*(one(a) for a in ids))
     return ids
