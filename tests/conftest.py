@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 
@@ -31,6 +32,19 @@ REDIS_URL = os.environ.get("ORDERSAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0
 
 def unique_name(kind: str) -> str:
     return f"ordersaga_test_{kind}_{uuid.uuid4().hex[:10]}"
+
+
+@asynccontextmanager
+async def scratch_database(kind: str) -> AsyncIterator[str]:
+    """A migrated database of its own, dropped afterwards. The session database is shared with
+    tests that plant violations on purpose, so whole-ledger checks run on one of these."""
+    dsn = with_database(SERVER_DSN, unique_name(kind))
+    await ensure_database(dsn)
+    await migrate(dsn)
+    try:
+        yield dsn
+    finally:
+        await drop_database(dsn)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -20,6 +20,7 @@ from ordersaga.db import create_pool
 from ordersaga.keys import RedisKeys
 from ordersaga.ledgercheck import check_ledger
 from ordersaga.settings import Settings
+from tests.conftest import scratch_database
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import saga_settings
 from workflows.models import OrderStatus
@@ -69,6 +70,16 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_sigkill_worker_mid_order_then_a_new_worker_finishes_it(
+    temporal_env: WorkflowEnvironment,
+    redis_keys: RedisKeys,
+    crash_sim: BrokerSim,
+    tmp_path: Path,
+) -> None:
+    async with scratch_database("crash") as database_url:
+        await _crash_and_recover(temporal_env, database_url, redis_keys, crash_sim, tmp_path)
+
+
+async def _crash_and_recover(
     temporal_env: WorkflowEnvironment,
     database_url: str,
     redis_keys: RedisKeys,

@@ -27,25 +27,11 @@ from activities.ledger import (
     WithdrawInput,
 )
 from ordersaga import errors
-from ordersaga.db import drop_database, ensure_database, migrate, with_database
 from ordersaga.ledgercheck import check_ledger
-from tests.conftest import SERVER_DSN, unique_name
+from tests.conftest import scratch_database
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 T = TypeVar("T")
-
-
-@asynccontextmanager
-async def scratch_database(kind: str) -> AsyncIterator[str]:
-    """A migrated database of its own. The session database is shared with tests that plant
-    violations on purpose (e.g. the bench's broken writers), so whole-ledger checks run here."""
-    dsn = with_database(SERVER_DSN, unique_name(kind))
-    await ensure_database(dsn)
-    await migrate(dsn)
-    try:
-        yield dsn
-    finally:
-        await drop_database(dsn)
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from ordersaga.keys import RedisKeys
+from tests.conftest import scratch_database
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import SagaStack, saga_settings, saga_stack
 
@@ -23,14 +24,15 @@ def saga_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerSim]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def saga_session(
     temporal_env: WorkflowEnvironment,
-    database_url: str,
     redis_keys: RedisKeys,
     redis_client: object,
     saga_sim: BrokerSim,
 ) -> AsyncIterator[SagaStack]:
-    settings = saga_settings(database_url, redis_keys, saga_sim.url)
-    async with saga_stack(temporal_env.client, settings, saga_sim) as stack:
-        yield stack
+    # A database of its own: each test checks the whole ledger afterwards.
+    async with scratch_database("saga") as database_url:
+        settings = saga_settings(database_url, redis_keys, saga_sim.url)
+        async with saga_stack(temporal_env.client, settings, saga_sim) as stack:
+            yield stack
 
 
 @pytest_asyncio.fixture(loop_scope="session")
