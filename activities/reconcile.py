@@ -108,7 +108,12 @@ class ReconcileActivities:
                     detail=f"broker has it {bo.status} with {bo.filled_qty} filled; we do not",
                 )
             )
-        elif row is not None and row["status"] in TERMINAL and bo.terminal and row["filled_qty"] != bo.filled_qty:
+        elif (
+            row is not None
+            and row["status"] in TERMINAL
+            and bo.terminal
+            and row["filled_qty"] != bo.filled_qty
+        ):
             result.breaks.append(
                 Break(
                     kind="fill_mismatch",

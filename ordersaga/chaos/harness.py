@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
+from temporalio.client import Client
 
 from activities.broker import BrokerActivities, ListBrokerOrdersInput
 from ordersaga.broker_client import BrokerClient, BrokerOrder
@@ -85,10 +86,10 @@ class _Run:
         finally:
             await pool.close()
 
-    async def _drive(self, temporal: object, pool: asyncpg.Pool) -> None:
+    async def _drive(self, temporal: Client, pool: asyncpg.Pool) -> None:
         s, opts = self.settings, self.opts
-        oc = OrderClient(temporal, pool, s)  # type: ignore[arg-type]
-        short = OrderClient(temporal, pool, short_ttl_settings(s))  # type: ignore[arg-type]
+        oc = OrderClient(temporal, pool, s)
+        short = OrderClient(temporal, pool, short_ttl_settings(s))
         prices = await self._prices()
         accounts = await open_accounts(oc, opts.seed, opts.accounts)
         plan = plan_orders(opts.seed, opts.orders, accounts, prices)
@@ -205,13 +206,13 @@ class _Run:
         async with self.session.request(method, self.settings.broker_url + path, json=body) as r:
             r.raise_for_status()
 
-    async def _reconcile(self, temporal: object) -> None:
+    async def _reconcile(self, temporal: Client) -> None:
         """Run the reconciler until late orders are final at the broker and fully booked."""
         totals = {"runs": 0, "late_orders": 0, "canceled_at_broker": 0, "error_fills_booked": 0}
         for _ in range(5):
             rep = await asyncio.wait_for(
                 run_reconcile_now(self.settings, temporal),
-                timeout=180,  # type: ignore[arg-type]
+                timeout=180,
             )
             totals["runs"] += 1
             totals["late_orders"] = rep.late_orders

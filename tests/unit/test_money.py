@@ -43,7 +43,9 @@ def test_rounding_rules() -> None:
         max_size=30,
     )
 )
-def test_cumulative_rounding_never_exceeds_ceiling_hold(fills: list[tuple[Decimal, Decimal]]) -> None:
+def test_cumulative_rounding_never_exceeds_ceiling_hold(
+    fills: list[tuple[Decimal, Decimal]],
+) -> None:
     """Fills at or below the limit, rounded cumulatively, never exceed the hold sized by ceil."""
     limit = max(p for _, p in fills)
     total_qty = sum((q for q, _ in fills), Decimal(0))
