@@ -22,11 +22,13 @@ down: $(STAMP)
 	$(BIN)/ordersaga dev down
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy ordersaga workflows activities worker brokersim
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check --exclude '*.md' .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy ordersaga workflows activities worker brokersim
