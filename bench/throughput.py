@@ -35,6 +35,7 @@ from bench.common import (
 from bench.floor import FloorInput, FloorWorkflow, MinimalWorkflow, noop
 from bench.stack import Running, bench_settings, funded_accounts, saga_workers
 from bench.variants import LocalStepsOrderWorkflow
+from ordersaga.errors import UserError
 from ordersaga.settings import Settings
 from workflows.reconcile import ReconcileWorkflow
 
@@ -56,14 +57,19 @@ async def run_saga(run: Running, n: int) -> dict[str, Any]:
     started: dict[str, float] = {}
     done: dict[str, float] = {}
     statuses: dict[str, int] = {}
+    place_errors: dict[str, int] = {}
 
     async def one(account_id: str) -> None:
         order_id = uuid.uuid4().hex[:16]
         started[account_id] = time.monotonic()
-        placed = await run.orders.place_order(
-            account_id=account_id, symbol="AAPL", side="buy", qty="1", order_id=order_id
-        )
-        final = await run.orders.wait(account_id, placed.order_id, timeout_s=600)
+        try:
+            await run.orders.place_order(
+                account_id=account_id, symbol="AAPL", side="buy", qty="1", order_id=order_id
+            )
+        except UserError as err:
+            # Counted, then the order is still followed to its end by its id.
+            place_errors[str(err)] = place_errors.get(str(err), 0) + 1
+        final = await run.orders.wait(account_id, order_id, timeout_s=600)
         done[account_id] = time.monotonic()
         statuses[final.status.value] = statuses.get(final.status.value, 0) + 1
 
@@ -71,11 +77,13 @@ async def run_saga(run: Running, n: int) -> dict[str, Any]:
     await asyncio.gather(*(one(a) for a in accounts))
     elapsed = time.monotonic() - t0
     latencies = [done[a] - started[a] for a in accounts]
+    settled = statuses.get("SETTLED", 0)
     return {
         "orders": n,
         "seconds": round(elapsed, 2),
-        "per_s": round(n / elapsed, 2),
+        "per_s": round(settled / elapsed, 2),
         "statuses": statuses,
+        "place_errors": place_errors,
         **summary_ms(latencies),
     }
 
