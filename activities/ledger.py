@@ -19,6 +19,7 @@ import hashlib
 import json
 import random
 import re
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -45,6 +46,22 @@ FEES = "$fees"
 EXTERNAL = "$external"
 ERROR = "$error"
 FIRM_KINDS = {OMNIBUS: "omnibus", FEES: "fees", EXTERNAL: "external", ERROR: "error"}
+# The omnibus, fees and external rows take part in every fill and deposit of every customer: as
+# single rows they would serialize the whole firm's compare-and-sets on one version column. Each
+# is split into FIRM_SHARDS rows ('$omnibus', '$omnibus~1', ...), chosen by a stable hash of the
+# order (fills) or the customer (deposits). Sums over a kind are unchanged; every write is still
+# a compare-and-set. The error account is written rarely and stays one row.
+FIRM_SHARDS = 8
+
+
+def firm_shard(owner: str, key: str) -> str:
+    """The shard of firm account ``owner`` that ``key`` (an order or customer id) writes to."""
+    n = zlib.crc32(key.encode()) % FIRM_SHARDS
+    return owner if n == 0 else f"{owner}~{n}"
+
+
+def _firm_kind(owner: str) -> str:
+    return FIRM_KINDS.get(owner.split("~", 1)[0], "customer")
 
 _SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
 _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
@@ -363,7 +380,7 @@ async def _row(
     """The (owner, asset) ledger row; firm rows and customer share rows are made on first use."""
     rec = await conn.fetchrow(_SELECT_ROW, owner, asset)
     if rec is None and create:
-        await conn.execute(_INSERT_ROW, owner, FIRM_KINDS.get(owner, "customer"), asset)
+        await conn.execute(_INSERT_ROW, owner, _firm_kind(owner), asset)
         rec = await conn.fetchrow(_SELECT_ROW, owner, asset)
     return _Row(**dict(rec)) if rec is not None else None
 
@@ -535,7 +552,7 @@ class LedgerActivities:
                 return done
             await _customer(conn, account_id)
             customer = await _must_row(conn, account_id, asset)
-            external = await _must_row(conn, EXTERNAL, asset)
+            external = await _must_row(conn, firm_shard(EXTERNAL, account_id), asset)
             signed = amount if into_customer else -amount
             if customer.available + signed < 0:
                 raise _insufficient(account_id, asset, customer.available, amount)
@@ -935,9 +952,10 @@ async def _post_changes(conn: asyncpg.Connection, hold: asyncpg.Record, post: _P
     owner, symbol = hold["owner"], hold["symbol"]
     cust_cash = await _must_row(conn, owner, CASH_ASSET)
     cust_shares = await _must_row(conn, owner, symbol)
-    omni_cash = await _must_row(conn, OMNIBUS, CASH_ASSET)
-    omni_shares = await _must_row(conn, OMNIBUS, symbol)
-    fees = await _must_row(conn, FEES, CASH_ASSET)
+    omnibus, fee_owner = (firm_shard(o, hold["order_id"]) for o in (OMNIBUS, FEES))
+    omni_cash = await _must_row(conn, omnibus, CASH_ASSET)
+    omni_shares = await _must_row(conn, omnibus, symbol)
+    fees = await _must_row(conn, fee_owner, CASH_ASSET)
     changes = _Changes()
     if post.side == "buy":
         changes.move(cust_cash, "held", -(post.cash_delta + post.fee_delta))

@@ -52,7 +52,9 @@ SELECT h.order_id, h.owner, h.asset, h.amount, h.held_remaining, h.status,
        o.status AS order_status,
        EXISTS (SELECT 1 FROM journal_entries e
                WHERE e.order_id = h.order_id AND e.code = 'reserve') AS journaled
-FROM holds h LEFT JOIN orders o ON o.account_id = h.owner AND o.order_id = h.order_id
+-- The saga's holds are keyed by the order key '<account>/<order>'; bare ids are accepted too.
+FROM holds h LEFT JOIN orders o
+  ON o.account_id = h.owner AND h.order_id IN (o.order_id, o.account_id || '/' || o.order_id)
 ORDER BY h.id
 """
 

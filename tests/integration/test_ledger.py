@@ -497,3 +497,17 @@ async def test_a_void_racing_a_reserve_never_leaves_an_open_hold(ledger: LedgerA
         )
         assert open_holds == 0
     assert await usd(ledger, account) == (D("1000.00"), D(0))
+
+
+async def test_firm_counterparty_rows_are_sharded_and_still_conserve(
+    ledger: LedgerActivities,
+) -> None:
+    """Deposits of many customers spread over the '$external' shards instead of one hot row."""
+    accounts = [await open_funded(ledger, cash="10") for _ in range(24)]
+    shards = await ledger._pool.fetch(  # type: ignore[attr-defined]
+        "SELECT DISTINCT owner FROM ledger_accounts WHERE kind = 'external' AND asset = 'USD'"
+    )
+    assert len(shards) > 1
+    assert {r["owner"].split("~")[0] for r in shards} == {"$external"}
+    assert len(accounts) == 24
+    await assert_ledger_clean(ledger._pool)  # type: ignore[attr-defined]

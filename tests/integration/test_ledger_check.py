@@ -129,3 +129,39 @@ async def test_open_hold_of_a_finished_order_is_found(scratch: asyncpg.Pool) -> 
     assert [(h.order_id, h.order_status) for h in report.open_holds_of_finished_orders] == [
         ("o1", "SETTLED")
     ]
+
+
+async def test_open_hold_of_a_finished_saga_order_is_found(scratch: asyncpg.Pool) -> None:
+    """The saga keys holds by '<account>/<order>' while the orders row has the bare order id."""
+    ledger = LedgerActivities(scratch)
+    order = OrderRecord(
+        account_id="a",
+        order_id="o2",
+        workflow_id="order/a/o2",
+        symbol="AAPL",
+        side="buy",
+        order_type="limit",
+        time_in_force="gtc",
+        qty=D(1),
+        limit_price=D(5),
+        params_hash="h2",
+    )
+    await ledger.reserve_funds(
+        ReserveInput(
+            account_id="a",
+            order_id="a/o2",
+            asset="USD",
+            amount=D(5),
+            fence=2,
+            idempotency_key="a/o2:reserve",
+            side="buy",
+            symbol="AAPL",
+            order=order,
+        )
+    )
+    assert (await check_ledger(scratch)).ok
+    await scratch.execute("UPDATE orders SET status = 'CANCELED' WHERE order_id = 'o2'")
+    report = await only_violation(scratch)
+    assert [(h.order_id, h.order_status) for h in report.open_holds_of_finished_orders] == [
+        ("a/o2", "CANCELED")
+    ]
