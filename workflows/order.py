@@ -168,8 +168,10 @@ class OrderWorkflow:
         if inp.carried is None:
             try:
                 await self._accept()
-            except BaseException:
+            except (Exception, asyncio.CancelledError):
                 # Before the pivot every step has a compensation; run them, keep the error.
+                # Not on other BaseExceptions: the worker evicts workflows from its cache with
+                # one, and this run will be replayed elsewhere, compensations and all.
                 await self._compensate()
                 raise
             if self._state.terminal:
