@@ -7,13 +7,19 @@ cancels late orders at the broker and books their fills to the firm error accoun
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.broker import BrokerActivities, CancelOrderInput, ListBrokerOrdersInput
+    from activities.broker import (
+        BrokerActivities,
+        CancelOrderInput,
+        ListBrokerOrdersInput,
+        ReconcileOrderInput,
+    )
     from activities.ledger import ErrorFillInput, LedgerActivities
     from activities.reconcile import (
         Break,
@@ -45,13 +51,7 @@ ASK = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timede
 class ReconcileWorkflow:
     @workflow.run
     async def run(self, inp: ReconcileInput) -> ReconcileReport:
-        listed = await workflow.execute_activity_method(
-            BrokerActivities.list_broker_orders,
-            ListBrokerOrdersInput(status="all"),
-            task_queue=inp.broker_task_queue,
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=ASK,
-        )
+        orders = await self._broker_orders(inp)
         views = [
             BrokerOrderView(
                 id=o.id,
@@ -64,8 +64,7 @@ class ReconcileWorkflow:
                 filled_notional=o.filled_notional,
                 terminal=o.is_terminal,
             )
-            for o in listed.orders
-            if not inp.client_order_ids or o.client_order_id in inp.client_order_ids
+            for o in orders
         ]
         found = await workflow.execute_activity_method(
             ReconcileActivities.find_breaks,
@@ -79,6 +78,31 @@ class ReconcileWorkflow:
         for late in found.late:
             await self._settle_late(late, inp, report)
         return report
+
+    async def _broker_orders(self, inp: ReconcileInput) -> list[Any]:
+        """Every broker order, or only the named ones (a targeted run asks for each by id, so an
+        undeliverable event costs one lookup, not a listing of the whole broker account)."""
+        if not inp.client_order_ids:
+            listed = await workflow.execute_activity_method(
+                BrokerActivities.list_broker_orders,
+                ListBrokerOrdersInput(status="all"),
+                task_queue=inp.broker_task_queue,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=ASK,
+            )
+            return list(listed.orders)
+        found = []
+        for cid in inp.client_order_ids:
+            view = await workflow.execute_activity_method(
+                BrokerActivities.reconcile_order,
+                ReconcileOrderInput(order_id=cid),
+                task_queue=inp.broker_task_queue,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=ASK,
+            )
+            if view.order is not None:
+                found.append(view.order)
+        return found
 
     async def _settle_late(
         self, late: BrokerOrderView, inp: ReconcileInput, report: ReconcileReport
