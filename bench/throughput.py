@@ -20,6 +20,7 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from bench.common import (
@@ -67,7 +68,7 @@ async def run_saga(run: Running, n: int) -> dict[str, Any]:
             await run.orders.place_order(
                 account_id=account_id, symbol="AAPL", side="buy", qty="1", order_id=order_id
             )
-        except UserError as err:
+        except (UserError, RPCError) as err:
             # Counted, then the order is still followed to its end by its id.
             place_errors[str(err)] = place_errors.get(str(err), 0) + 1
         try:
