@@ -35,7 +35,7 @@ from ordersaga.keys import RedisKeys
 from ordersaga.listener import BrokerListener
 from ordersaga.marketdata import MarketDataFeed
 from ordersaga.settings import Settings
-from tests.support.saga import test_settings
+from tests.support.saga import saga_settings
 
 Layout = Literal["separate", "shared"]
 
@@ -139,7 +139,7 @@ class Running:
 
 
 def bench_settings(inf: Infra, layout: Layout = "separate", **extra: Any) -> Settings:
-    settings = test_settings(inf.database_url, inf.keys, inf.sim.url, **extra)
+    settings = saga_settings(inf.database_url, inf.keys, inf.sim.url, **extra)
     if layout == "shared":
         settings.broker_task_queue = settings.orders_task_queue
     return settings

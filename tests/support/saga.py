@@ -185,8 +185,3 @@ async def saga_stack(
         await broker.close()
         await redis.aclose()
         await pool.close()
-
-
-# The former name, still imported by bench/ and tests/chaos/; marked so pytest does not collect it.
-test_settings = saga_settings
-saga_settings.__test__ = False  # type: ignore[attr-defined]
