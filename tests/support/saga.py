@@ -27,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from ordersaga.broker_client import BrokerClient
+from ordersaga.chaos.faults import CLEAR
 from ordersaga.client import OrderClient
 from ordersaga.delivery import signal_workflows
 from ordersaga.keys import RedisKeys
@@ -107,18 +108,8 @@ class SagaStack:
         )
 
 
-NO_FAULTS: dict[str, Any] = {
-    "latency_ms": 0,
-    "jitter_ms": 0,
-    "spike_prob": 0,
-    "hang_prob": 0,
-    "error_5xx_prob": 0,
-    "drop_reply_prob": 0,
-    "late_prob": 0,
-    "event_drop_prob": 0,
-    "event_dup_prob": 0,
-    "unreachable": False,
-}
+# Every broker fault off: the chaos harness's own 'clear' patch.
+NO_FAULTS: dict[str, Any] = CLEAR
 
 
 def saga_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extra: Any) -> Settings:
