@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 from pydantic import BaseModel
@@ -169,7 +168,3 @@ class OrderStoreActivities:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(sql, *args)
         return [OrderRow(**dict(r)) for r in rows]
-
-
-def row_to_dict(row: OrderRow) -> dict[str, Any]:
-    return row.model_dump(mode="json")

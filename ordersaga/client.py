@@ -22,7 +22,6 @@ import asyncpg
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
-    WorkflowExecutionStatus,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
@@ -256,11 +255,6 @@ class OrderClient:
                 },
             )
         return sorted(seen.values(), key=lambda r: r["started"], reverse=True)[:limit]
-
-    async def is_running(self, account_id: str, order_id: str) -> bool:
-        handle = self.temporal.get_workflow_handle(workflow_id_for(account_id, order_id))
-        desc = await handle.describe()
-        return desc.status == WorkflowExecutionStatus.RUNNING
 
     # ---------------------------------------------------------------- accounts
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path(".state")
@@ -88,10 +88,3 @@ class Settings(BaseSettings):
     @property
     def symbols(self) -> list[str]:
         return [s.strip().upper() for s in self.marketdata_symbols.split(",") if s.strip()]
-
-
-def load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]
-
-
-__all__ = ["Field", "Settings", "load_settings"]

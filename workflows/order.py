@@ -350,7 +350,7 @@ class OrderWorkflow:
                 return False
             self._note("submit outcome unknown; asking the broker")
             return await self._find_after_unknown()
-        self._take_report(self._report_from(res.order, "submit"))
+        self._reports.append(self._report_from(res.order, "submit"))
         return True
 
     async def _find_after_unknown(self) -> bool:
@@ -362,7 +362,7 @@ class OrderWorkflow:
         while True:
             view = await self._ask_broker()
             if view.state != "absent":
-                self._take_report(self._report_from(view.order, "poll"))
+                self._reports.append(self._report_from(view.order, "poll"))
                 return True
             waited = (workflow.now() - gave_up_at).total_seconds()
             if waited >= self._cfg.absent_grace_s:
@@ -429,9 +429,6 @@ class OrderWorkflow:
         self._state.broker_status = (final or best).status
         await self._book(best)
         return final
-
-    def _take_report(self, report: BrokerReport) -> None:
-        self._reports.append(report)
 
     async def _book(self, report: BrokerReport) -> None:
         """Post the increase of the broker's cumulative fill (booked once, whoever reports it)."""
