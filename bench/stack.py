@@ -30,6 +30,7 @@ from bench.common import REDIS_URL, Infra
 from ordersaga import errors
 from ordersaga.broker_client import BrokerClient
 from ordersaga.client import OrderClient
+from ordersaga.db import create_pool
 from ordersaga.delivery import signal_workflows
 from ordersaga.keys import RedisKeys
 from ordersaga.listener import BrokerListener
@@ -158,8 +159,7 @@ async def saga_workers(
 ) -> AsyncIterator[Running]:
     """Workers (and the quote feed and broker listener) for the saga, stopped on exit."""
     client = inf.env.client
-    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=pool_max)
-    assert pool is not None
+    pool = await create_pool(settings.database_url, 2, pool_max)
     redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     broker = BrokerClient.from_settings(settings)
     keys = RedisKeys(settings.redis_prefix)

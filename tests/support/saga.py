@@ -29,6 +29,7 @@ from temporalio.worker import Worker
 from ordersaga.broker_client import BrokerClient
 from ordersaga.chaos.faults import CLEAR
 from ordersaga.client import OrderClient
+from ordersaga.db import create_pool
 from ordersaga.delivery import signal_workflows
 from ordersaga.keys import RedisKeys
 from ordersaga.ledgercheck import check_ledger
@@ -138,8 +139,7 @@ def saga_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extr
 async def saga_stack(
     temporal: Client, settings: Settings, sim: BrokerSim
 ) -> AsyncIterator[SagaStack]:
-    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=20)
-    assert pool is not None
+    pool = await create_pool(settings.database_url, 2, 20)
     redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     broker = BrokerClient.from_settings(settings)
     keys = RedisKeys(settings.redis_prefix)
