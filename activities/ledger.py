@@ -63,6 +63,7 @@ def firm_shard(owner: str, key: str) -> str:
 def _firm_kind(owner: str) -> str:
     return FIRM_KINDS.get(owner.split("~", 1)[0], "customer")
 
+
 _SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
 _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 

@@ -2,8 +2,11 @@
 
 Delivery is at least once, in offset order, and never skips an offset the broker stored:
 - The offset is saved in Redis (``RedisKeys.listener_offset(name)``) only AFTER the callback
-  returned for that event, so a crash replays the event rather than losing it. Callbacks must
-  therefore be idempotent (the saga keys fills by execution id).
+  returned for that event, so a crash replays the event rather than losing it. To spare a
+  Redis write per event it is saved with the first event delivered ``save_every_s`` after the
+  previous save, at every reconnect, and when the listener stops; a crash replays the events
+  delivered since. Callbacks must therefore be idempotent (the saga books the broker's
+  cumulative fills, so a report seen twice is booked once).
 - Within a run, an event at or below the last delivered offset (a duplicate on the stream, or a
   replay after a reconnect) is dropped.
 - A gap in offsets (an event dropped on the stream) is filled from the broker's stored events
@@ -61,6 +64,7 @@ class BrokerListener:
         backoff_max_s: float = 5.0,
         idle_timeout_s: float = 30.0,
         resync_s: float = 30.0,
+        save_every_s: float = 0.5,
     ) -> None:
         self._client = client
         self._redis = redis
@@ -71,6 +75,8 @@ class BrokerListener:
         self.backoff_max_s = backoff_max_s
         self.idle_timeout_s = idle_timeout_s
         self.resync_s = resync_s
+        self.save_every_s = save_every_s
+        self._save_due = 0.0
         self._stream_ended = False
         self.offset = 0
         self._saved = 0
@@ -97,6 +103,10 @@ class BrokerListener:
             for task in (consumer, stopper):
                 task.cancel()
             await asyncio.gather(consumer, stopper, return_exceptions=True)
+            try:
+                await self._save()  # what was delivered since the last save
+            except Exception as exc:  # Redis down: the next start replays those events
+                log.warning("listener %r: offset not saved: %s", self.name, exc)
         if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
             raise consumer.exception()  # type: ignore[misc]
 
@@ -164,12 +174,14 @@ class BrokerListener:
         await self._on_event(event)
         self.offset = event.offset
         self.delivered += 1
-        await self._save()
+        if asyncio.get_running_loop().time() >= self._save_due:
+            await self._save()
 
     async def _save(self) -> None:
         if self.offset != self._saved:
             await self._redis.set(self._key, self.offset)
             self._saved = self.offset
+            self._save_due = asyncio.get_running_loop().time() + self.save_every_s
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -7,6 +7,7 @@ once, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
@@ -160,3 +161,46 @@ async def test_dropped_and_duplicated_live_events(
     listener = running.listener
     assert listener.duplicates + listener.backfilled > 0
     assert seen.offsets == list(range(1, last + 1))
+
+
+async def test_offset_is_saved_in_batches_and_on_stop(
+    sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    seen, listener_name = Collector(), name()
+    key = redis_keys.listener_offset(listener_name)
+    last = await trade(sim, client, 4)
+    listener = new_listener(
+        client, redis_client, redis_keys, seen, listener_name, save_every_s=60.0
+    )
+    running = Running(listener)
+    await eventually(lambda: len(seen.offsets) == last, "all delivered")
+    # The first event is saved at once; the rest wait for the next save, not one write each.
+    assert await redis_client.get(key) == "1"
+    await running.close()
+    assert await redis_client.get(key) == str(last)
+    # A restart resumes after the saved offset: nothing is delivered twice.
+    again = Running(new_listener(client, redis_client, redis_keys, seen, listener_name))
+    await asyncio.sleep(0.3)
+    await again.close()
+    assert seen.offsets == list(range(1, last + 1))
+
+
+async def test_a_restart_after_unsaved_events_replays_them(
+    sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    seen, listener_name = Collector(), name()
+    key = redis_keys.listener_offset(listener_name)
+    last = await trade(sim, client, 3)
+    running = Running(
+        new_listener(client, redis_client, redis_keys, seen, listener_name, save_every_s=60.0)
+    )
+    await eventually(lambda: len(seen.offsets) == last, "all delivered")
+    running.task.cancel()  # as if the process died before its next save
+    with contextlib.suppress(asyncio.CancelledError):
+        await running.task
+    await redis_client.set(key, 1)  # what a crash leaves: the save after the first event
+    replayed = Collector()
+    again = Running(new_listener(client, redis_client, redis_keys, replayed, listener_name))
+    await eventually(lambda: len(replayed.offsets) == last - 1, "unsaved events replayed")
+    await again.close()
+    assert replayed.offsets == list(range(2, last + 1))
