@@ -269,7 +269,10 @@ def _args_hash(operation: str, args: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- SQL
 
-_SELECT_OPERATION = "SELECT operation, args_hash, result FROM ledger_operations WHERE key = $1"
+# An operation's stored result, under the names ``_replay`` reads; the combined reads below put
+# it beside the rows the operation needs, so a first call and a repeat both cost one round trip.
+_OPERATION_COLS = "o.operation AS op_operation, o.args_hash AS op_args_hash, o.result AS op_result"
+_SELECT_OPERATION = f"SELECT {_OPERATION_COLS} FROM ledger_operations o WHERE o.key = $1"
 _INSERT_OPERATION = (
     "INSERT INTO ledger_operations (key, operation, args_hash, result) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (key) DO NOTHING RETURNING key"
@@ -280,6 +283,16 @@ _SELECT_ROW = (
 )
 _INSERT_ROW = (
     "INSERT INTO ledger_accounts (owner, kind, asset) VALUES ($1, $2, $3)"
+    " ON CONFLICT (owner, asset) DO NOTHING"
+)
+_SELECT_ROWS = (
+    "SELECT a.id, a.owner, a.kind, a.asset, a.available, a.held, a.version, a.last_fence"
+    " FROM ledger_accounts a JOIN unnest($1::text[], $2::text[]) AS w(owner, asset)"
+    " ON a.owner = w.owner AND a.asset = w.asset"
+)
+_INSERT_ROWS = (
+    "INSERT INTO ledger_accounts (owner, kind, asset)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
     " ON CONFLICT (owner, asset) DO NOTHING"
 )
 # The compare-and-set: the write lands only on the version that was read.
@@ -297,10 +310,28 @@ _ADVANCE_CUSTOMER_FENCE = (
     "UPDATE customers SET last_fence = $2, updated_at = now()"
     " WHERE account_id = $1 AND last_fence <= $2"
 )
-_SELECT_HOLD = (
-    "SELECT id, order_id, owner, ledger_account_id, asset, amount, held_remaining, posted_qty,"
-    " posted_notional, posted_cash, posted_fee, side, symbol, status, version"
-    " FROM holds WHERE order_id = $1"
+_HOLD_COLS = (
+    "h.id, h.order_id, h.owner, h.ledger_account_id, h.asset, h.amount, h.held_remaining,"
+    " h.posted_qty, h.posted_notional, h.posted_cash, h.posted_fee, h.side, h.symbol, h.status,"
+    " h.version"
+)
+# The operation's stored result ($1) and the order's hold ($2), each possibly absent.
+_SELECT_OPERATION_AND_HOLD = (
+    f"SELECT {_OPERATION_COLS}, {_HOLD_COLS} FROM (SELECT 1) AS one"
+    " LEFT JOIN ledger_operations o ON o.key = $1 LEFT JOIN holds h ON h.order_id = $2"
+)
+# Everything a reserve decides on, read after its order lock: the stored result ($1), whether
+# the order ($2) was voided or already holds, the customer ($3) and its row for the asset ($4).
+_RESERVE_VIEW = (
+    f"SELECT {_OPERATION_COLS},"
+    " EXISTS (SELECT 1 FROM hold_tombstones t WHERE t.order_id = $2) AS tombstoned,"
+    " EXISTS (SELECT 1 FROM holds h WHERE h.order_id = $2) AS has_hold,"
+    " c.account_id IS NOT NULL AS customer_exists, c.last_fence AS customer_fence,"
+    " a.id, a.owner, a.kind, a.asset, a.available, a.held, a.version, a.last_fence"
+    " FROM (SELECT 1) AS one"
+    " LEFT JOIN ledger_operations o ON o.key = $1"
+    " LEFT JOIN customers c ON c.account_id = $3"
+    " LEFT JOIN ledger_accounts a ON a.owner = $3 AND a.asset = $4"
 )
 _CAS_HOLD = (
     "UPDATE holds SET held_remaining = $2, posted_qty = $3, posted_notional = $4,"
@@ -311,12 +342,14 @@ _INSERT_HOLD = (
     "INSERT INTO holds (order_id, owner, ledger_account_id, asset, amount, held_remaining,"
     " side, symbol) VALUES ($1, $2, $3, $4, $5, $5, $6, $7) RETURNING id"
 )
-_INSERT_ENTRY = (
-    "INSERT INTO journal_entries (idempotency_key, code, order_id) VALUES ($1, $2, $3) RETURNING id"
-)
-_INSERT_LINE = (
-    "INSERT INTO journal_lines (entry_id, ledger_account_id, asset, bucket, amount)"
-    " VALUES ($1, $2, $3, $4, $5)"
+# An entry and its lines in one round trip.
+_INSERT_JOURNAL = (
+    "WITH entry AS (INSERT INTO journal_entries (idempotency_key, code, order_id)"
+    " VALUES ($1, $2, $3) RETURNING id)"
+    " INSERT INTO journal_lines (entry_id, ledger_account_id, asset, bucket, amount)"
+    " SELECT entry.id, line.* FROM entry,"
+    " unnest($4::bigint[], $5::text[], $6::text[], $7::numeric[]) AS line"
+    " RETURNING entry_id"
 )
 _INSERT_ORDER = (
     "INSERT INTO orders (account_id, order_id, workflow_id, symbol, side, order_type,"
@@ -352,6 +385,9 @@ class _Row:
     held: Decimal
     version: int
     last_fence: int
+
+
+_ROW_FIELDS = tuple(_Row.__dataclass_fields__)
 
 
 @dataclass
@@ -392,6 +428,24 @@ async def _must_row(conn: asyncpg.Connection, owner: str, asset: str) -> _Row:
     return row
 
 
+async def _rows(conn: asyncpg.Connection, *wanted: tuple[str, str]) -> list[_Row]:
+    """The (owner, asset) rows in the order asked, in one round trip; missing ones are made
+    (firm rows and customer share rows, as ``_row`` does), which costs two more, once."""
+    owners, assets = [w[0] for w in wanted], [w[1] for w in wanted]
+    found = {(r["owner"], r["asset"]): r for r in await conn.fetch(_SELECT_ROWS, owners, assets)}
+    missing = [w for w in dict.fromkeys(wanted) if w not in found]
+    if missing:
+        await conn.execute(
+            _INSERT_ROWS,
+            [o for o, _ in missing],
+            [_firm_kind(o) for o, _ in missing],
+            [a for _, a in missing],
+        )
+        again = await conn.fetch(_SELECT_ROWS, [o for o, _ in missing], [a for _, a in missing])
+        found.update({(r["owner"], r["asset"]): r for r in again})
+    return [_Row(**dict(found[w])) for w in wanted]
+
+
 async def _apply(
     conn: asyncpg.Connection,
     changes: _Changes,
@@ -425,9 +479,9 @@ async def _apply(
             raise _Conflict
     if not changes.lines:
         return None
-    entry_id: int = await conn.fetchval(_INSERT_ENTRY, key, code, order_id)
-    await conn.executemany(
-        _INSERT_LINE, [(entry_id, rid, asset, b, amt) for rid, asset, b, amt in changes.lines]
+    ids, assets, buckets, amounts = (list(c) for c in zip(*changes.lines, strict=True))
+    entry_id: int = await conn.fetchval(
+        _INSERT_JOURNAL, key, code, order_id, ids, assets, buckets, amounts
     )
     return entry_id
 
@@ -444,15 +498,22 @@ async def _recorded(
     conn: asyncpg.Connection, key: str, operation: str, args_hash: str, model: type[M]
 ) -> M | None:
     """The first result stored under ``key``; refuse the key reused with other arguments."""
-    rec = await conn.fetchrow(_SELECT_OPERATION, key)
-    if rec is None:
+    return _replay(await conn.fetchrow(_SELECT_OPERATION, key), key, operation, args_hash, model)
+
+
+def _replay(
+    rec: asyncpg.Record | None, key: str, operation: str, args_hash: str, model: type[M]
+) -> M | None:
+    """``_recorded`` on a row already read (with the ``_OPERATION_COLS`` columns)."""
+    if rec is None or rec["op_operation"] is None:
         return None
-    if rec["operation"] != operation or rec["args_hash"] != args_hash:
+    if rec["op_operation"] != operation or rec["op_args_hash"] != args_hash:
         raise _fail(
-            f"idempotency key {key!r} was already used by {rec['operation']} with other arguments",
+            f"idempotency key {key!r} was already used by {rec['op_operation']}"
+            " with other arguments",
             errors.IDEMPOTENCY_MISMATCH,
         )
-    return model.model_validate(json.loads(rec["result"]))
+    return model.model_validate(json.loads(rec["op_result"]))
 
 
 async def _record(
@@ -552,8 +613,9 @@ class LedgerActivities:
             if done is not None:
                 return done
             await _customer(conn, account_id)
-            customer = await _must_row(conn, account_id, asset)
-            external = await _must_row(conn, firm_shard(EXTERNAL, account_id), asset)
+            customer, external = await _rows(
+                conn, (account_id, asset), (firm_shard(EXTERNAL, account_id), asset)
+            )
             signed = amount if into_customer else -amount
             if customer.available + signed < 0:
                 raise _insufficient(account_id, asset, customer.available, amount)
@@ -588,14 +650,18 @@ class LedgerActivities:
 
         async def body(conn: asyncpg.Connection) -> ReserveResult:
             await _lock_order(conn, input.order_id)
-            done = await _recorded(conn, input.idempotency_key, "reserve", req.args, ReserveResult)
+            view = await conn.fetchrow(
+                _RESERVE_VIEW, input.idempotency_key, input.order_id, input.account_id, req.asset
+            )
+            done = _replay(view, input.idempotency_key, "reserve", req.args, ReserveResult)
             if done is not None:
                 return done
-            await _refuse_second_hold(conn, input.order_id)
-            customer = await _customer(conn, input.account_id)
-            if customer["last_fence"] > input.fence:
-                raise _stale_fence(input.account_id, input.fence, customer["last_fence"])
-            row = await _row(conn, input.account_id, req.asset, create=False)
+            _refuse_second_hold(view, input.order_id)
+            if not view["customer_exists"]:
+                raise _fail(f"unknown account {input.account_id!r}", errors.UNKNOWN_ACCOUNT)
+            if view["customer_fence"] > input.fence:
+                raise _stale_fence(input.account_id, input.fence, view["customer_fence"])
+            row = _Row(**{k: view[k] for k in _ROW_FIELDS}) if view["id"] is not None else None
             available = row.available if row is not None else Decimal(0)
             if row is None or available < req.amount:
                 raise _insufficient(input.account_id, req.asset, available, req.amount)
@@ -652,11 +718,11 @@ class LedgerActivities:
         args = _args_hash("post", {"notional": cum_notional, "fee": cum_fee})
 
         async def body(conn: asyncpg.Connection) -> PostFillResult:
-            done = await _recorded(conn, key, "post", args, PostFillResult)
+            hold = await conn.fetchrow(_SELECT_OPERATION_AND_HOLD, key, input.order_id)
+            done = _replay(hold, key, "post", args, PostFillResult)
             if done is not None:
                 return done
-            hold = await conn.fetchrow(_SELECT_HOLD, input.order_id)
-            if hold is None:
+            if hold["id"] is None:
                 raise _fail(f"no hold for order {input.order_id!r}", errors.HOLD_STATE)
             if cum_qty <= hold["posted_qty"]:
                 return _post_result(hold, applied=False)
@@ -694,11 +760,13 @@ class LedgerActivities:
 
         async def body(conn: asyncpg.Connection) -> VoidResult:
             await _lock_order(conn, input.order_id)
-            done = await _recorded(conn, input.idempotency_key, "void", args, VoidResult)
+            hold = await conn.fetchrow(
+                _SELECT_OPERATION_AND_HOLD, input.idempotency_key, input.order_id
+            )
+            done = _replay(hold, input.idempotency_key, "void", args, VoidResult)
             if done is not None:
                 return done
-            hold = await conn.fetchrow(_SELECT_HOLD, input.order_id)
-            if hold is None:
+            if hold["id"] is None:
                 await conn.execute(
                     "INSERT INTO hold_tombstones (order_id) VALUES ($1) ON CONFLICT DO NOTHING",
                     input.order_id,
@@ -855,10 +923,10 @@ async def _lock_order(conn: asyncpg.Connection, order_id: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", order_id)
 
 
-async def _refuse_second_hold(conn: asyncpg.Connection, order_id: str) -> None:
-    if await conn.fetchval("SELECT 1 FROM hold_tombstones WHERE order_id = $1", order_id):
+def _refuse_second_hold(view: asyncpg.Record, order_id: str) -> None:
+    if view["tombstoned"]:
         raise _fail(f"order {order_id!r} was already voided", errors.HOLD_STATE)
-    if await conn.fetchval("SELECT 1 FROM holds WHERE order_id = $1", order_id):
+    if view["has_hold"]:
         raise _fail(
             f"order {order_id!r} already has a hold under another idempotency key",
             errors.HOLD_STATE,
@@ -951,12 +1019,15 @@ class _Post:
 
 async def _post_changes(conn: asyncpg.Connection, hold: asyncpg.Record, post: _Post) -> _Changes:
     owner, symbol = hold["owner"], hold["symbol"]
-    cust_cash = await _must_row(conn, owner, CASH_ASSET)
-    cust_shares = await _must_row(conn, owner, symbol)
     omnibus, fee_owner = (firm_shard(o, hold["order_id"]) for o in (OMNIBUS, FEES))
-    omni_cash = await _must_row(conn, omnibus, CASH_ASSET)
-    omni_shares = await _must_row(conn, omnibus, symbol)
-    fees = await _must_row(conn, fee_owner, CASH_ASSET)
+    cust_cash, cust_shares, omni_cash, omni_shares, fees = await _rows(
+        conn,
+        (owner, CASH_ASSET),
+        (owner, symbol),
+        (omnibus, CASH_ASSET),
+        (omnibus, symbol),
+        (fee_owner, CASH_ASSET),
+    )
     changes = _Changes()
     if post.side == "buy":
         changes.move(cust_cash, "held", -(post.cash_delta + post.fee_delta))
