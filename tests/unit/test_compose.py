@@ -403,15 +403,17 @@ def _load_healthcheck() -> Any:
 async def test_marketdata_healthcheck_wants_fresh_quotes(
     redis_client: aioredis.Redis, redis_keys: RedisKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A prefix of its own: other tests' quote feeds write into the session's prefix.
+    keys = RedisKeys(f"{redis_keys.prefix}healthcheck:")
     monkeypatch.setenv("ORDERSAGA_REDIS_URL", REDIS_URL)
-    monkeypatch.setenv("ORDERSAGA_REDIS_PREFIX", redis_keys.prefix)
+    monkeypatch.setenv("ORDERSAGA_REDIS_PREFIX", keys.prefix)
     monkeypatch.setenv("ORDERSAGA_MARKETDATA_SYMBOLS", "AAPL,MSFT")
     monkeypatch.setenv("ORDERSAGA_QUOTE_MAX_AGE_S", "10")
     healthcheck = _load_healthcheck()
 
     async def store(symbol: str, age_s: float) -> None:
         record = {"symbol": symbol, "received_at": time.time() - age_s}
-        await redis_client.set(redis_keys.quote(symbol), json.dumps(record))
+        await redis_client.set(keys.quote(symbol), json.dumps(record))
 
     await store("AAPL", 0)
     assert healthcheck.main(["quotes"]) == 1  # MSFT has no quote yet
