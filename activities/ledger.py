@@ -300,6 +300,19 @@ _CAS_ROW = (
     "UPDATE ledger_accounts SET available = $2, held = $3, version = $4 + 1, updated_at = now()"
     " WHERE id = $1 AND version = $4"
 )
+# The same compare-and-set for several rows in one statement. The rows are locked in id order
+# first (ORDER BY is applied before FOR UPDATE takes its locks), as writing them one at a time in
+# id order did, so two transactions never wait on each other in a cycle. A row whose version
+# moved is left out, so fewer rows than asked are updated and the caller reruns.
+_CAS_ROWS = (
+    "WITH want AS (SELECT * FROM unnest($1::bigint[], $2::numeric[], $3::numeric[], $4::bigint[])"
+    " AS w(id, available, held, version)),"
+    " locked AS MATERIALIZED (SELECT a.id FROM ledger_accounts a JOIN want w"
+    " ON a.id = w.id AND a.version = w.version ORDER BY a.id FOR UPDATE OF a)"
+    " UPDATE ledger_accounts a SET available = w.available, held = w.held,"
+    " version = w.version + 1, updated_at = now()"
+    " FROM want w WHERE a.id = w.id AND a.version = w.version AND a.id IN (SELECT id FROM locked)"
+)
 # The reserve's compare-and-set also refuses a writer whose fencing token is older than one seen.
 _CAS_ROW_FENCED = (
     "UPDATE ledger_accounts SET available = $2, held = $3, version = $4 + 1, last_fence = $5,"
@@ -456,13 +469,27 @@ async def _apply(
     fence: int | None = None,
 ) -> int | None:
     """CAS every touched row (by id), then write the journal entry; its id, or None if no lines."""
-    for row_id in sorted(changes.rows):
-        row = changes.rows[row_id]
+    rows = [changes.rows[row_id] for row_id in sorted(changes.rows)]
+    for row in rows:
         available, held = changes.after(row)
         if row.kind == "customer" and (available < 0 or held < 0):
             raise _fail(
                 f"{row.owner} {row.asset} would go negative", errors.HOLD_STATE, str(available)
             )
+    if fence is None and len(rows) > 1:
+        after = [changes.after(row) for row in rows]
+        status = await conn.execute(
+            _CAS_ROWS,
+            [row.id for row in rows],
+            [a for a, _ in after],
+            [h for _, h in after],
+            [row.version for row in rows],
+        )
+        if status != f"UPDATE {len(rows)}":
+            raise _Conflict
+        rows = []
+    for row in rows:
+        available, held = changes.after(row)
         if fence is None:
             status = await conn.execute(_CAS_ROW, row.id, available, held, row.version)
         else:

@@ -511,3 +511,49 @@ async def test_firm_counterparty_rows_are_sharded_and_still_conserve(
     assert {r["owner"].split("~")[0] for r in shards} == {"$external"}
     assert len(accounts) == 24
     await assert_ledger_clean(ledger._pool)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ multi-row compare-and-set
+
+
+async def test_multi_row_cas_writes_nothing_when_one_row_moved(ledger_pool: asyncpg.Pool) -> None:
+    from activities.ledger import EXTERNAL, _apply, _Changes, _Conflict, _rows, firm_shard
+
+    account = await open_funded(LedgerActivities(ledger_pool), "100.00")
+    external = firm_shard(EXTERNAL, account)
+    async with ledger_pool.acquire() as conn:
+        customer, ext = await _rows(conn, (account, "USD"), (external, "USD"))
+        # another writer moves the external row after our read
+        await conn.execute("UPDATE ledger_accounts SET version = version + 1 WHERE id = $1", ext.id)
+        changes = _Changes()
+        changes.move(customer, "available", D("5"))
+        changes.move(ext, "available", D("-5"))
+        with pytest.raises(_Conflict):
+            async with conn.transaction():
+                await _apply(conn, changes, key=uuid4(), code="deposit", order_id=None)
+        again = {r.id: r for r in await _rows(conn, (account, "USD"), (external, "USD"))}
+    assert again[customer.id].available == customer.available  # rolled back with the rest
+    assert again[customer.id].version == customer.version
+    assert again[ext.id].available == ext.available
+
+
+async def test_concurrent_fills_sharing_firm_rows_all_book(ledger_pool: asyncpg.Pool) -> None:
+    # 40 orders' fills at once: each moves five rows, the omnibus and fee shards shared among
+    # them, through the multi-row compare-and-set; every fill is booked exactly once.
+    ledger = LedgerActivities(ledger_pool)
+    accounts = [await open_funded(ledger, "1000.00") for _ in range(40)]
+    orders = [f"{a}/o1" for a in accounts]
+    for account, order in zip(accounts, orders, strict=True):
+        await ledger.reserve_funds(buy(account, order, "210.00"))
+    fills = await asyncio.gather(
+        *(
+            ledger.post_fill(
+                PostFillInput(order_id=o, cum_qty=D(1), cum_notional=D("200.00"), cum_fee=D("1.00"))
+            )
+            for o in orders
+        )
+    )
+    assert all(f.applied for f in fills)
+    for account in accounts:
+        assert await usd(ledger, account) == (D("790.00"), D("9.00"))
+    await assert_ledger_clean(ledger_pool)
