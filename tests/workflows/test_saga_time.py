@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -98,11 +98,15 @@ class World:
         broker_script: list[BrokerOrder | None],
         submit_fails: bool,
         reserve_delay_s: float = 0.0,
+        submit_delay_s: float = 0.0,
     ) -> None:
         self.broker_script = broker_script
         self.submit_fails = submit_fails
         self.reserve_delay_s = reserve_delay_s
+        self.submit_delay_s = submit_delay_s
         self.reserved = asyncio.Event()
+        self.submitting = asyncio.Event()
+        self.canceled_at_broker = False
         self.statuses: list[str] = []
         self.asked_at: list[datetime] = []
         self.voided_at: list[datetime] = []
@@ -138,6 +142,8 @@ class World:
 
         @activity.defn(name="submit_order")
         async def submit_order(inp: SubmitOrderInput) -> SubmitOrderResult:
+            world.submitting.set()
+            await asyncio.sleep(world.submit_delay_s)  # no heartbeat: cannot see a cancel
             if world.submit_fails:
                 raise ApplicationError(
                     "timed out", type=errors.BROKER_OUTCOME_UNKNOWN, non_retryable=True
@@ -160,6 +166,7 @@ class World:
 
         @activity.defn(name="cancel_order")
         async def cancel_order(inp: CancelOrderInput) -> CancelOrderResult:
+            world.canceled_at_broker = True
             return CancelOrderResult(status="pending_cancel")
 
         @activity.defn(name="post_fill")
@@ -244,7 +251,10 @@ async def test_an_absent_order_is_voided_only_after_the_grace_period(
     assert len(world.voided_at) == 1
     # It kept asking the broker for the whole grace period before releasing anything.
     assert len(world.asked_at) >= 3 * DAY / (6 * 3600)
-    assert (world.voided_at[0] - world.asked_at[0]).total_seconds() >= 3 * DAY
+    # The void is a local activity, whose scheduled time is the worker's clock: the workflow's
+    # own (skipped) clock on its timeline says when the hold was released.
+    [released] = [e.at for e in final.timeline if e.event.startswith("released")]
+    assert (released - world.asked_at[0]).total_seconds() >= 3 * DAY
 
 
 async def test_without_events_timed_polls_book_fills_until_final(
@@ -288,7 +298,9 @@ async def test_a_long_lived_order_continues_as_new_and_keeps_its_fills(
 async def test_a_cancel_during_the_reserve_voids_the_hold(
     skipping_env: WorkflowEnvironment,
 ) -> None:
-    world = World(broker_script=[None], submit_fails=False, reserve_delay_s=1.5)
+    # The reserve (a local activity) outlasts the workflow task's heartbeat (80 % of a 1 s task
+    # timeout), so the cancel reaches the workflow while the reserve is still running.
+    world = World(broker_script=[None], submit_fails=False, reserve_delay_s=3.0)
     queue = f"ts-{uuid.uuid4().hex[:8]}"
     config = SagaConfig(orders_task_queue=queue, broker_task_queue=queue)
     req = OrderRequest(
@@ -311,6 +323,7 @@ async def test_a_cancel_during_the_reserve_voids_the_hold(
             OrderInput(request=req, config=config),
             id=req.workflow_id,
             task_queue=queue,
+            task_timeout=timedelta(seconds=1),
         )
         await asyncio.wait_for(world.reserved.wait(), 30)
         await handle.cancel()
@@ -320,5 +333,49 @@ async def test_a_cancel_during_the_reserve_voids_the_hold(
     assert isinstance(failure.value.cause, CancelledError)
     # A reserve interrupted by the cancel may still commit: the void covers it (and the ledger's
     # tombstone refuses a reserve that arrives after the void).
+    assert len(world.voided_at) == 1
+    assert world.statuses[-1] == "CANCELED"
+
+
+async def test_a_cancel_during_the_submit_is_the_customers_cancel(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    # Past the pivot a Temporal cancel must not cut the submit short (its answer would be lost):
+    # the submit finishes, and the cancel goes to the broker like a customer's.
+    world = World(
+        broker_script=[broker_order("canceled", "0")], submit_fails=False, submit_delay_s=1.0
+    )
+    queue = f"ts-{uuid.uuid4().hex[:8]}"
+    config = SagaConfig(orders_task_queue=queue, broker_task_queue=queue, fill_poll_interval_s=60)
+    req = OrderRequest(
+        account_id="acct",
+        order_id=f"o-{uuid.uuid4().hex[:6]}",
+        symbol="AAPL",
+        side="buy",
+        qty=Decimal(2),
+        order_type="limit",
+        time_in_force="gtc",
+        limit_price=Decimal(120),
+    )
+    async with Worker(
+        skipping_env.client,
+        task_queue=queue,
+        workflows=[OrderWorkflow],
+        activities=world.activities(),
+    ):
+        handle = await skipping_env.client.start_workflow(
+            OrderWorkflow.run,
+            OrderInput(request=req, config=config),
+            id=req.workflow_id,
+            task_queue=queue,
+        )
+        await asyncio.wait_for(world.submitting.wait(), 30)
+        await handle.cancel()
+        final = await handle.result()
+
+    assert final.cancel_requested and final.cancel_sent
+    assert world.canceled_at_broker
+    assert final.broker_order_id == "b-1"  # the submit's answer was kept
+    assert final.status == OrderStatus.CANCELED
     assert len(world.voided_at) == 1
     assert world.statuses[-1] == "CANCELED"
