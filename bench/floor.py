@@ -2,7 +2,8 @@
 
 ``FloorWorkflow`` runs one no-op activity per entry of its ``queues`` list, in order, each on the
 task queue named there: given the saga's own sequence of activity queues it has the saga's shape
-with none of its work. ``MinimalWorkflow`` runs a single no-op activity.
+with none of its work. With ``local`` it runs the steps marked there as local activities.
+``MinimalWorkflow`` runs a single no-op activity.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class NoopResult(BaseModel):
 
 class FloorInput(BaseModel):
     queues: list[str]
+    # per step: run it as a local activity (its queue is then the workflow's own)
+    local: list[bool] = []
 
 
 class FloorResult(BaseModel):
@@ -42,6 +45,11 @@ class FloorWorkflow:
     @workflow.run
     async def run(self, inp: FloorInput) -> FloorResult:
         for step, queue in enumerate(inp.queues):
+            if step < len(inp.local) and inp.local[step]:
+                await workflow.execute_local_activity(
+                    noop, NoopInput(step=step), start_to_close_timeout=timedelta(seconds=30)
+                )
+                continue
             await workflow.execute_activity(
                 noop,
                 NoopInput(step=step),

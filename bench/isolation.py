@@ -8,8 +8,9 @@ queries the status of the latest accepted order. A placement unanswered after 30
 at 30 s (``capped``), so a starved variant ends in bounded time. Reported: p50/p99 of
 ``place_order`` (call to return) and of the status query per phase, and their ratios to the
 0 s phase. Two layouts in the same run: the product's (broker activities on their own queue
-and worker) and a bench-only one where broker activities share the orders worker's few
-activity slots (one queue).
+and worker; the customer's steps are local activities of the orders worker) and a bench-only
+one where broker activities and the customer's steps, as ordinary activities, share the orders
+worker's few activity slots (one queue).
 """
 
 from __future__ import annotations

@@ -121,10 +121,17 @@ def build(
 ) -> list[Worker]:
     specs = worker_specs(client, res)
     if layout == "shared":
+        # One pool for everything: broker calls and the customer's steps share a few activity
+        # slots. The product runs those steps as local activities, which have slots of their
+        # own, so here they run as ordinary activities (the saga as it was before) to share.
+        from bench.variants import OrdinaryStepsOrderWorkflow
+        from workflows.reconcile import ReconcileWorkflow
+
         orders, broker = specs
         merged = dict(orders)
         merged["activities"] = [*orders["activities"], *broker["activities"]]
         merged["max_concurrent_activities"] = shared_slots
+        merged["workflows"] = [OrdinaryStepsOrderWorkflow, ReconcileWorkflow]
         specs = [merged]
     # Tuning applies to the worker that runs the workflows; the broker worker keeps its own slots.
     return [Worker(client, **{**spec, **_only_for_workflows(spec, tuning)}) for spec in specs]

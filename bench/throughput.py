@@ -5,16 +5,19 @@
 N market buys (each on its own funded account, so no lock contention) are placed at once through
 the product's OrderClient; the simulator answers at once and fills instantly. Reported: orders
 settled per second and place->settled p50/p95/p99, then the same for the same-shape floor (a
-workflow running as many no-op activities, on the same queues in the same order, as the saga ran
-for one order) and a minimal one-activity workflow, and the ratios. Then the saga again with
-worker tuning and with a bench-only local-activity variant, each with its ratio to the floor.
+workflow running as many no-op activities as the saga ran steps, on the same queues in the same
+order) and a minimal one-activity workflow, and the ratios. The floor's steps are ordinary
+activities, as the issue defines it, although the product runs its quote, lock, ledger and
+orders-table steps as local activities; a second floor with those steps local too is reported
+beside it. Also measured: the saga with every step an ordinary activity (the product before),
+and the saga with worker tuning.
 
 Every run gets its own fresh dev server (the in-memory server slows down as it fills up, which
-would favour whichever kind runs first), and the saga, the floor and the minimal workflow are
-measured ``--rounds`` times in alternating order; the report takes each kind's best round (as
-timeit does) and shows every round's saga / floor ratio. Each run also records the CPU seconds
-spent by each process group (server, this process, Postgres, simulator): on a machine whose
-cores they all share, that is where a ratio comes from.
+would favour whichever kind runs first), and the saga, the floor, the minimal workflow and the
+saga as it was are measured ``--rounds`` times in alternating order; the report takes each
+kind's best round (as timeit does) and shows every round's saga / floor ratio. Each run also
+records the CPU seconds spent by each process group (server, this process, Postgres,
+simulator): on a machine whose cores they all share, that is where a ratio comes from.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from bench.common import (
 )
 from bench.floor import FloorInput, FloorWorkflow, MinimalWorkflow, noop
 from bench.stack import Running, bench_settings, funded_accounts, saga_workers
-from bench.variants import LocalStepsOrderWorkflow
+from bench.variants import OrdinaryStepsOrderWorkflow
 from ordersaga.errors import UserError
 from ordersaga.settings import Settings
 from workflows.reconcile import ReconcileWorkflow
@@ -55,6 +58,9 @@ NAME = "throughput"
 SAGA = "saga (product defaults)"
 FLOOR = "same-shape floor"
 MINIMAL = "minimal workflow"
+ORDINARY = "saga, every step an ordinary activity (bench-only: the product before)"
+LOCAL_FLOOR = "same-shape floor, the saga's local steps local too"
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 # Product timing, not the tests' aggressive polling: at the test's 1 s a loaded run polls the
 # broker on timers and the saga's shape changes under load.
@@ -111,30 +117,52 @@ async def run_saga(run: Running, n: int, meter: cpu.Meter | None = None) -> dict
     }
 
 
-async def saga_shape(run: Running) -> tuple[list[str], dict[str, int]]:
-    """The task queue of every activity one settled order ran, and its history's event counts."""
+async def saga_shape(run: Running) -> tuple[list[str], list[bool], dict[str, int]]:
+    """The task queue of every step one settled order ran (a local activity's is the orders
+    queue), which of them were local activities, and its history's event counts."""
     [account] = await funded_accounts(run.orders, 1, tag="shape")
     placed = await run.orders.place_order(account_id=account, symbol="AAPL", side="buy", qty="1")
     await run.orders.wait(account, placed.order_id, timeout_s=60)
     handle = run.orders.temporal.get_workflow_handle(f"order/{account}/{placed.order_id}")
     queues: list[str] = []
-    kinds = {"activities": 0, "workflow_tasks": 0, "signals": 0, "updates": 0, "events": 0}
+    local: list[bool] = []
+    kinds = {
+        "activities": 0,
+        "local_activities": 0,
+        "workflow_tasks": 0,
+        "signals": 0,
+        "updates": 0,
+        "events": 0,
+    }
     async for event in handle.fetch_history_events():
         kinds["events"] += 1
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             queues.append(event.activity_task_scheduled_event_attributes.task_queue.name)
+            local.append(False)
             kinds["activities"] += 1
+        elif (
+            event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+            and event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+        ):
+            queues.append(run.settings.orders_task_queue)
+            local.append(True)
+            kinds["local_activities"] += 1
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             kinds["workflow_tasks"] += 1
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             kinds["signals"] += 1
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
             kinds["updates"] += 1
-    return queues, kinds
+    return queues, local, kinds
 
 
 async def run_floor(
-    inf: Any, shape: list[str], n: int, minimal: bool, meter: cpu.Meter | None = None
+    inf: Any,
+    shape: list[str],
+    n: int,
+    minimal: bool,
+    meter: cpu.Meter | None = None,
+    local: list[bool] | None = None,
 ) -> dict[str, Any]:
     """The floor on fresh queues with the product's worker settings (slots per queue)."""
     client = inf.env.client
@@ -169,7 +197,10 @@ async def run_floor(
             handle = await client.start_workflow(MinimalWorkflow.run, id=wid, task_queue=orders_q)
         else:
             handle = await client.start_workflow(
-                FloorWorkflow.run, FloorInput(queues=mapped), id=wid, task_queue=orders_q
+                FloorWorkflow.run,
+                FloorInput(queues=mapped, local=local or []),
+                id=wid,
+                task_queue=orders_q,
             )
         await handle.result()
         latencies.append(time.monotonic() - t)
@@ -206,24 +237,26 @@ async def saga_variant(
 Run = Callable[[Any, int, cpu.Meter], Awaitable[dict[str, Any]]]
 
 
-def runs(shape: list[str]) -> dict[str, Run]:
+def runs(shape: list[str], local: list[bool]) -> dict[str, Run]:
     """Every measured kind of run, by the label the report uses."""
-    local = {"workflows": [LocalStepsOrderWorkflow, ReconcileWorkflow]}
+    ordinary = {"workflows": [OrdinaryStepsOrderWorkflow, ReconcileWorkflow]}
     return {
         SAGA: lambda inf, n, m: saga_variant(inf, n, m, {}),
         FLOOR: lambda inf, n, m: run_floor(inf, shape, n, minimal=False, meter=m),
         MINIMAL: lambda inf, n, m: run_floor(inf, shape, n, minimal=True, meter=m),
+        ORDINARY: lambda inf, n, m: saga_variant(inf, n, m, ordinary),
         "saga + worker tuning": lambda inf, n, m: saga_variant(inf, n, m, TUNED, pool_max=40),
-        "saga, local lock/ledger steps (bench-only)": lambda inf, n, m: saga_variant(
-            inf, n, m, local
+        LOCAL_FLOOR: lambda inf, n, m: run_floor(
+            inf, shape, n, minimal=False, meter=m, local=local
         ),
     }
 
 
 def schedule(labels: list[str], rounds: int) -> list[str]:
-    """The saga, the floor and the minimal workflow in every round, in alternating order (so
-    neither always runs first); the tried variants once, after the first round."""
-    core = [SAGA, FLOOR, MINIMAL]
+    """The saga, the floor, the minimal workflow and the saga as it was before its steps went
+    local, in every round, in alternating order (so none always runs first); the other tried
+    variants once, after the first round."""
+    core = [SAGA, FLOOR, MINIMAL, ORDINARY]
     order: list[str] = []
     for r in range(rounds):
         order += core if r % 2 == 0 else core[::-1]
@@ -262,9 +295,9 @@ async def main(n: int, rounds: int) -> dict[str, Any]:
         settings = bench_settings(inf, **SAGA_TIMING)
         async with saga_workers(inf, settings) as run:
             progress("warm-up: one order, to read the saga's shape from its history")
-            shape, kinds = await saga_shape(run)
-        progress(f"saga shape: {len(shape)} activities {kinds}")
-        kinds_of_run = runs(shape)
+            shape, local, kinds = await saga_shape(run)
+        progress(f"saga shape: {len(shape)} steps {kinds}")
+        kinds_of_run = runs(shape, local)
         measured: dict[str, list[dict[str, Any]]] = {label: [] for label in kinds_of_run}
         for label in schedule(list(kinds_of_run), rounds):
             measured[label].append(await measure(inf, label, kinds_of_run[label], n))
@@ -296,6 +329,8 @@ async def main(n: int, rounds: int) -> dict[str, Any]:
         )
     )
     print(f"saga / floor in each round: {per_round}")
+    over_local = ratio(rows[SAGA]["per_s"], rows[LOCAL_FLOOR]["per_s"])
+    print(f"saga / floor with the saga's own local steps: {over_local}")
     print("CPU seconds by process:")
     for label in (SAGA, FLOOR):
         print(f"  {label}: {rows[label]['cpu_s']}")
@@ -303,12 +338,13 @@ async def main(n: int, rounds: int) -> dict[str, Any]:
         "machine": info,
         "orders": n,
         "rounds": rounds,
-        "saga_shape": {"activity_queues": shape, **kinds},
+        "saga_shape": {"step_queues": shape, "local": local, **kinds},
         "tuning": {"saga + worker tuning": {**TUNED, "db_pool_max": 40}},
         "results": rows,
         "saga_over_floor": rows[SAGA]["ratio_to_floor"],
         "saga_over_floor_per_round": per_round,
         "saga_over_minimal": rows[SAGA]["ratio_to_minimal"],
+        "saga_over_local_floor": over_local,
     }
     print(f"wrote {write_json(NAME, data)}")
     chart = bar_chart(
