@@ -163,17 +163,25 @@ async def test_dropped_and_duplicated_live_events(
     assert seen.offsets == list(range(1, last + 1))
 
 
+async def lazily_saving(
+    sim: BrokerSim, client: BrokerClient, redis: aioredis.Redis, keys: RedisKeys, orders: int
+) -> tuple[Collector, str, int, Running]:
+    """A listener that saves its offset once a minute, after it delivered ``orders`` orders'
+    events: (what it delivered, its name, the last offset, the running listener)."""
+    seen, listener_name = Collector(), name()
+    last = await trade(sim, client, orders)
+    running = Running(new_listener(client, redis, keys, seen, listener_name, save_every_s=60.0))
+    await eventually(lambda: len(seen.offsets) == last, "all delivered")
+    return seen, listener_name, last, running
+
+
 async def test_offset_is_saved_in_batches_and_on_stop(
     sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
 ) -> None:
-    seen, listener_name = Collector(), name()
-    key = redis_keys.listener_offset(listener_name)
-    last = await trade(sim, client, 4)
-    listener = new_listener(
-        client, redis_client, redis_keys, seen, listener_name, save_every_s=60.0
+    seen, listener_name, last, running = await lazily_saving(
+        sim, client, redis_client, redis_keys, 4
     )
-    running = Running(listener)
-    await eventually(lambda: len(seen.offsets) == last, "all delivered")
+    key = redis_keys.listener_offset(listener_name)
     # The first event is saved at once; the rest wait for the next save, not one write each.
     assert await redis_client.get(key) == "1"
     await running.close()
@@ -188,17 +196,12 @@ async def test_offset_is_saved_in_batches_and_on_stop(
 async def test_a_restart_after_unsaved_events_replays_them(
     sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
 ) -> None:
-    seen, listener_name = Collector(), name()
-    key = redis_keys.listener_offset(listener_name)
-    last = await trade(sim, client, 3)
-    running = Running(
-        new_listener(client, redis_client, redis_keys, seen, listener_name, save_every_s=60.0)
-    )
-    await eventually(lambda: len(seen.offsets) == last, "all delivered")
-    running.task.cancel()  # as if the process died before its next save
+    _, listener_name, last, running = await lazily_saving(sim, client, redis_client, redis_keys, 3)
+    running.task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await running.task
-    await redis_client.set(key, 1)  # what a crash leaves: the save after the first event
+    # What a process killed before its next save leaves: the save after the first event.
+    await redis_client.set(redis_keys.listener_offset(listener_name), 1)
     replayed = Collector()
     again = Running(new_listener(client, redis_client, redis_keys, replayed, listener_name))
     await eventually(lambda: len(replayed.offsets) == last - 1, "unsaved events replayed")

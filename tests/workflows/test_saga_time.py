@@ -7,15 +7,17 @@ the product's own; only the outside world is scripted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from temporalio import activity
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
@@ -48,7 +50,7 @@ from activities.orders import (
 from ordersaga import errors
 from ordersaga.broker_client import BrokerOrder
 from tests.support.saga import SEARCH_ATTRIBUTES, temporal_binary
-from workflows.models import OrderInput, OrderRequest, OrderStatus, SagaConfig
+from workflows.models import OrderInput, OrderRequest, OrderState, OrderStatus, SagaConfig
 from workflows.order import OrderWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -214,7 +216,11 @@ class World:
         ]
 
 
-async def run_order(env: WorkflowEnvironment, world: World, config: SagaConfig):  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def started(
+    env: WorkflowEnvironment, world: World, config: SagaConfig, **start: Any
+) -> AsyncIterator[WorkflowHandle[Any, Any]]:
+    """A limit buy started on its own queue, with a worker running the world's stand-ins."""
     queue = f"ts-{uuid.uuid4().hex[:8]}"
     config = config.model_copy(update={"orders_task_queue": queue, "broker_task_queue": queue})
     req = OrderRequest(
@@ -230,12 +236,18 @@ async def run_order(env: WorkflowEnvironment, world: World, config: SagaConfig):
     async with Worker(
         env.client, task_queue=queue, workflows=[OrderWorkflow], activities=world.activities()
     ):
-        return await env.client.execute_workflow(
+        yield await env.client.start_workflow(
             OrderWorkflow.run,
             OrderInput(request=req, config=config),
             id=req.workflow_id,
             task_queue=queue,
+            **start,
         )
+
+
+async def run_order(env: WorkflowEnvironment, world: World, config: SagaConfig) -> OrderState:
+    async with started(env, world, config) as handle:
+        return await handle.result()
 
 
 async def test_an_absent_order_is_voided_only_after_the_grace_period(
@@ -301,34 +313,11 @@ async def test_a_cancel_during_the_reserve_voids_the_hold(
     # The reserve (a local activity) outlasts the workflow task's heartbeat (80 % of a 1 s task
     # timeout), so the cancel reaches the workflow while the reserve is still running.
     world = World(broker_script=[None], submit_fails=False, reserve_delay_s=3.0)
-    queue = f"ts-{uuid.uuid4().hex[:8]}"
-    config = SagaConfig(orders_task_queue=queue, broker_task_queue=queue)
-    req = OrderRequest(
-        account_id="acct",
-        order_id=f"o-{uuid.uuid4().hex[:6]}",
-        symbol="AAPL",
-        side="buy",
-        qty=Decimal(1),
-        order_type="limit",
-        limit_price=Decimal(100),
-    )
-    async with Worker(
-        skipping_env.client,
-        task_queue=queue,
-        workflows=[OrderWorkflow],
-        activities=world.activities(),
-    ):
-        handle = await skipping_env.client.start_workflow(
-            OrderWorkflow.run,
-            OrderInput(request=req, config=config),
-            id=req.workflow_id,
-            task_queue=queue,
-            task_timeout=timedelta(seconds=1),
-        )
+    async with started(skipping_env, world, SagaConfig(), task_timeout=timedelta(seconds=1)) as h:
         await asyncio.wait_for(world.reserved.wait(), 30)
-        await handle.cancel()
+        await h.cancel()
         with pytest.raises(WorkflowFailureError) as failure:
-            await handle.result()
+            await h.result()
 
     assert isinstance(failure.value.cause, CancelledError)
     # A reserve interrupted by the cancel may still commit: the void covers it (and the ledger's
@@ -345,30 +334,7 @@ async def test_a_cancel_during_the_submit_is_the_customers_cancel(
     world = World(
         broker_script=[broker_order("canceled", "0")], submit_fails=False, submit_delay_s=1.0
     )
-    queue = f"ts-{uuid.uuid4().hex[:8]}"
-    config = SagaConfig(orders_task_queue=queue, broker_task_queue=queue, fill_poll_interval_s=60)
-    req = OrderRequest(
-        account_id="acct",
-        order_id=f"o-{uuid.uuid4().hex[:6]}",
-        symbol="AAPL",
-        side="buy",
-        qty=Decimal(2),
-        order_type="limit",
-        time_in_force="gtc",
-        limit_price=Decimal(120),
-    )
-    async with Worker(
-        skipping_env.client,
-        task_queue=queue,
-        workflows=[OrderWorkflow],
-        activities=world.activities(),
-    ):
-        handle = await skipping_env.client.start_workflow(
-            OrderWorkflow.run,
-            OrderInput(request=req, config=config),
-            id=req.workflow_id,
-            task_queue=queue,
-        )
+    async with started(skipping_env, world, SagaConfig(fill_poll_interval_s=60)) as handle:
         await asyncio.wait_for(world.submitting.wait(), 30)
         await handle.cancel()
         final = await handle.result()
