@@ -72,6 +72,8 @@ class Settings(BaseSettings):
 
     # Worker pools (the bulkhead: the broker queue has its own slots)
     orders_max_concurrent_activities: int = 100
+    # the saga's quote, lock, ledger and orders-table steps (local activities of the orders worker)
+    orders_max_concurrent_local_activities: int = 100
     broker_max_concurrent_activities: int = 20
     worker_grace_s: float = 10.0
 

@@ -119,6 +119,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                     reconcile.find_breaks,
                 ],
                 max_concurrent_activities=s.orders_max_concurrent_activities,
+                max_concurrent_local_activities=s.orders_max_concurrent_local_activities,
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
             )
         )

@@ -1,4 +1,5 @@
-"""The worker caches the workflow modules' bytecode: the sandbox need not compile them per run."""
+"""The worker's composition root: what each worker runs and with which limits, and the workflow
+modules' cached bytecode (so the sandbox need not compile them for every run)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,49 @@ import importlib.util
 import inspect
 import os
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 
+import worker.main as composition
+from ordersaga.settings import Settings
 from worker.main import WORKFLOWS, cache_workflow_bytecode
+
+
+def specs(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The keyword arguments build_workers gives each Worker, by task queue."""
+    made: dict[str, dict[str, Any]] = {}
+
+    def record(_client: object, **kwargs: Any) -> None:
+        made[kwargs["task_queue"]] = kwargs
+
+    res = composition.Resources(settings, pool=mock.Mock(), redis=mock.Mock(), broker=mock.Mock())
+    with mock.patch.object(composition, "Worker", record):
+        composition.build_workers(mock.Mock(), res, ["orders", "broker"])
+    return made
+
+
+def test_each_queue_gets_its_own_work_and_limits() -> None:
+    settings = Settings(
+        orders_max_concurrent_activities=7,
+        orders_max_concurrent_local_activities=9,
+        broker_max_concurrent_activities=3,
+    )
+    made = specs(settings)
+    orders, broker = made[settings.orders_task_queue], made[settings.broker_task_queue]
+    assert orders["workflows"] == list(WORKFLOWS)
+    assert (orders["max_concurrent_activities"], orders["max_concurrent_local_activities"]) == (
+        7,
+        9,
+    )
+    assert broker["max_concurrent_activities"] == 3
+    assert "workflows" not in broker
+    names = {a.__name__ for a in orders["activities"]}
+    # the saga's local steps must be registered where its workflows run
+    assert {"get_quote", "acquire_lock", "reserve_funds", "post_fill", "update_order"} <= names
+    assert not names & {a.__name__ for a in broker["activities"]}
+    assert {a.__name__ for a in broker["activities"]} >= {"submit_order", "cancel_order"}
 
 
 def test_bytecode_is_written_even_when_python_is_told_not_to(
