@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck down clean
+.PHONY: venv demo test lint typecheck down clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy ordersaga workflows activities worker brokersim
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The four benchmarks one after another (about 20 minutes on 2 cores); figures in docs/PERFORMANCE.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.isolation
+	$(BIN)/python -m bench.contention
+	$(BIN)/python -m bench.claims
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -44,3 +44,36 @@ def test_machine_names_cores_and_cpu() -> None:
     info = machine()
     assert isinstance(info["nproc"], int) and info["nproc"] >= 1
     assert info["cpu"]
+
+
+def test_cpu_spent_groups_processes_and_counts_new_ones_whole() -> None:
+    from bench.cpu import spent
+
+    before = {1: ("postgres", 1.0), 2: ("postgres", 2.0), 3: ("temporal server", 5.0)}
+    after = {1: ("postgres", 1.5), 2: ("postgres", 2.25), 3: ("temporal server", 9.0)}
+    after[4] = ("postgres", 0.5)  # a backend started during the run
+    assert spent(before, after) == {"temporal server": 4.0, "postgres": 1.25}
+
+
+def test_cpu_snapshot_sees_this_process() -> None:
+    from bench.cpu import snapshot
+
+    mine = [group for group, _ in snapshot().values() if group.startswith("bench process")]
+    assert mine == ["bench process (workers, client)"]
+
+
+def test_throughput_alternates_the_core_runs_and_tries_the_rest_once() -> None:
+    from bench.throughput import FLOOR, MINIMAL, ORDINARY, SAGA, schedule
+
+    order = schedule([SAGA, FLOOR, MINIMAL, ORDINARY, "tuned"], rounds=3)
+    core = [SAGA, FLOOR, MINIMAL, ORDINARY]
+    assert order == [*core, "tuned", *core[::-1], *core]
+
+
+def test_throughput_takes_each_kinds_best_round() -> None:
+    from bench.throughput import combine
+
+    rounds = [{"per_s": 9.0, "p50_ms": 3.0}, {"per_s": 11.0, "p50_ms": 2.0}]
+    best = combine(rounds)
+    assert best["per_s"] == 11.0 and best["p50_ms"] == 2.0
+    assert best["rounds"] == [9.0, 11.0]
