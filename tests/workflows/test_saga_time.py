@@ -101,11 +101,14 @@ class World:
         submit_fails: bool,
         reserve_delay_s: float = 0.0,
         submit_delay_s: float = 0.0,
+        lock_busy: bool = False,
     ) -> None:
         self.broker_script = broker_script
         self.submit_fails = submit_fails
         self.reserve_delay_s = reserve_delay_s
         self.submit_delay_s = submit_delay_s
+        self.lock_busy = lock_busy
+        self.lock_waits: list[int] = []
         self.reserved = asyncio.Event()
         self.submitting = asyncio.Event()
         self.canceled_at_broker = False
@@ -123,6 +126,9 @@ class World:
 
         @activity.defn(name="acquire_lock")
         async def acquire_lock(inp: AcquireLockInput) -> AcquireLockResult:
+            world.lock_waits.append(inp.wait_ms)
+            if world.lock_busy and inp.wait_ms == 0:
+                raise ApplicationError("busy", type=errors.LOCK_NOT_ACQUIRED)
             return AcquireLockResult(fence=1, reacquired=False)
 
         @activity.defn(name="release_lock")
@@ -345,3 +351,26 @@ async def test_a_cancel_during_the_submit_is_the_customers_cancel(
     assert final.status == OrderStatus.CANCELED
     assert len(world.voided_at) == 1
     assert world.statuses[-1] == "CANCELED"
+
+
+async def test_a_busy_lock_is_waited_for_by_an_ordinary_activity(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    # The local try does not wait; a busy lock is waited for by the ordinary acquire activity.
+    world = World(broker_script=[broker_order("filled", "2")], submit_fails=False, lock_busy=True)
+
+    final = await run_order(skipping_env, world, SagaConfig(fill_poll_interval_s=60))
+
+    assert world.lock_waits == [0, SagaConfig().lock_wait_ms]
+    assert final.status == OrderStatus.SETTLED
+
+
+async def test_a_free_lock_is_taken_by_the_local_try_alone(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    world = World(broker_script=[broker_order("filled", "2")], submit_fails=False)
+
+    final = await run_order(skipping_env, world, SagaConfig(fill_poll_interval_s=60))
+
+    assert world.lock_waits == [0]
+    assert final.status == OrderStatus.SETTLED
