@@ -618,7 +618,7 @@ class OrderWorkflow:
 
         It runs as a local activity, in this worker and inside the workflow task: no task-queue
         round trip and no activity events, which is most of what Temporal costs per step (the
-        saga settles about 1.5 times as many orders per second; docs/PERFORMANCE.md). Nothing
+        saga settles about 1.2 times as many orders per second; docs/PERFORMANCE.md). Nothing
         is weakened: a local activity is retried by this worker with the same policy (by
         timers once retries outlast a minute), and if the worker dies before its result is
         recorded the step runs again, as an ordinary activity's would; every step is idempotent
