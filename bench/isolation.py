@@ -48,7 +48,7 @@ PHASES: dict[str, dict[str, Any]] = {
 }
 
 # Product timing: a 5 s answer is an answer (not a timeout), a hang costs a full request timeout.
-ISOLATION_TIMING = {
+ISOLATION_TIMING: dict[str, Any] = {
     "broker_request_timeout_s": 10.0,
     "submit_start_to_close_s": 15.0,
     "submit_schedule_to_close_s": 120.0,
@@ -105,7 +105,7 @@ async def measure_layout(
     shared_slots: int,
     cap_s: float = CAP_S,
 ) -> dict[str, Any]:
-    settings = bench_settings(inf, layout, **ISOLATION_TIMING)
+    settings = bench_settings(inf, layout=layout, **ISOLATION_TIMING)
     results: dict[str, Any] = {}
     async with saga_workers(inf, settings, layout=layout, shared_slots=shared_slots) as run:
         accounts = await funded_accounts(run.orders, per_phase * len(PHASES) + 5, tag=layout)

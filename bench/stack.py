@@ -151,7 +151,7 @@ class Running:
     workers: list[Worker]
 
 
-def bench_settings(inf: Infra, layout: Layout = "separate", **extra: Any) -> Settings:
+def bench_settings(inf: Infra, *, layout: Layout = "separate", **extra: Any) -> Settings:
     settings = saga_settings(inf.database_url, inf.keys, inf.sim.url, **extra)
     if layout == "shared":
         settings.broker_task_queue = settings.orders_task_queue
