@@ -277,16 +277,13 @@ _INSERT_OPERATION = (
     "INSERT INTO ledger_operations (key, operation, args_hash, result) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (key) DO NOTHING RETURNING key"
 )
-_SELECT_ROW = (
-    "SELECT id, owner, kind, asset, available, held, version, last_fence"
-    " FROM ledger_accounts WHERE owner = $1 AND asset = $2"
-)
+_ROW_COLS = "a.id, a.owner, a.kind, a.asset, a.available, a.held, a.version, a.last_fence"
 _INSERT_ROW = (
     "INSERT INTO ledger_accounts (owner, kind, asset) VALUES ($1, $2, $3)"
     " ON CONFLICT (owner, asset) DO NOTHING"
 )
 _SELECT_ROWS = (
-    "SELECT a.id, a.owner, a.kind, a.asset, a.available, a.held, a.version, a.last_fence"
+    f"SELECT {_ROW_COLS}"
     " FROM ledger_accounts a JOIN unnest($1::text[], $2::text[]) AS w(owner, asset)"
     " ON a.owner = w.owner AND a.asset = w.asset"
 )
@@ -295,15 +292,10 @@ _INSERT_ROWS = (
     " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
     " ON CONFLICT (owner, asset) DO NOTHING"
 )
-# The compare-and-set: the write lands only on the version that was read.
-_CAS_ROW = (
-    "UPDATE ledger_accounts SET available = $2, held = $3, version = $4 + 1, updated_at = now()"
-    " WHERE id = $1 AND version = $4"
-)
-# The same compare-and-set for several rows in one statement. The rows are locked in id order
-# first (ORDER BY is applied before FOR UPDATE takes its locks), as writing them one at a time in
-# id order did, so two transactions never wait on each other in a cycle. A row whose version
-# moved is left out, so fewer rows than asked are updated and the caller reruns.
+# The compare-and-set, for every row a transaction moves in one statement: the write lands only on
+# the version that was read. The rows are locked in id order first (ORDER BY is applied before
+# FOR UPDATE takes its locks), so two transactions never wait on each other in a cycle. A row
+# whose version moved is left out, so fewer rows than asked are updated and the caller reruns.
 _CAS_ROWS = (
     "WITH want AS (SELECT * FROM unnest($1::bigint[], $2::numeric[], $3::numeric[], $4::bigint[])"
     " AS w(id, available, held, version)),"
@@ -339,8 +331,7 @@ _RESERVE_VIEW = (
     f"SELECT {_OPERATION_COLS},"
     " EXISTS (SELECT 1 FROM hold_tombstones t WHERE t.order_id = $2) AS tombstoned,"
     " EXISTS (SELECT 1 FROM holds h WHERE h.order_id = $2) AS has_hold,"
-    " c.account_id IS NOT NULL AS customer_exists, c.last_fence AS customer_fence,"
-    " a.id, a.owner, a.kind, a.asset, a.available, a.held, a.version, a.last_fence"
+    f" c.account_id IS NOT NULL AS customer_exists, c.last_fence AS customer_fence, {_ROW_COLS}"
     " FROM (SELECT 1) AS one"
     " LEFT JOIN ledger_operations o ON o.key = $1"
     " LEFT JOIN customers c ON c.account_id = $3"
@@ -424,26 +415,9 @@ class _Changes:
         return row.available + da, row.held + dh
 
 
-async def _row(
-    conn: asyncpg.Connection, owner: str, asset: str, create: bool = True
-) -> _Row | None:
-    """The (owner, asset) ledger row; firm rows and customer share rows are made on first use."""
-    rec = await conn.fetchrow(_SELECT_ROW, owner, asset)
-    if rec is None and create:
-        await conn.execute(_INSERT_ROW, owner, _firm_kind(owner), asset)
-        rec = await conn.fetchrow(_SELECT_ROW, owner, asset)
-    return _Row(**dict(rec)) if rec is not None else None
-
-
-async def _must_row(conn: asyncpg.Connection, owner: str, asset: str) -> _Row:
-    row = await _row(conn, owner, asset)
-    assert row is not None
-    return row
-
-
 async def _rows(conn: asyncpg.Connection, *wanted: tuple[str, str]) -> list[_Row]:
-    """The (owner, asset) rows in the order asked, in one round trip; missing ones are made
-    (firm rows and customer share rows, as ``_row`` does), which costs two more, once."""
+    """The (owner, asset) rows in the order asked, in one round trip; missing ones (firm rows
+    and customer share rows, made on first use) cost two more, once."""
     owners, assets = [w[0] for w in wanted], [w[1] for w in wanted]
     found = {(r["owner"], r["asset"]): r for r in await conn.fetch(_SELECT_ROWS, owners, assets)}
     missing = [w for w in dict.fromkeys(wanted) if w not in found]
@@ -470,14 +444,25 @@ async def _apply(
 ) -> int | None:
     """CAS every touched row (by id), then write the journal entry; its id, or None if no lines."""
     rows = [changes.rows[row_id] for row_id in sorted(changes.rows)]
-    for row in rows:
-        available, held = changes.after(row)
+    after = [changes.after(row) for row in rows]
+    for row, (available, held) in zip(rows, after, strict=True):
         if row.kind == "customer" and (available < 0 or held < 0):
             raise _fail(
                 f"{row.owner} {row.asset} would go negative", errors.HOLD_STATE, str(available)
             )
-    if fence is None and len(rows) > 1:
-        after = [changes.after(row) for row in rows]
+    if fence is not None:
+        for row, (available, held) in zip(rows, after, strict=True):
+            status = await conn.execute(
+                _CAS_ROW_FENCED, row.id, available, held, row.version, fence
+            )
+            if status != "UPDATE 1":
+                seen = await conn.fetchval(
+                    "SELECT last_fence FROM ledger_accounts WHERE id = $1", row.id
+                )
+                if seen > fence:
+                    raise _stale_fence(row.owner, fence, seen)
+                raise _Conflict
+    elif rows:
         status = await conn.execute(
             _CAS_ROWS,
             [row.id for row in rows],
@@ -486,23 +471,6 @@ async def _apply(
             [row.version for row in rows],
         )
         if status != f"UPDATE {len(rows)}":
-            raise _Conflict
-        rows = []
-    for row in rows:
-        available, held = changes.after(row)
-        if fence is None:
-            status = await conn.execute(_CAS_ROW, row.id, available, held, row.version)
-        else:
-            status = await conn.execute(
-                _CAS_ROW_FENCED, row.id, available, held, row.version, fence
-            )
-        if status != "UPDATE 1":
-            if fence is not None:
-                seen = await conn.fetchval(
-                    "SELECT last_fence FROM ledger_accounts WHERE id = $1", row.id
-                )
-                if seen > fence:
-                    raise _stale_fence(row.owner, fence, seen)
             raise _Conflict
     if not changes.lines:
         return None
@@ -1089,7 +1057,7 @@ def _post_result(hold: asyncpg.Record, applied: bool) -> PostFillResult:
 async def _void_hold(conn: asyncpg.Connection, hold: asyncpg.Record, key: str) -> VoidResult:
     released = hold["held_remaining"] if hold["status"] == "open" else Decimal(0)
     if hold["status"] == "open":
-        row = await _must_row(conn, hold["owner"], hold["asset"])
+        (row,) = await _rows(conn, (hold["owner"], hold["asset"]))
         changes = _Changes()
         changes.move(row, "held", -released)
         changes.move(row, "available", released)
@@ -1133,11 +1101,14 @@ async def _book_error(
     symbol = pos["symbol"]
     # The error account stands where a customer would: it bought (or sold) what the broker did.
     sign = Decimal(1) if pos["side"] == "buy" else Decimal(-1)
+    error_shares, omni_shares, error_cash, omni_cash = await _rows(
+        conn, (ERROR, symbol), (OMNIBUS, symbol), (ERROR, CASH_ASSET), (OMNIBUS, CASH_ASSET)
+    )
     changes = _Changes()
-    changes.move(await _must_row(conn, ERROR, symbol), "available", sign * qty_delta)
-    changes.move(await _must_row(conn, OMNIBUS, symbol), "available", -sign * qty_delta)
-    changes.move(await _must_row(conn, ERROR, CASH_ASSET), "available", -sign * cash_delta)
-    changes.move(await _must_row(conn, OMNIBUS, CASH_ASSET), "available", sign * cash_delta)
+    changes.move(error_shares, "available", sign * qty_delta)
+    changes.move(omni_shares, "available", -sign * qty_delta)
+    changes.move(error_cash, "available", -sign * cash_delta)
+    changes.move(omni_cash, "available", sign * cash_delta)
     await _apply(conn, changes, key=key, code="error_fill", order_id=pos["broker_order_id"])
     status = await conn.execute(
         _CAS_ERROR_POSITION,
