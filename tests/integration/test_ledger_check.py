@@ -24,6 +24,37 @@ from tests.conftest import SERVER_DSN, unique_name
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
 
+async def reserve_limit_buy(
+    ledger: LedgerActivities, order_id: str, *, hold_key: str, limit: D, fence: int
+) -> None:
+    """Hold ``limit`` USD of account 'a' for a 1-share limit buy, with its orders row."""
+    order = OrderRecord(
+        account_id="a",
+        order_id=order_id,
+        workflow_id=f"order/a/{order_id}",
+        symbol="AAPL",
+        side="buy",
+        order_type="limit",
+        time_in_force="gtc",
+        qty=D(1),
+        limit_price=limit,
+        params_hash=f"h-{order_id}",
+    )
+    await ledger.reserve_funds(
+        ReserveInput(
+            account_id="a",
+            order_id=hold_key,
+            asset="USD",
+            amount=limit,
+            fence=fence,
+            idempotency_key=f"{hold_key}:reserve",
+            side="buy",
+            symbol="AAPL",
+            order=order,
+        )
+    )
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def scratch() -> AsyncIterator[asyncpg.Pool]:
     """A migrated database of its own, holding one funded account 'a' with an open buy hold."""
@@ -35,31 +66,7 @@ async def scratch() -> AsyncIterator[asyncpg.Pool]:
     ledger = LedgerActivities(pool)
     await ledger.open_account(OpenAccountInput(account_id="a"))
     await ledger.deposit(DepositInput(account_id="a", amount=D(100), idempotency_key="d"))
-    order = OrderRecord(
-        account_id="a",
-        order_id="o1",
-        workflow_id="w",
-        symbol="AAPL",
-        side="buy",
-        order_type="limit",
-        time_in_force="gtc",
-        qty=D(1),
-        limit_price=D(10),
-        params_hash="h",
-    )
-    await ledger.reserve_funds(
-        ReserveInput(
-            account_id="a",
-            order_id="o1",
-            asset="USD",
-            amount=D(10),
-            fence=1,
-            idempotency_key="o1:reserve",
-            side="buy",
-            symbol="AAPL",
-            order=order,
-        )
-    )
+    await reserve_limit_buy(ledger, "o1", hold_key="o1", limit=D(10), fence=1)
     yield pool
     await pool.close()
     await drop_database(dsn)
@@ -134,31 +141,7 @@ async def test_open_hold_of_a_finished_order_is_found(scratch: asyncpg.Pool) -> 
 async def test_open_hold_of_a_finished_saga_order_is_found(scratch: asyncpg.Pool) -> None:
     """The saga keys holds by '<account>/<order>' while the orders row has the bare order id."""
     ledger = LedgerActivities(scratch)
-    order = OrderRecord(
-        account_id="a",
-        order_id="o2",
-        workflow_id="order/a/o2",
-        symbol="AAPL",
-        side="buy",
-        order_type="limit",
-        time_in_force="gtc",
-        qty=D(1),
-        limit_price=D(5),
-        params_hash="h2",
-    )
-    await ledger.reserve_funds(
-        ReserveInput(
-            account_id="a",
-            order_id="a/o2",
-            asset="USD",
-            amount=D(5),
-            fence=2,
-            idempotency_key="a/o2:reserve",
-            side="buy",
-            symbol="AAPL",
-            order=order,
-        )
-    )
+    await reserve_limit_buy(ledger, "o2", hold_key="a/o2", limit=D(5), fence=2)
     assert (await check_ledger(scratch)).ok
     await scratch.execute("UPDATE orders SET status = 'CANCELED' WHERE order_id = 'o2'")
     report = await only_violation(scratch)
