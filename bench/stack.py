@@ -27,6 +27,7 @@ import worker.main as composition
 from activities.ledger import LedgerActivities
 from activities.lock import AccountLock, Acquired
 from bench.common import REDIS_URL, Infra
+from bench.variants import OrdinaryStepsOrderWorkflow
 from ordersaga import errors
 from ordersaga.broker_client import BrokerClient
 from ordersaga.client import OrderClient
@@ -37,6 +38,7 @@ from ordersaga.listener import BrokerListener
 from ordersaga.marketdata import MarketDataFeed
 from ordersaga.settings import Settings
 from tests.support.saga import saga_settings
+from workflows.reconcile import ReconcileWorkflow
 
 Layout = Literal["separate", "shared"]
 # One listener name for every run of a benchmark (the Redis prefix is the benchmark's own), so
@@ -124,9 +126,6 @@ def build(
         # One pool for everything: broker calls and the customer's steps share a few activity
         # slots. The product runs those steps as local activities, which have slots of their
         # own, so here they run as ordinary activities (the saga as it was before) to share.
-        from bench.variants import OrdinaryStepsOrderWorkflow
-        from workflows.reconcile import ReconcileWorkflow
-
         orders, broker = specs
         merged = dict(orders)
         merged["activities"] = [*orders["activities"], *broker["activities"]]
