@@ -23,7 +23,7 @@ down: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy ordersaga workflows activities worker brokersim bench
+	$(BIN)/mypy core activities brokersim workflows worker feeds ordersaga devstack chaos bench cli
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The four benchmarks one after another (about 20 minutes on 2 cores); figures in docs/PERFORMANCE.md.
@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check --exclude '*.md' .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy ordersaga workflows activities worker brokersim bench
+	$(BIN)/mypy core activities brokersim workflows worker feeds ordersaga devstack chaos bench cli
 
 clean:
 	rm -rf $(VENV) .state *.egg-info

@@ -3,7 +3,7 @@
 These run on the "broker" task queue (their own worker pool). Every call is safe to retry: the
 broker order's client_order_id is our order id, so the broker itself refuses a second order, and
 every ambiguous answer is settled by looking the order up by that id before anything is sent
-again. Errors reach Temporal as ApplicationError types from ordersaga.errors: BrokerUnavailable
+again. Errors reach Temporal as ApplicationError types from core.errors: BrokerUnavailable
 and BrokerOutcomeUnknown are retryable; BrokerRejected, BrokerAuth, BrokerOrderNotFound and
 OrderConflict are not.
 """
@@ -18,8 +18,8 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ordersaga import errors
-from ordersaga.broker_client import (
+from core import errors
+from core.broker_client import (
     BrokerAuthError,
     BrokerClient,
     BrokerError,

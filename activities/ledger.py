@@ -30,8 +30,8 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ordersaga import errors
-from ordersaga.money import (
+from core import errors
+from core.money import (
     CASH_ASSET,
     MAX_AMOUNT,
     InvalidAmount,

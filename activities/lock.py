@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ordersaga import errors
-from ordersaga.keys import RedisKeys
+from core import errors
+from core.keys import RedisKeys
 
 FenceFloor = Callable[[str], Awaitable[int]]
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 from temporalio import activity
 
-from ordersaga.keys import RedisKeys
+from core.keys import RedisKeys
 
 
 class GetQuoteInput(BaseModel):

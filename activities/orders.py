@@ -15,7 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.ledger import OrderRecord
-from ordersaga import errors
+from core import errors
 
 TERMINAL = ("SETTLED", "CANCELED", "EXPIRED", "REJECTED")
 

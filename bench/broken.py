@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from ordersaga.broker_client import BrokerClient, BrokerOrder
+from core.broker_client import BrokerClient, BrokerOrder
 
 _READ = "SELECT id, available, held FROM ledger_accounts WHERE owner = $1 AND asset = $2"
 _BLIND_WRITE = "UPDATE ledger_accounts SET available = $2, held = $3 WHERE id = $1"

@@ -45,10 +45,10 @@ from bench.common import (
     table,
     write_json,
 )
-from ordersaga import errors
-from ordersaga.broker_client import BrokerClient, BrokerError
-from ordersaga.keys import RedisKeys
-from ordersaga.settings import Settings
+from core import errors
+from core.broker_client import BrokerClient, BrokerError
+from core.keys import RedisKeys
+from core.settings import Settings
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import NO_FAULTS
 

@@ -25,8 +25,8 @@ import redis.asyncio as aioredis
 import temporalio
 from temporalio.testing import WorkflowEnvironment
 
-from ordersaga.db import drop_database, ensure_database, migrate, with_database
-from ordersaga.keys import RedisKeys
+from core.db import drop_database, ensure_database, migrate, with_database
+from core.keys import RedisKeys
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import start_dev_server
 

@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any
 
+from activities.ledgercheck import check_ledger
 from bench.common import (
     bar_chart,
     finish,
@@ -31,7 +32,6 @@ from bench.common import (
     write_json,
 )
 from bench.stack import Running, bench_settings, funded_accounts, saga_workers
-from ordersaga.ledgercheck import check_ledger
 
 NAME = "contention"
 TIMING: dict[str, Any] = {"fill_poll_interval_s": 5.0, "submit_start_to_close_s": 15.0}

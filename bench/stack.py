@@ -28,15 +28,15 @@ from activities.ledger import LedgerActivities
 from activities.lock import AccountLock, Acquired
 from bench.common import REDIS_URL, Infra
 from bench.variants import OrdinaryStepsOrderWorkflow
-from ordersaga import errors
-from ordersaga.broker_client import BrokerClient
+from core import errors
+from core.broker_client import BrokerClient
+from core.db import create_pool
+from core.keys import RedisKeys
+from core.settings import Settings
+from feeds.delivery import signal_workflows
+from feeds.listener import BrokerListener
+from feeds.marketdata import MarketDataFeed
 from ordersaga.client import OrderClient
-from ordersaga.db import create_pool
-from ordersaga.delivery import signal_workflows
-from ordersaga.keys import RedisKeys
-from ordersaga.listener import BrokerListener
-from ordersaga.marketdata import MarketDataFeed
-from ordersaga.settings import Settings
 from tests.support.saga import saga_settings
 from workflows.reconcile import ReconcileWorkflow
 

@@ -50,8 +50,8 @@ from bench.common import (
 from bench.floor import FloorInput, FloorWorkflow, MinimalWorkflow, noop
 from bench.stack import Running, bench_settings, funded_accounts, saga_workers
 from bench.variants import OrdinaryStepsOrderWorkflow
-from ordersaga.errors import UserError
-from ordersaga.settings import Settings
+from core.errors import UserError
+from core.settings import Settings
 from workflows.reconcile import ReconcileWorkflow
 
 NAME = "throughput"

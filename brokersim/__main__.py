@@ -8,7 +8,7 @@ import json
 import logging
 
 from brokersim.server import serve
-from ordersaga.settings import Settings
+from core.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:

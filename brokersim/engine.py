@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
 from brokersim.orders import TERMINAL, ApiError, Order, invalid, parse_order_request
 from brokersim.store import Store
-from ordersaga.money import InvalidAmount, parse_decimal
+from core.money import InvalidAmount, parse_decimal
 
 CENT = Decimal("0.01")
 M = TypeVar("M", bound=BaseModel)

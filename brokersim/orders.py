@@ -9,7 +9,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from brokersim.clock import parse_rfc3339, rfc3339
-from ordersaga.money import InvalidAmount, parse_decimal, validate_amount
+from core.money import InvalidAmount, parse_decimal, validate_amount
 
 OPEN = ("new", "accepted", "partially_filled", "pending_cancel")
 TERMINAL = ("filled", "canceled", "expired", "rejected")

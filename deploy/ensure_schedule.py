@@ -10,9 +10,9 @@ import asyncio
 import os
 import sys
 
+from core.settings import Settings
+from core.temporal import connect
 from ordersaga.schedules import SCHEDULE_ID, ensure_reconcile_schedule
-from ordersaga.settings import Settings
-from ordersaga.temporal import connect
 
 
 async def _main() -> None:

@@ -26,8 +26,8 @@ def check_http(url: str) -> str | None:
 def check_quotes() -> str | None:
     import redis
 
-    from ordersaga.keys import RedisKeys
-    from ordersaga.settings import Settings
+    from core.keys import RedisKeys
+    from core.settings import Settings
 
     settings = Settings()
     keys = RedisKeys(settings.redis_prefix)

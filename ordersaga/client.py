@@ -36,11 +36,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import DepositInput, LedgerActivities, OpenAccountInput, WithdrawInput
 from activities.orders import OrderRow, OrderStoreActivities
-from ordersaga.db import create_pool
-from ordersaga.errors import UserError
-from ordersaga.money import parse_decimal
-from ordersaga.settings import Settings
-from ordersaga.temporal import connect
+from core.db import create_pool
+from core.errors import UserError
+from core.money import parse_decimal
+from core.settings import Settings
+from core.temporal import connect
 from workflows.models import (
     CancelResult,
     OrderInput,

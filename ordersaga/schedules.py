@@ -16,21 +16,11 @@ from temporalio.client import (
     ScheduleSpec,
 )
 
-from ordersaga.settings import Settings
-from ordersaga.temporal import connect
+from core.settings import Settings
+from core.temporal import connect
 from workflows.reconcile import ReconcileInput, ReconcileReport, ReconcileWorkflow
 
 SCHEDULE_ID = "ordersaga-reconcile"
-
-
-def reconcile_input(
-    settings: Settings, client_order_ids: list[str] | None = None
-) -> ReconcileInput:
-    return ReconcileInput(
-        broker_task_queue=settings.broker_task_queue,
-        stuck_after_s=settings.reconcile_stuck_after_s,
-        client_order_ids=client_order_ids or [],
-    )
 
 
 async def ensure_reconcile_schedule(client: Client, settings: Settings) -> bool:
@@ -38,7 +28,7 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> bool:
     schedule = Schedule(
         action=ScheduleActionStartWorkflow(
             ReconcileWorkflow.run,
-            reconcile_input(settings),
+            ReconcileInput.from_settings(settings),
             id="reconcile/scheduled",
             task_queue=settings.orders_task_queue,
         ),
@@ -60,7 +50,7 @@ async def run_reconcile_now(
     client = client or await connect(settings)
     return await client.execute_workflow(
         ReconcileWorkflow.run,
-        reconcile_input(settings, client_order_ids),
+        ReconcileInput.from_settings(settings, client_order_ids),
         id=f"reconcile/manual/{uuid.uuid4().hex[:12]}",
         task_queue=settings.orders_task_queue,
     )

@@ -21,8 +21,8 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from temporalio.testing import WorkflowEnvironment
 
-from ordersaga.db import drop_database, ensure_database, migrate, with_database
-from ordersaga.keys import RedisKeys
+from core.db import drop_database, ensure_database, migrate, with_database
+from core.keys import RedisKeys
 
 SERVER_DSN = os.environ.get(
     "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -1,10 +1,40 @@
-"""``python -m worker [--queues orders,broker]``: the same as ``ordersaga worker``."""
+"""``python -m worker [--queues orders,broker]``: the worker process, without the CLI.
+
+Bad arguments print one line and exit 2. The process ends with ``os._exit`` once output is
+flushed: the Temporal SDK can abort at interpreter exit (sdk-python#300).
+"""
 
 from __future__ import annotations
 
-from ordersaga.cli import main
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from core.settings import Settings
+from worker.main import parse_queues, run_workers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=run_workers.__doc__)
+    parser.add_argument(
+        "--queues",
+        default="orders,broker",
+        help="task queues to poll: orders, broker, or both (comma-separated; default both)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        queues = parse_queues(args.queues)
+    except ValueError as exc:
+        parser.exit(2, f"python -m worker: {exc}\n")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(run_workers(Settings(), queues))
+    return 0
+
 
 if __name__ == "__main__":
-    import sys
-
-    main(["worker", *sys.argv[1:]])
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

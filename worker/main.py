@@ -28,11 +28,11 @@ from activities.lock import AccountLock, LockActivities
 from activities.marketdata import MarketDataActivities
 from activities.orders import OrderStoreActivities
 from activities.reconcile import ReconcileActivities
-from ordersaga.broker_client import BrokerClient
-from ordersaga.db import create_pool
-from ordersaga.keys import RedisKeys
-from ordersaga.settings import Settings
-from ordersaga.temporal import connect
+from core.broker_client import BrokerClient
+from core.db import create_pool
+from core.keys import RedisKeys
+from core.settings import Settings
+from core.temporal import connect
 from workflows.order import OrderWorkflow
 from workflows.reconcile import ReconcileWorkflow
 
@@ -144,11 +144,18 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
     return workers
 
 
-async def run_workers(settings: Settings, queues: Sequence[str]) -> None:
-    """Run until SIGTERM/SIGINT, then drain in-flight work within the grace period."""
+def parse_queues(text: str) -> list[str]:
+    """``orders,broker`` -> the queue names; ValueError names what is wrong."""
+    queues = [q.strip() for q in text.split(",") if q.strip()]
     unknown = set(queues) - set(QUEUES)
     if unknown or not queues:
-        raise ValueError(f"queues must be a subset of {QUEUES}, got {list(queues)}")
+        raise ValueError(f"queues must be a subset of {QUEUES}, got {queues}")
+    return queues
+
+
+async def run_workers(settings: Settings, queues: Sequence[str]) -> None:
+    """Run until SIGTERM/SIGINT, then drain in-flight work within the grace period."""
+    parse_queues(",".join(queues))
     client = await connect(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

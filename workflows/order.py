@@ -42,8 +42,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.lock import AcquireLockInput, LockActivities, ReleaseLockInput
     from activities.marketdata import GetQuoteInput, MarketDataActivities
     from activities.orders import OrderStoreActivities, RecordOrderInput, UpdateOrderInput
-    from ordersaga import errors
-    from ordersaga.money import CASH_ASSET, ceil_cash, commission, round_cash
+    from core import errors
+    from core.money import CASH_ASSET, ceil_cash, commission, round_cash
     from workflows.models import (
         BrokerReport,
         CancelResult,

@@ -7,7 +7,7 @@ cancels late orders at the broker and books their fills to the firm error accoun
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -27,13 +27,26 @@ with workflow.unsafe.imports_passed_through():
         FindBreaksInput,
         ReconcileActivities,
     )
-    from ordersaga import errors
+    from core import errors
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 
 class ReconcileInput(BaseModel):
     broker_task_queue: str = "broker"
     stuck_after_s: float = 900.0
     client_order_ids: list[str] = Field(default_factory=list)  # empty: every broker order
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, client_order_ids: list[str] | None = None
+    ) -> ReconcileInput:
+        return cls(
+            broker_task_queue=settings.broker_task_queue,
+            stuck_after_s=settings.reconcile_stuck_after_s,
+            client_order_ids=client_order_ids or [],
+        )
 
 
 class ReconcileReport(BaseModel):

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from ordersaga.db import drop_database, ensure_database, migrate, with_database
-from ordersaga.keys import RedisKeys
+from core.db import drop_database, ensure_database, migrate, with_database
+from core.keys import RedisKeys
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import SagaStack, saga_settings, saga_stack, start_dev_server
 from workflows.models import OrderState, OrderStatus

@@ -9,9 +9,9 @@ import io
 
 import pytest
 
-from ordersaga.chaos.faults import FAULT_KINDS
-from ordersaga.chaos.harness import ChaosOptions, run_chaos
-from ordersaga.chaos.report import Progress
+from chaos.faults import FAULT_KINDS
+from chaos.harness import ChaosOptions, run_chaos
+from chaos.report import Progress
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from ordersaga.broker_client import BrokerOrder
-from ordersaga.chaos.invariants import (
+from chaos.invariants import (
     _error_account,
     _every_order_terminal,
     _fills_match,
     _one_broker_order,
     _status_agrees,
 )
+from core.broker_client import BrokerOrder
 
 
 def broker(key: str, status: str, filled: str = "0", notional: str = "0", **kw: Any) -> BrokerOrder:

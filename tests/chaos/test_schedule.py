@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ordersaga.chaos.faults import FAULT_KINDS, build_schedule, parse_kinds
+from chaos.faults import FAULT_KINDS, build_schedule, parse_kinds
 
 
 def test_every_kind_is_scheduled_at_least_once_within_the_duration() -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from activities.ledgercheck import check_ledger
+from core.db import create_pool
+from core.keys import RedisKeys
+from core.settings import Settings
 from ordersaga.client import OrderClient
-from ordersaga.db import create_pool
-from ordersaga.keys import RedisKeys
-from ordersaga.ledgercheck import check_ledger
-from ordersaga.settings import Settings
 from tests.conftest import scratch_database
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import saga_settings

@@ -24,8 +24,8 @@ from activities.broker import (
     ReconcileOrderInput,
     SubmitOrderInput,
 )
-from ordersaga import errors
-from ordersaga.broker_client import BrokerClient
+from core import errors
+from core.broker_client import BrokerClient
 from tests.support.brokersim import BrokerSim, brokersim_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -15,7 +15,7 @@ from tests.integration.test_brokersim_orders import order_body
 from tests.support.brokersim import BrokerSim, brokersim  # noqa: F401
 
 pytestmark = pytest.mark.integration
-CLI = [sys.executable, "-c", "from ordersaga.cli import main; main()", "broker-sim"]
+CLI = [sys.executable, "-c", "from cli.main import main; main()", "broker-sim"]
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from activities.ledger import DepositInput, LedgerActivities, OpenAccountInput
-from ordersaga.db import drop_database
+from core.db import drop_database
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 

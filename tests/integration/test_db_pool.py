@@ -1,6 +1,6 @@
 """The product's pool releases connections without a reset round trip, and still loses nothing.
 
-``ordersaga.db.create_pool`` skips asyncpg's reset query (our code keeps no session state); what
+``core.db.create_pool`` skips asyncpg's reset query (our code keeps no session state); what
 asyncpg always does before a custom reset must still happen: a transaction left open by a
 cancelled activity is rolled back before the connection serves anyone else.
 """
@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from ordersaga.db import create_pool
+from core.db import create_pool
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 

@@ -15,7 +15,8 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from temporalio.client import Client
 
-from ordersaga.devstack import (
+from core.settings import Settings
+from devstack.stack import (
     DevStack,
     StackOptions,
     StackPorts,
@@ -23,7 +24,6 @@ from ordersaga.devstack import (
     load_stack_env,
     port_answers,
 )
-from ordersaga.settings import Settings
 from tests.conftest import REDIS_URL, SERVER_DSN
 
 pytestmark = [

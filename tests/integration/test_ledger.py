@@ -26,8 +26,8 @@ from activities.ledger import (
     VoidInput,
     WithdrawInput,
 )
-from ordersaga import errors
-from ordersaga.ledgercheck import check_ledger
+from activities.ledgercheck import check_ledger
+from core import errors
 from tests.conftest import scratch_database
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]

@@ -17,8 +17,8 @@ from activities.ledger import (
     OrderRecord,
     ReserveInput,
 )
-from ordersaga.db import drop_database, ensure_database, migrate, with_database
-from ordersaga.ledgercheck import LedgerReport, check_ledger
+from activities.ledgercheck import LedgerReport, check_ledger
+from core.db import drop_database, ensure_database, migrate, with_database
 from tests.conftest import SERVER_DSN, unique_name
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]

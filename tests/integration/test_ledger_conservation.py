@@ -38,9 +38,9 @@ from activities.ledger import (
     VoidInput,
     WithdrawInput,
 )
-from ordersaga import errors
-from ordersaga.ledgercheck import check_ledger
-from ordersaga.money import round_cash
+from activities.ledgercheck import check_ledger
+from core import errors
+from core.money import round_cash
 from tests.integration.test_ledger import scratch_database
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.ledger import LedgerActivities
 from activities.lock import AccountLock
-from ordersaga import errors
-from ordersaga.keys import RedisKeys
+from core import errors
+from core.keys import RedisKeys
 from tests.integration.test_ledger import (
     assert_ledger_clean,
     buy,

@@ -16,9 +16,9 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from ordersaga.broker_client import BrokerClient, TradeEvent
-from ordersaga.keys import RedisKeys
-from ordersaga.listener import BrokerListener
+from core.broker_client import BrokerClient, TradeEvent
+from core.keys import RedisKeys
+from feeds.listener import BrokerListener
 from tests.support.brokersim import BrokerSim, brokersim_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -21,8 +21,8 @@ from activities.lock import (
     LockActivities,
     ReleaseLockInput,
 )
-from ordersaga import errors
-from ordersaga.keys import RedisKeys
+from core import errors
+from core.keys import RedisKeys
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 

@@ -13,8 +13,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.ledger import DepositInput, LedgerActivities, OpenAccountInput, ReserveInput
 from activities.lock import AccountLock
-from ordersaga import errors
-from ordersaga.keys import RedisKeys
+from core import errors
+from core.keys import RedisKeys
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 

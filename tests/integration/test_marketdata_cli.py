@@ -16,10 +16,10 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
-from ordersaga import listener
-from ordersaga.broker_client import TradeEvent
-from ordersaga.keys import RedisKeys
-from ordersaga.settings import Settings
+from core.broker_client import TradeEvent
+from core.keys import RedisKeys
+from core.settings import Settings
+from feeds import listener
 from tests.conftest import REDIS_URL
 from tests.support.brokersim import BrokerSim, brokersim_fixture
 
@@ -39,7 +39,7 @@ def start_cli(sim: BrokerSim, keys: RedisKeys, *args: str) -> subprocess.Popen[b
         "ORDERSAGA_REDIS_PREFIX": keys.prefix,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "ordersaga.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -13,9 +13,9 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from activities.marketdata import GetQuoteInput, MarketDataActivities
-from ordersaga.broker_client import BrokerClient
-from ordersaga.keys import RedisKeys
-from ordersaga.marketdata import MarketDataFeed
+from core.broker_client import BrokerClient
+from core.keys import RedisKeys
+from feeds.marketdata import MarketDataFeed
 from tests.support.brokersim import BrokerSim, brokersim_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from activities.marketdata import GetQuoteInput, MarketDataActivities
-from ordersaga.broker_client import Quote
-from ordersaga.keys import RedisKeys
-from ordersaga.marketdata import quote_record
+from core.broker_client import Quote
+from core.keys import RedisKeys
+from feeds.marketdata import quote_record
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ordersaga.settings import Settings
+from core.settings import Settings
 
 READY_PREFIX = "broker-sim listening on "
 START_TIMEOUT_S = 20.0

@@ -26,16 +26,16 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from ordersaga.broker_client import BrokerClient
-from ordersaga.chaos.faults import CLEAR
+from activities.ledgercheck import check_ledger
+from chaos.faults import CLEAR
+from core.broker_client import BrokerClient
+from core.db import create_pool
+from core.keys import RedisKeys
+from core.settings import Settings
+from feeds.delivery import signal_workflows
+from feeds.listener import BrokerListener
+from feeds.marketdata import MarketDataFeed
 from ordersaga.client import OrderClient
-from ordersaga.db import create_pool
-from ordersaga.delivery import signal_workflows
-from ordersaga.keys import RedisKeys
-from ordersaga.ledgercheck import check_ledger
-from ordersaga.listener import BrokerListener
-from ordersaga.marketdata import MarketDataFeed
-from ordersaga.settings import Settings
 from tests.support.brokersim import BrokerSim
 from worker.main import Resources, build_workers
 from workflows.models import OrderState

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.claims import claim_a, claim_c
-from ordersaga.keys import RedisKeys
+from core.keys import RedisKeys
 from tests.support.brokersim import BrokerSim, brokersim  # noqa: F401
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from ordersaga.broker_client import (
+from core.broker_client import (
     BrokerAuthError,
     BrokerClient,
     BrokerOutcomeUnknown,

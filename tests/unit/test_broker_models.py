@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from ordersaga.broker_client import BrokerOrder
+from core.broker_client import BrokerOrder
 from tests.unit.test_broker_client import ORDER
 
 

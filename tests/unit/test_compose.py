@@ -26,10 +26,10 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from ordersaga.cli import cli
-from ordersaga.keys import RedisKeys
-from ordersaga.settings import Settings
-from ordersaga.temporal import SEARCH_ATTRIBUTES
+from cli.main import cli
+from core.keys import RedisKeys
+from core.settings import Settings
+from core.temporal import SEARCH_ATTRIBUTES
 from tests.conftest import REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[2]

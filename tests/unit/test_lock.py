@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from activities.lock import AccountLock
-from ordersaga.keys import RedisKeys
+from core.keys import RedisKeys
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

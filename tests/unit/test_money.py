@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ordersaga.money import (
+from core.money import (
     InvalidAmount,
     ceil_cash,
     commission,

@@ -13,7 +13,7 @@ from unittest import mock
 import pytest
 
 import worker.main as composition
-from ordersaga.settings import Settings
+from core.settings import Settings
 from worker.main import WORKFLOWS, cache_workflow_bytecode
 
 

@@ -8,7 +8,7 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
-from ordersaga.keys import RedisKeys
+from core.keys import RedisKeys
 from tests.conftest import scratch_database
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import SagaStack, saga_settings, saga_stack

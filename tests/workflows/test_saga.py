@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from ordersaga.errors import UserError
-from ordersaga.money import commission, round_cash
+from core.errors import UserError
+from core.money import commission, round_cash
 from tests.support.saga import SagaStack
 from workflows.models import OrderStatus
 

@@ -47,8 +47,8 @@ from activities.orders import (
     UpdateOrderInput,
     UpdateOrderResult,
 )
-from ordersaga import errors
-from ordersaga.broker_client import BrokerOrder
+from core import errors
+from core.broker_client import BrokerOrder
 from tests.support.saga import SEARCH_ATTRIBUTES, temporal_binary
 from workflows.models import OrderInput, OrderRequest, OrderState, OrderStatus, SagaConfig
 from workflows.order import OrderWorkflow

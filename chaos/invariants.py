@@ -1,0 +1,180 @@
+"""The invariant checker: DESIGN.md's invariants over the ledger, the orders table and the broker.
+
+Run once every order is terminal and the reconciler has run. The broker is the source of truth:
+its orders (listed in full) are compared with ours order by order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+
+import asyncpg
+from pydantic import BaseModel, Field
+
+from activities.ledgercheck import TERMINAL_ORDER_STATUSES, check_ledger
+from core.broker_client import BrokerOrder
+from core.money import CASH_ASSET, round_cash
+
+# Our terminal status -> the broker statuses it may stand beside (None: no broker order).
+AGREES: dict[str, set[str | None]] = {
+    "SETTLED": {"filled"},
+    "CANCELED": {"canceled", None},
+    "EXPIRED": {"expired"},
+    "REJECTED": {"rejected", None},
+}
+INVARIANTS = (
+    "ledger_check",
+    "no_open_hold",
+    "every_order_terminal",
+    "one_broker_order_per_order",
+    "fills_match_broker",
+    "status_agrees_with_broker",
+    "error_account_holds_late_fills",
+    "no_customer_charged_for_late_orders",
+)
+
+
+class InvariantResult(BaseModel):
+    name: str
+    ok: bool
+    checked: int = 0
+    violations: list[str] = Field(default_factory=list)
+
+
+_ORDERS = """
+SELECT o.account_id || '/' || o.order_id AS key, o.status, o.broker_order_id,
+       o.filled_qty, o.filled_notional,
+       h.posted_qty, h.posted_notional, h.status AS hold_status
+FROM orders o LEFT JOIN holds h ON h.order_id = o.account_id || '/' || o.order_id
+"""
+_ERROR_BALANCES = (
+    "SELECT asset, available + held AS total FROM ledger_accounts WHERE owner = '$error'"
+)
+_CUSTOMER_POSTS = """
+SELECT DISTINCT order_id FROM journal_entries WHERE code = 'post' AND order_id = ANY($1::text[])
+"""
+
+
+async def check_invariants(
+    pool: asyncpg.Pool, broker_orders: list[BrokerOrder], placed_keys: set[str]
+) -> list[InvariantResult]:
+    ledger = await check_ledger(pool)
+    async with pool.acquire() as conn:
+        rows = {r["key"]: r for r in await conn.fetch(_ORDERS)}
+        error_rows = {r["asset"]: r["total"] for r in await conn.fetch(_ERROR_BALANCES)}
+        by_client: dict[str, list[BrokerOrder]] = defaultdict(list)
+        for bo in broker_orders:
+            by_client[bo.client_order_id].append(bo)
+        late = [bos[0] for key, bos in by_client.items() if _is_late(rows.get(key))]
+        charged = await conn.fetch(_CUSTOMER_POSTS, [bo.client_order_id for bo in late])
+    results = [
+        InvariantResult(
+            name="ledger_check", ok=ledger.ok, checked=1, violations=ledger.violations()
+        ),
+        InvariantResult(
+            name="no_open_hold",
+            ok=not ledger.open_holds,
+            checked=1,
+            violations=[
+                f"hold of {h.order_id} open: {h.held_remaining}" for h in ledger.open_holds
+            ],
+        ),
+        _every_order_terminal(rows, placed_keys),
+        _one_broker_order(by_client),
+        _fills_match(rows, by_client),
+        _status_agrees(rows, by_client),
+        _error_account(late, error_rows),
+        InvariantResult(
+            name="no_customer_charged_for_late_orders",
+            ok=not charged,
+            checked=len(late),
+            violations=[f"late order {r['order_id']} posted to a customer" for r in charged],
+        ),
+    ]
+    return results
+
+
+def _is_late(row: asyncpg.Record | None) -> bool:
+    """A broker order for an order we gave up on (or never recorded): the reconciler's case."""
+    return row is None or (row["status"] in TERMINAL_ORDER_STATUSES and not row["broker_order_id"])
+
+
+def _every_order_terminal(
+    rows: dict[str, asyncpg.Record], placed_keys: set[str]
+) -> InvariantResult:
+    bad = [f"{k}: {rows[k]['status']}" for k in rows if rows[k]["status"] not in AGREES]
+    bad += [f"{k}: no orders row" for k in sorted(placed_keys - rows.keys())]
+    return InvariantResult(
+        name="every_order_terminal", ok=not bad, checked=len(rows), violations=bad
+    )
+
+
+def _one_broker_order(by_client: dict[str, list[BrokerOrder]]) -> InvariantResult:
+    bad = [
+        f"{key}: {len(bos)} broker orders ({', '.join(b.id for b in bos)})"
+        for key, bos in by_client.items()
+        if len(bos) > 1
+    ]
+    return InvariantResult(
+        name="one_broker_order_per_order", ok=not bad, checked=len(by_client), violations=bad
+    )
+
+
+def _fills_match(
+    rows: dict[str, asyncpg.Record], by_client: dict[str, list[BrokerOrder]]
+) -> InvariantResult:
+    bad: list[str] = []
+    checked = 0
+    for key, row in rows.items():
+        bos = by_client.get(key, [])
+        if _is_late(row) and bos:
+            continue  # its fills belong to the error account, checked there
+        broker_qty = sum((b.filled_qty for b in bos), Decimal(0))
+        broker_notional = sum((b.filled_notional for b in bos), Decimal(0))
+        ledger_qty = row["posted_qty"] or Decimal(0)
+        ledger_notional = row["posted_notional"] or Decimal(0)
+        checked += 1
+        if broker_qty != ledger_qty or broker_notional != ledger_notional:
+            bad.append(
+                f"{key}: broker filled {broker_qty} for {broker_notional},"
+                f" ledger posted {ledger_qty} for {ledger_notional}"
+            )
+        elif row["filled_qty"] != broker_qty:
+            bad.append(f"{key}: orders row says {row['filled_qty']} filled, broker {broker_qty}")
+    return InvariantResult(name="fills_match_broker", ok=not bad, checked=checked, violations=bad)
+
+
+def _status_agrees(
+    rows: dict[str, asyncpg.Record], by_client: dict[str, list[BrokerOrder]]
+) -> InvariantResult:
+    bad: list[str] = []
+    for key, row in rows.items():
+        bos = by_client.get(key, [])
+        if _is_late(row) and bos:
+            continue
+        broker_status = bos[0].status if bos else None
+        allowed = AGREES.get(row["status"], set())
+        if broker_status not in allowed:
+            bad.append(f"{key}: ours {row['status']}, broker {broker_status}")
+    return InvariantResult(
+        name="status_agrees_with_broker", ok=not bad, checked=len(rows), violations=bad
+    )
+
+
+def _error_account(late: list[BrokerOrder], balances: dict[str, Decimal]) -> InvariantResult:
+    """'$error' holds exactly what the late orders did: their shares, and the cash against them."""
+    expected: dict[str, Decimal] = defaultdict(Decimal)
+    bad = [f"late order {b.client_order_id} still {b.status} at the broker" for b in late
+           if b.status not in ("filled", "canceled", "expired", "rejected")]  # fmt: skip
+    for bo in late:
+        sign = Decimal(1) if bo.side == "buy" else Decimal(-1)
+        expected[bo.symbol] += sign * bo.filled_qty
+        expected[CASH_ASSET] -= sign * round_cash(bo.filled_notional)
+    for asset in sorted(set(expected) | set(balances)):
+        want, have = expected.get(asset, Decimal(0)), balances.get(asset, Decimal(0))
+        if want != have:
+            bad.append(f"$error {asset}: holds {have}, late orders account for {want}")
+    return InvariantResult(
+        name="error_account_holds_late_fills", ok=not bad, checked=len(late), violations=bad
+    )

@@ -1,0 +1,1 @@
+"""The ``ordersaga`` command line: one module per command group in ``cli/commands/``."""

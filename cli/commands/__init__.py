@@ -1,0 +1,14 @@
+"""Command groups of the ``ordersaga`` CLI, one module per area, each with ``register(cli)``."""
+
+from __future__ import annotations
+
+import click
+
+from cli.commands import account, broker, chaos, db, demo, dev, feeds, ledger, orders, worker
+
+_MODULES = (db, account, ledger, dev, broker, feeds, orders, worker, chaos, demo)
+
+
+def register_all(cli: click.Group) -> None:
+    for module in _MODULES:
+        module.register(cli)

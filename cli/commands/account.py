@@ -1,0 +1,188 @@
+"""``ordersaga account open|deposit|withdraw|show``: the ledger straight from Postgres.
+
+Needs only Postgres: the database is created and migrated on first use. Every refusal (bad
+amount, unknown account, too little available) is one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import TypeVar
+
+import asyncpg
+import click
+from temporalio.exceptions import ApplicationError
+
+from activities.ledger import (
+    AccountBalances,
+    DepositInput,
+    LedgerActivities,
+    OpenAccountInput,
+    TransferResult,
+    WithdrawInput,
+)
+from cli.commands.common import echo_json, run, table
+from core.db import create_pool, ensure_database, migrate
+from core.errors import UserError
+from core.money import InvalidAmount, validate_amount
+from core.settings import Settings
+
+T = TypeVar("T")
+
+
+def plain(d: Decimal) -> str:
+    """Fixed-point text (never 1E+2 or 0E-9)."""
+    return format(d, "f")
+
+
+@asynccontextmanager
+async def ledger_pool(settings: Settings | None = None) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on a created and migrated database."""
+    settings = settings or Settings()
+    try:
+        await ensure_database(settings.database_url)
+    except asyncpg.exceptions.DuplicateDatabaseError:
+        pass  # another process created it a moment ago
+    await migrate(settings.database_url)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def with_ledger(action: Callable[[LedgerActivities], Awaitable[T]]) -> T:
+    """Run ``action`` against the ledger; refusals become one-line user errors."""
+    settings = Settings()
+    async with ledger_pool(settings) as pool:
+        try:
+            return await action(LedgerActivities(pool, settings.ledger_cas_attempts))
+        except ApplicationError as exc:
+            raise UserError(exc.message) from None
+
+
+def _transfer_json(result: TransferResult) -> dict[str, str | int]:
+    return {
+        "account_id": result.account_id,
+        "asset": result.asset,
+        "amount": plain(result.amount),
+        "available_after": plain(result.available_after),
+        "entry_id": result.entry_id,
+    }
+
+
+def balances_json(result: AccountBalances) -> dict[str, object]:
+    return {
+        "account_id": result.account_id,
+        "currency": result.currency,
+        "last_fence": result.last_fence,
+        "balances": [
+            {
+                "asset": b.asset,
+                "available": plain(b.available),
+                "held": plain(b.held),
+                "version": b.version,
+            }
+            for b in result.balances
+        ],
+    }
+
+
+def _echo_transfer(verb: str, result: TransferResult, as_json: bool) -> None:
+    if as_json:
+        echo_json(_transfer_json(result))
+        return
+    click.echo(
+        f"{verb} {plain(result.amount)} {result.asset} "
+        f"{'to' if verb == 'deposited' else 'from'} {result.account_id}; "
+        f"available {plain(result.available_after)} {result.asset}"
+    )
+
+
+def register(cli: click.Group) -> None:
+    @cli.group()
+    def account() -> None:
+        """Customer accounts in the ledger."""
+
+    json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    key_option = click.option(
+        "--idempotency-key", default=None, help="Reuse to make a retried command apply once."
+    )
+
+    @account.command("open")
+    @click.argument("account_id")
+    @click.option("--currency", default="USD", show_default=True)
+    @json_option
+    def open_cmd(account_id: str, currency: str, as_json: bool) -> None:
+        """Open ACCOUNT_ID (a second open is a no-op)."""
+        inp = OpenAccountInput(account_id=account_id, currency=currency)
+        result = run(with_ledger(lambda ledger: ledger.open_account(inp)))
+        if as_json:
+            echo_json(result.model_dump(mode="json"))
+        elif result.created:
+            click.echo(f"opened account {result.account_id} ({result.currency})")
+        else:
+            click.echo(f"account {result.account_id} is already open ({result.currency})")
+
+    @account.command("deposit")
+    @click.argument("account_id")
+    @click.argument("amount")
+    @click.option("--asset", default="USD", show_default=True, help="USD or a symbol's shares.")
+    @key_option
+    @json_option
+    def deposit_cmd(
+        account_id: str, amount: str, asset: str, idempotency_key: str | None, as_json: bool
+    ) -> None:
+        """Deposit AMOUNT of an asset into ACCOUNT_ID from external funding."""
+        inp = DepositInput(
+            account_id=account_id,
+            amount=_amount_text(amount, asset),
+            asset=asset.upper(),
+            idempotency_key=idempotency_key or f"cli-deposit-{uuid.uuid4()}",
+        )
+        result = run(with_ledger(lambda ledger: ledger.deposit(inp)))
+        _echo_transfer("deposited", result, as_json)
+
+    @account.command("withdraw")
+    @click.argument("account_id")
+    @click.argument("amount")
+    @click.option("--asset", default="USD", show_default=True)
+    @key_option
+    @json_option
+    def withdraw_cmd(
+        account_id: str, amount: str, asset: str, idempotency_key: str | None, as_json: bool
+    ) -> None:
+        """Withdraw AMOUNT from ACCOUNT_ID's available balance to external funding."""
+        inp = WithdrawInput(
+            account_id=account_id,
+            amount=_amount_text(amount, asset),
+            asset=asset.upper(),
+            idempotency_key=idempotency_key or f"cli-withdraw-{uuid.uuid4()}",
+        )
+        result = run(with_ledger(lambda ledger: ledger.withdraw(inp)))
+        _echo_transfer("withdrew", result, as_json)
+
+    @account.command("show")
+    @click.argument("account_id")
+    @json_option
+    def show_cmd(account_id: str, as_json: bool) -> None:
+        """Available and held per asset, with each row's version."""
+        result = run(with_ledger(lambda ledger: ledger.get_balances(account_id)))
+        if as_json:
+            echo_json(balances_json(result))
+            return
+        click.echo(f"account {result.account_id} ({result.currency})")
+        rows = balances_json(result)["balances"]
+        assert isinstance(rows, list)
+        click.echo(table(rows, ["asset", "available", "held", "version"]))
+
+
+def _amount_text(text: str, asset: str) -> Decimal:
+    """Refuse a bad amount here, before any connection is made."""
+    try:
+        return validate_amount(text, asset.upper())
+    except InvalidAmount as exc:
+        raise click.ClickException(str(exc)) from None

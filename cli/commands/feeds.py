@@ -1,0 +1,81 @@
+"""``ordersaga marketdata`` and ``ordersaga broker-listener``: the two long-running feeds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+import redis.asyncio as aioredis
+
+from cli.commands.common import run
+from core.broker_client import BrokerClient
+from core.keys import RedisKeys
+from core.settings import Settings
+from feeds import listener
+from feeds.marketdata import MarketDataFeed
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _marketdata(settings: Settings, symbols: list[str], interval_s: float) -> None:
+    stop = _stop_on_signals()
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        async with BrokerClient.from_settings(settings) as client:
+            keys = RedisKeys(settings.redis_prefix)
+            feed = MarketDataFeed(client, redis, keys, symbols, interval_s)
+            logging.getLogger(__name__).info(
+                "market data: %s from %s every %.2fs",
+                ",".join(feed.symbols),
+                settings.market_data_url,
+                interval_s,
+            )
+            await feed.run(stop)
+    finally:
+        await redis.aclose()
+
+
+async def _listen(settings: Settings, name: str) -> None:
+    from core.temporal import connect
+    from feeds.delivery import signal_workflows
+
+    # Each event becomes a signal to its order's workflow (or a targeted reconcile).
+    deliver = signal_workflows(await connect(settings), settings)
+    await listener.serve(settings, on_event=deliver, name=name, stop=_stop_on_signals())
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("marketdata")
+    @click.option("--symbols", default=None, help="Comma-separated (default: settings).")
+    @click.option("--interval", type=float, default=None, help="Seconds between polls.")
+    def marketdata_cmd(symbols: str | None, interval: float | None) -> None:
+        """Keep the latest quote per symbol in Redis (runs until interrupted)."""
+        _configure_logging()
+        settings = Settings()
+        chosen = [s.strip().upper() for s in symbols.split(",")] if symbols else settings.symbols
+        run(
+            _marketdata(
+                settings, [s for s in chosen if s], interval or settings.marketdata_interval_s
+            )
+        )
+
+    @cli.command("broker-listener")
+    @click.option("--name", default="default", help="Listener name (its offset key in Redis).")
+    def broker_listener_cmd(name: str) -> None:
+        """Consume the broker's trade events from the stored offset (runs until interrupted)."""
+        _configure_logging()
+        run(_listen(Settings(), name))

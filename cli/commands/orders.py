@@ -1,0 +1,172 @@
+"""``ordersaga order place|status|cancel|list`` and ``ordersaga reconcile``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import click
+
+from cli.commands.common import echo_json, run, table
+from core.settings import Settings
+
+
+def _state_summary(state: Any) -> dict[str, Any]:
+    req = state.request
+    return {
+        "order": f"{req.account_id}/{req.order_id}",
+        "status": state.status.value,
+        "side": req.side,
+        "qty": str(req.qty),
+        "symbol": req.symbol,
+        "type": req.order_type,
+        "tif": req.time_in_force,
+        "filled": str(state.filled_qty),
+        "cost": str(state.posted_cash),
+        "fees": str(state.fees),
+        "held": f"{state.held} {state.hold_asset or ''}".strip(),
+        "released": str(state.released),
+        "broker_order": state.broker_order_id or "",
+        "reason": state.reason or "",
+    }
+
+
+def _print_state(state: Any, as_json: bool) -> None:
+    if as_json:
+        echo_json(state.model_dump(mode="json"))
+        return
+    summary = _state_summary(state)
+    width = max(len(k) for k in summary)
+    for k, v in summary.items():
+        click.echo(f"{k.ljust(width)}  {v}")
+    if state.timeline:
+        click.echo("timeline:")
+        for entry in state.timeline:
+            click.echo(f"  {entry.at.isoformat(timespec='seconds')}  {entry.event}")
+
+
+async def _with_client(fn: Any) -> Any:
+    from ordersaga.client import OrderClient
+
+    async with OrderClient.connect(Settings()) as oc:
+        return await fn(oc)
+
+
+def register(cli: click.Group) -> None:
+    @cli.group()
+    def order() -> None:
+        """Place, inspect, cancel and list orders."""
+
+    @order.command("place")
+    @click.option("--account", "account_id", required=True)
+    @click.option("--symbol", required=True)
+    @click.option("--side", type=click.Choice(["buy", "sell"]), required=True)
+    @click.option("--qty", required=True, help="Quantity; fractional shares allowed.")
+    @click.option("--type", "order_type", type=click.Choice(["market", "limit"]), default="market")
+    @click.option("--limit-price", default=None)
+    @click.option("--tif", type=click.Choice(["day", "gtc", "ioc"]), default="day")
+    @click.option("--order-id", default=None, help="Your idempotency key (default: generated).")
+    @click.option("--wait", is_flag=True, help="Wait until the order is final.")
+    @click.option("--json", "as_json", is_flag=True)
+    def place(
+        account_id: str,
+        symbol: str,
+        side: str,
+        qty: str,
+        order_type: str,
+        limit_price: str | None,
+        tif: str,
+        order_id: str | None,
+        wait: bool,
+        as_json: bool,
+    ) -> None:
+        """Place an order; returns once it is accepted (held) or refused."""
+
+        async def go(oc: Any) -> Any:
+            req = oc.build_request(
+                account_id=account_id,
+                symbol=symbol,
+                side=side,
+                qty=qty,
+                order_type=order_type,
+                limit_price=limit_price,
+                time_in_force=tif,
+                order_id=order_id or uuid.uuid4().hex[:16],
+            )
+            placed = await oc.place_order(req)
+            final = await oc.wait(account_id, req.order_id) if wait and placed.accepted else None
+            return placed, final
+
+        placed, final = run(_with_client(go))
+        if final is not None:
+            _print_state(final, as_json)
+        elif as_json:
+            echo_json(placed.model_dump(mode="json"))
+        else:
+            verdict = "accepted" if placed.accepted else "refused"
+            extra = f" (held {placed.held} {placed.hold_asset})" if placed.accepted else ""
+            reason = f": {placed.reason}" if placed.reason else ""
+            click.echo(f"{placed.account_id}/{placed.order_id} {verdict}{extra}{reason}")
+        if not placed.accepted:
+            raise SystemExit(1)
+
+    @order.command("status")
+    @click.option("--account", "account_id", required=True)
+    @click.argument("order_id")
+    @click.option("--json", "as_json", is_flag=True)
+    def status(account_id: str, order_id: str, as_json: bool) -> None:
+        """Show an order's full state."""
+        state = run(_with_client(lambda oc: oc.get_order(account_id, order_id)))
+        _print_state(state, as_json)
+
+    @order.command("cancel")
+    @click.option("--account", "account_id", required=True)
+    @click.argument("order_id")
+    @click.option("--json", "as_json", is_flag=True)
+    def cancel(account_id: str, order_id: str, as_json: bool) -> None:
+        """Ask for an order to be canceled (refused once it is final)."""
+        res = run(_with_client(lambda oc: oc.cancel_order(account_id, order_id)))
+        if as_json:
+            echo_json(res.model_dump(mode="json"))
+        else:
+            click.echo(f"cancel accepted: {res.status.value}; {res.detail}")
+
+    @order.command("list")
+    @click.option("--account", "account_id", default=None)
+    @click.option("--status", default=None)
+    @click.option("--symbol", default=None)
+    @click.option("--limit", default=100, show_default=True)
+    @click.option("--json", "as_json", is_flag=True)
+    def list_cmd(
+        account_id: str | None, status: str | None, symbol: str | None, limit: int, as_json: bool
+    ) -> None:
+        """List orders (Temporal visibility, then the orders table past retention)."""
+        rows = run(
+            _with_client(
+                lambda oc: oc.list_orders(account_id, status and status.upper(), symbol, limit)
+            )
+        )
+        if as_json:
+            echo_json(rows)
+        elif rows:
+            click.echo(table(rows, ["order", "status", "symbol", "started", "source"]))
+        else:
+            click.echo("no orders")
+
+    @cli.command("reconcile")
+    @click.option("--json", "as_json", is_flag=True)
+    def reconcile(as_json: bool) -> None:
+        """Run the reconciler now and print its report."""
+        from ordersaga.schedules import run_reconcile_now
+
+        report = run(run_reconcile_now(Settings()))
+        if as_json:
+            echo_json(report.model_dump(mode="json"))
+            return
+        click.echo(
+            f"checked {report.checked} broker orders; late orders {report.late_orders}; "
+            f"canceled at broker {report.canceled_at_broker}; "
+            f"error fills booked {report.error_fills_booked}"
+        )
+        for b in report.breaks:
+            click.echo(f"  {b.kind:<14} {b.client_order_id}  {b.detail}")

@@ -1,0 +1,30 @@
+"""``ordersaga worker --queues orders,broker``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+
+from core.settings import Settings
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("worker")
+    @click.option(
+        "--queues",
+        default="orders,broker",
+        show_default=True,
+        help="Task queues to poll: orders, broker, or both (comma-separated).",
+    )
+    def worker_cmd(queues: str) -> None:
+        """Run a worker (SIGTERM drains in-flight work within the grace period)."""
+        from worker.main import parse_queues, run_workers  # the worker's imports, only here
+
+        try:
+            names = parse_queues(queues)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        asyncio.run(run_workers(Settings(), names))

@@ -1,0 +1,214 @@
+"""``ordersaga demo``: the local stack, accounts, a mix of orders, and a look at the results.
+
+Brings the dev stack up (or reuses it), opens and funds three accounts, places buys, sells,
+limits, a fractional order, one that is canceled and one refused for funds, waits for all of them,
+prints the orders and balances, runs the ledger check and prints the Web UI link filtered to these
+orders. The stack stays up for looking around until ``ordersaga dev down``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from activities.ledgercheck import check_ledger
+from cli.commands.common import table
+from core.settings import Settings
+from devstack.stack import DevStack, apply_stack_env
+from ordersaga.client import OrderClient
+from ordersaga.schedules import ensure_reconcile_schedule
+from workflows.models import OrderState, OrderStatus
+
+
+@dataclass(frozen=True)
+class DemoOrder:
+    who: str
+    symbol: str
+    side: str
+    qty: str
+    order_type: str = "market"
+    limit: str | None = None  # a multiple of the current price, e.g. "0.7"
+    tif: str = "day"
+    cancel: bool = False
+
+
+ACCOUNTS = {"alice": ("50000", {}), "bob": ("2000", {"AAPL": "10"}), "carol": ("25", {})}
+ORDERS = (
+    DemoOrder("alice", "AAPL", "buy", "1"),
+    DemoOrder("alice", "MSFT", "buy", "2", "limit", limit="1.02"),
+    DemoOrder("alice", "NVDA", "buy", "0.5"),
+    DemoOrder("bob", "AAPL", "sell", "3"),
+    DemoOrder("bob", "AAPL", "sell", "1.25", "limit", limit="0.98"),
+    DemoOrder("alice", "TSLA", "buy", "3", "limit", limit="0.7", tif="gtc", cancel=True),
+    DemoOrder("carol", "AAPL", "buy", "1"),  # refused: insufficient funds
+)
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    bar = "#" * filled + "-" * (width - filled)
+    sys.stdout.write(f"\r{label:<10} [{bar}] {done}/{total}")
+    if done >= total:
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+async def _price(oc: OrderClient, symbol: str) -> Decimal:
+    from core.broker_client import BrokerClient
+
+    async with BrokerClient.from_settings(oc.settings) as broker:
+        quotes = await broker.latest_quotes([symbol])
+    return quotes[symbol].ask
+
+
+async def _place_all(oc: OrderClient, accounts: dict[str, str]) -> list[tuple[DemoOrder, Any]]:
+    placed = []
+    for i, order in enumerate(ORDERS):
+        limit = None
+        if order.limit is not None:
+            price = await _price(oc, order.symbol)
+            limit = (price * Decimal(order.limit)).quantize(Decimal("0.01"))
+        result = await oc.place_order(
+            account_id=accounts[order.who],
+            symbol=order.symbol,
+            side=order.side,
+            qty=order.qty,
+            order_type=order.order_type,
+            limit_price=limit,
+            time_in_force=order.tif,
+        )
+        placed.append((order, result))
+        _progress("placing", i + 1, len(ORDERS))
+    return placed
+
+
+async def _wait_all(oc: OrderClient, placed: list[tuple[DemoOrder, Any]]) -> list[OrderState]:
+    for order, result in placed:
+        if order.cancel and result.accepted:
+            await _until_at_broker(oc, result.account_id, result.order_id)
+            await oc.cancel_order(result.account_id, result.order_id)
+    finals: list[OrderState] = []
+    pending = [oc.wait(r.account_id, r.order_id, timeout_s=120) for _, r in placed]
+    for i, fut in enumerate(asyncio.as_completed(pending)):
+        finals.append(await fut)
+        _progress("settling", i + 1, len(pending))
+    return finals
+
+
+async def _until_at_broker(oc: OrderClient, account_id: str, order_id: str) -> None:
+    for _ in range(200):
+        state = await oc.get_order(account_id, order_id)
+        if state.broker_order_id or state.terminal:
+            return
+        await asyncio.sleep(0.1)
+
+
+def _order_rows(finals: list[OrderState]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for st in sorted(finals, key=lambda s: (s.request.account_id, s.request.order_id)):
+        req = st.request
+        rows.append(
+            {
+                "account": req.account_id,
+                "order": req.order_id,
+                "order_desc": f"{req.side} {req.qty} {req.symbol} {req.order_type}",
+                "status": st.status.value,
+                "filled": st.filled_qty,
+                "cost": st.posted_cash,
+                "fees": st.fees,
+                "reason": st.reason or "",
+            }
+        )
+    return rows
+
+
+def _fmt(amount: Decimal) -> str:
+    return "0" if amount == 0 else f"{amount.normalize():f}"
+
+
+async def _balance_rows(oc: OrderClient, accounts: dict[str, str]) -> list[dict[str, object]]:
+    rows = []
+    for account_id in accounts.values():
+        acct = await oc.balance(account_id)
+        for b in acct.balances:
+            rows.append(
+                {
+                    "account": account_id,
+                    "asset": b.asset,
+                    "available": _fmt(b.available),
+                    "held": _fmt(b.held),
+                }
+            )
+    return rows
+
+
+async def run_demo(settings: Settings) -> int:
+    stack = DevStack(settings)
+    click.echo("bringing the local stack up ...")
+    await stack.up()
+    apply_stack_env()
+    settings = Settings()
+    run_id = uuid.uuid4().hex[:6]
+    async with OrderClient.connect(settings) as oc:
+        if await ensure_reconcile_schedule(oc.temporal, settings):
+            click.echo(f"reconciler schedule created (every {settings.reconcile_every_s:.0f}s)")
+        accounts = {who: f"demo-{who}-{run_id}" for who in ACCOUNTS}
+        for who, (usd, shares) in ACCOUNTS.items():
+            await oc.open_account(accounts[who])
+            await oc.deposit(accounts[who], usd, key=f"demo:{run_id}:{who}:usd")
+            for symbol, qty in shares.items():
+                await oc.deposit(
+                    accounts[who], qty, asset=symbol, key=f"demo:{run_id}:{who}:{symbol}"
+                )
+        await _wait_for_quotes(oc)
+        placed = await _place_all(oc, accounts)
+        finals = await _wait_all(oc, placed)
+        click.echo("\norders")
+        click.echo(
+            table(
+                _order_rows(finals),
+                ["account", "order", "order_desc", "status", "filled", "cost", "fees", "reason"],
+            )
+        )
+        click.echo("\nbalances")
+        click.echo(
+            table(await _balance_rows(oc, accounts), ["account", "asset", "available", "held"])
+        )
+        report = await check_ledger(oc._pool)
+    click.echo(f"\nledger check: {'OK' if report.ok else 'VIOLATIONS'}")
+    ids = " OR ".join(f"AccountId = '{a}'" for a in accounts.values())
+    ns = settings.temporal_namespace
+    url = f"{settings.temporal_ui_url}/namespaces/{ns}/workflows?query={quote(ids)}"
+    click.echo(f"Web UI, these orders: {url}")
+    click.echo("the stack stays up; stop it with: ordersaga dev down")
+    statuses = {s.status for s in finals}
+    return 0 if report.ok and OrderStatus.SETTLED in statuses else 1
+
+
+async def _wait_for_quotes(oc: OrderClient, timeout_s: float = 20) -> None:
+    """The market-data feed needs a moment after a fresh start before market orders can price."""
+    import redis.asyncio as aioredis
+
+    from activities.marketdata import GetQuoteInput, MarketDataActivities
+    from core.keys import RedisKeys
+
+    redis = aioredis.Redis.from_url(oc.settings.redis_url, decode_responses=True)
+    reader = MarketDataActivities(
+        redis, RedisKeys(oc.settings.redis_prefix), oc.settings.quote_max_age_s
+    )
+    try:
+        for _ in range(int(timeout_s * 10)):
+            quotes = [await reader.get_quote(GetQuoteInput(symbol=s)) for s in ("AAPL", "NVDA")]
+            if all(q.fresh for q in quotes):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()

@@ -1,0 +1,480 @@
+"""Async HTTP client for an Alpaca Trading API v2 compatible broker (the simulator or Alpaca).
+
+The client makes exactly one HTTP request per call and never retries: Temporal owns retries, and
+a hidden retry of a POST could create a second order. What it adds is a precise answer to "did
+the broker get my request?", expressed as exception types:
+
+- ``BrokerUnavailable``: certainly not received (connect refused / DNS / connect timeout, or a
+  429 the broker answered without acting). Safe to send again.
+- ``BrokerOutcomeUnknown``: maybe received (read timeout, reset or disconnect after sending, 5xx).
+  Before sending an order again, look it up by client order id.
+- ``BrokerRejected`` (with the broker's reason), ``DuplicateClientOrderId``, ``OrderNotFound``,
+  ``OrderNotCancelable`` and ``BrokerAuthError``: the broker answered and said no.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = frozenset({"filled", "canceled", "expired", "rejected"})
+DUPLICATE_CLIENT_ORDER_ID = "client_order_id must be unique"
+NOT_CANCELABLE_CODE = 42210000
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class BrokerError(Exception):
+    """Base of every error this client raises."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The request certainly did not reach the broker (or the broker refused it unread)."""
+
+
+class BrokerOutcomeUnknown(BrokerError):
+    """The request may have reached the broker and may have taken effect."""
+
+
+class BrokerAuthError(BrokerError):
+    """401: wrong keys. A configuration error, not worth retrying.
+
+    A 403 is a refusal of this request (Alpaca: insufficient buying power, account
+    restrictions), so it is a BrokerRejected with the broker's reason instead.
+    """
+
+
+class BrokerRejected(BrokerError):
+    """The broker answered with a 4xx refusal; nothing was created or changed."""
+
+    def __init__(self, reason: str, status: int, code: int | None = None) -> None:
+        super().__init__(f"broker rejected ({status}, code {code}): {reason}")
+        self.reason = reason
+        self.status = status
+        self.code = code
+
+
+class DuplicateClientOrderId(BrokerRejected):
+    """An order with this client_order_id already exists at the broker."""
+
+
+class OrderNotCancelable(BrokerRejected):
+    """The order is already terminal (filled, canceled, expired, rejected)."""
+
+
+class OrderNotFound(BrokerError):
+    """404: the broker has no such order."""
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+class BrokerOrder(BaseModel):
+    """An order as the broker reports it (Alpaca field names; money and quantities Decimal)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    order_type: str = ""
+    time_in_force: str = ""
+    qty: Decimal
+    filled_qty: Decimal = Decimal(0)
+    filled_avg_price: Decimal | None = None
+    limit_price: Decimal | None = None
+    filled_notional: Decimal = Decimal(0)
+    status: str
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    submitted_at: datetime | None = None
+    filled_at: datetime | None = None
+    canceled_at: datetime | None = None
+    expired_at: datetime | None = None
+    failed_at: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        if not data.get("order_type") and data.get("type"):
+            data["order_type"] = data["type"]
+        if data.get("filled_notional") is None:
+            # Alpaca does not send it; the cumulative average times the cumulative quantity is
+            # the exact notional only up to the broker's rounding of the average.
+            qty = Decimal(str(data.get("filled_qty") or 0))
+            avg = data.get("filled_avg_price")
+            data["filled_notional"] = qty * Decimal(str(avg)) if avg is not None else Decimal(0)
+        return data
+
+    @property
+    def is_terminal(self) -> bool:
+        """Only the statuses known to be final count; anything unknown is treated as open."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_open(self) -> bool:
+        return not self.is_terminal
+
+
+class Quote(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    bid_size: Decimal = Decimal(0)
+    ask_size: Decimal = Decimal(0)
+    timestamp: datetime
+
+    @classmethod
+    def from_alpaca(cls, symbol: str, raw: Mapping[str, Any]) -> Quote:
+        return cls(
+            symbol=symbol,
+            bid=_decimal(raw.get("bp", 0)),
+            ask=_decimal(raw.get("ap", 0)),
+            bid_size=_decimal(raw.get("bs", 0)),
+            ask_size=_decimal(raw.get("as", 0)),
+            timestamp=raw["t"],
+        )
+
+
+class TradeEvent(BaseModel):
+    """One execution event from the trade_updates stream, with the order as it stands after it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    offset: int
+    event: str
+    execution_id: str | None = None
+    timestamp: datetime | None = None
+    price: Decimal | None = None
+    qty: Decimal | None = None
+    order: BrokerOrder
+
+
+def _decimal(value: object) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _plain(value: Decimal) -> str:
+    """Decimal as a plain string: the broker must never see an exponent like ``1E+1``."""
+    return f"{value:f}"
+
+
+def _loads(body: bytes | str) -> Any:
+    return json.loads(body, parse_float=Decimal)
+
+
+# --- client -------------------------------------------------------------------------------
+
+
+class BrokerClient:
+    """One pooled aiohttp session per client; use ``async with`` or call ``close()``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        market_data_url: str | None = None,
+        key_id: str = "",
+        secret_key: str = "",
+        connect_timeout_s: float = 2.0,
+        request_timeout_s: float = 5.0,
+        max_connections: int = 50,
+        market_data_feed: str = "",
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.market_data_url = (market_data_url or base_url).rstrip("/")
+        self._headers = {"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret_key}
+        self.connect_timeout_s = connect_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.max_connections = max_connections
+        self.market_data_feed = market_data_feed
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerClient:
+        return cls(
+            base_url=settings.broker_url,
+            market_data_url=settings.market_data_url,
+            key_id=settings.broker_key_id,
+            secret_key=settings.broker_secret_key,
+            connect_timeout_s=settings.broker_connect_timeout_s,
+            request_timeout_s=settings.broker_request_timeout_s,
+            max_connections=settings.broker_max_connections,
+            market_data_feed=settings.market_data_feed,
+        )
+
+    async def __aenter__(self) -> BrokerClient:
+        self._ensure_session()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                headers=self._headers,
+                timeout=self._timeout(),
+            )
+        return self._session
+
+    def _timeout(self, total: float | None = None) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=total if total is not None else self.request_timeout_s,
+            connect=self.connect_timeout_s,
+        )
+
+    # --- transport ------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> tuple[int, Any]:
+        session = self._ensure_session()
+        data = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        what = f"{method} {url}"
+        try:
+            async with session.request(
+                method, url, params=params, data=data, headers=headers
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # Raised only while opening the connection: nothing was sent.
+            raise BrokerUnavailable(f"{what}: cannot connect: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Read timeout, reset or disconnect after the request went out (or while it did).
+            raise BrokerOutcomeUnknown(f"{what}: {type(exc).__name__}: {exc}") from exc
+        return status, _check(status, raw, what)
+
+    async def _trading(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
+    ) -> Any:
+        return (await self._request(method, self.base_url + path, params=params, body=body))[1]
+
+    # --- orders ---------------------------------------------------------------------------
+
+    async def submit_order(
+        self,
+        symbol: str,
+        qty: Decimal,
+        side: str,
+        type: str = "market",
+        time_in_force: str = "day",
+        limit_price: Decimal | None = None,
+        client_order_id: str | None = None,
+    ) -> BrokerOrder:
+        body: dict[str, Any] = {
+            "symbol": symbol,
+            "qty": _plain(qty),
+            "side": side,
+            "type": type,
+            "time_in_force": time_in_force,
+        }
+        if limit_price is not None:
+            body["limit_price"] = _plain(limit_price)
+        if client_order_id is not None:
+            body["client_order_id"] = client_order_id
+        return BrokerOrder.model_validate(await self._trading("POST", "/v2/orders", body=body))
+
+    async def get_order(self, broker_order_id: str) -> BrokerOrder:
+        return BrokerOrder.model_validate(
+            await self._trading("GET", f"/v2/orders/{broker_order_id}")
+        )
+
+    async def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        """The order with this client order id, or None when the broker has none."""
+        try:
+            raw = await self._trading(
+                "GET",
+                "/v2/orders:by_client_order_id",
+                params={"client_order_id": client_order_id},
+            )
+        except OrderNotFound:
+            return None
+        return BrokerOrder.model_validate(raw)
+
+    async def list_orders(
+        self,
+        status: str = "all",
+        limit: int = 500,
+        after: datetime | str | None = None,
+        direction: str = "asc",
+    ) -> list[BrokerOrder]:
+        params = {"status": status, "limit": str(limit), "direction": direction}
+        if after is not None:
+            params["after"] = after if isinstance(after, str) else _rfc3339(after)
+        raw = await self._trading("GET", "/v2/orders", params=params)
+        return [BrokerOrder.model_validate(o) for o in raw]
+
+    async def cancel_order(self, broker_order_id: str) -> BrokerOrder | None:
+        """Ask the broker to cancel; cancellation is asynchronous.
+
+        Returns None when the request was accepted (the order goes pending_cancel, and fills can
+        still race it), or the order's current state when it is already terminal.
+        """
+        try:
+            await self._trading("DELETE", f"/v2/orders/{broker_order_id}")
+        except OrderNotCancelable:
+            return await self.get_order(broker_order_id)
+        return None
+
+    # --- market data ----------------------------------------------------------------------
+
+    async def latest_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        """Latest quote per symbol; symbols the broker does not know are left out."""
+        if not symbols:
+            return {}
+        params = {"symbols": ",".join(symbols)}
+        if self.market_data_feed:
+            params["feed"] = self.market_data_feed
+        _, raw = await self._request(
+            "GET", self.market_data_url + "/v2/stocks/quotes/latest", params=params
+        )
+        quotes = raw.get("quotes") or {}
+        return {sym: Quote.from_alpaca(sym, q) for sym, q in quotes.items()}
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def events_since(self, since: int = 0, limit: int = 1000) -> list[TradeEvent]:
+        """Stored trade events after offset ``since`` (the non-streaming form), in order."""
+        raw = await self._trading(
+            "GET",
+            "/v2/events/trade_updates",
+            params={"since": str(since), "stream": "false", "limit": str(limit)},
+        )
+        return [TradeEvent.model_validate(e) for e in raw]
+
+    async def trade_updates(
+        self, since: int = 0, idle_timeout_s: float | None = None
+    ) -> AsyncGenerator[TradeEvent, None]:
+        """Server-Sent trade events after ``since``, then live, until the connection ends.
+
+        ``idle_timeout_s`` ends the stream (with BrokerOutcomeUnknown) when no byte arrives for
+        that long, so a silently dead connection is noticed. Events are yielded as they come:
+        the stream may drop or duplicate them, which the caller handles by offset.
+        """
+        session = self._ensure_session()
+        url = self.base_url + "/v2/events/trade_updates"
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.connect_timeout_s, sock_read=idle_timeout_s
+        )
+        try:
+            async with session.get(
+                url,
+                params={"since": str(since)},
+                timeout=timeout,
+                headers={"Accept": "text/event-stream"},
+            ) as resp:
+                if resp.status != 200:
+                    _check(resp.status, await resp.read(), f"GET {url}")
+                async for event in _parse_sse(resp.content):
+                    yield event
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise BrokerUnavailable(f"GET {url}: cannot connect: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise BrokerOutcomeUnknown(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _parse_sse(content: aiohttp.StreamReader) -> AsyncIterator[TradeEvent]:
+    data: list[str] = []
+    event_type = "message"
+    async for raw_line in content:
+        line = raw_line.decode("utf-8").rstrip("\r\n")
+        if line == "":
+            if data and event_type == "trade_update":
+                yield TradeEvent.model_validate(_loads("\n".join(data)))
+            data, event_type = [], "message"
+            continue
+        if line.startswith(":"):
+            continue  # SSE comment: a keep-alive
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event_type = value
+        # "id:" repeats the payload's offset, which is what the caller tracks.
+
+
+def _check(status: int, raw: bytes, what: str) -> Any:
+    """Map an HTTP answer to its parsed body or to this module's typed errors."""
+    if 200 <= status < 300:
+        return _loads(raw) if raw else None
+    code, message = _error_fields(raw)
+    if status == 401:
+        raise BrokerAuthError(f"{what}: {status} {message}")
+    if status == 404 and code is not None:
+        raise OrderNotFound(f"{what}: {message}")
+    if status == 404:
+        # No broker error body: a wrong URL, not a missing order. Saying "absent" here could
+        # make a caller believe an order does not exist.
+        raise BrokerRejected(f"endpoint not found: {message}", status, code)
+    if status == 429:
+        raise BrokerUnavailable(f"{what}: rate limited: {message}")
+    if status >= 500:
+        raise BrokerOutcomeUnknown(f"{what}: {status} {message}")
+    if status == 422 and message == DUPLICATE_CLIENT_ORDER_ID:
+        raise DuplicateClientOrderId(message, status, code)
+    if status == 422 and code == NOT_CANCELABLE_CODE:
+        raise OrderNotCancelable(message, status, code)
+    raise BrokerRejected(message, status, code)
+
+
+def _error_fields(raw: bytes) -> tuple[int | None, str]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None, raw.decode("utf-8", "replace")[:500]
+    if not isinstance(body, dict):
+        return None, str(body)[:500]
+    code = body.get("code")
+    return (code if isinstance(code, int) else None), str(body.get("message", ""))
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+__all__ = [
+    "BrokerAuthError",
+    "BrokerClient",
+    "BrokerError",
+    "BrokerOrder",
+    "BrokerOutcomeUnknown",
+    "BrokerRejected",
+    "BrokerUnavailable",
+    "DuplicateClientOrderId",
+    "OrderNotCancelable",
+    "OrderNotFound",
+    "Quote",
+    "TradeEvent",
+]

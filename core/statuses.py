@@ -1,0 +1,44 @@
+"""Order statuses, each set defined once: the saga's, and the broker's (Alpaca's names).
+
+The orders table, the ledger check, the reconciler and the saga all read these; nothing else
+spells a terminal status.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class OrderStatus(StrEnum):
+    """The saga's status of an order (the orders table's ``status``, the ``OrderStatus`` search
+    attribute)."""
+
+    NEW = "NEW"  # validating, pricing, reserving
+    ACCEPTED = "ACCEPTED"  # funds or shares held; going to the broker
+    SUBMITTED = "SUBMITTED"  # the broker has it
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    SETTLED = "SETTLED"
+    CANCELED = "CANCELED"
+    EXPIRED = "EXPIRED"
+    REJECTED = "REJECTED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {OrderStatus.SETTLED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED}
+)
+# The same set as plain text, for SQL parameters (``status <> ALL($n::text[])``).
+TERMINAL_STATUS_NAMES: tuple[str, ...] = tuple(sorted(s.value for s in TERMINAL_STATUSES))
+
+# Broker statuses that end an order, and the saga status each ends it in.
+BROKER_FINAL: dict[str, OrderStatus] = {
+    "filled": OrderStatus.SETTLED,
+    "canceled": OrderStatus.CANCELED,
+    "expired": OrderStatus.EXPIRED,
+    "rejected": OrderStatus.REJECTED,
+}
+BROKER_TERMINAL_STATUSES = frozenset(BROKER_FINAL)

@@ -1,0 +1,1 @@
+"""The local development stack: the Temporal dev server, the simulator, feeds, workers."""

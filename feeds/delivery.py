@@ -1,0 +1,58 @@
+"""The broker listener's callback: each execution event becomes a signal to its order's workflow.
+
+An event whose workflow is closed or unknown (a late broker order, a duplicate after the order
+ended) is not dropped: it starts a reconcile run targeted at that order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.broker_client import TradeEvent
+from core.settings import Settings
+from workflows.models import BrokerReport, workflow_id_for_key
+from workflows.order import BROKER_FINAL, OrderWorkflow
+
+log = logging.getLogger("feeds.delivery")
+
+
+def report_from_event(event: TradeEvent) -> BrokerReport:
+    order = event.order
+    return BrokerReport(
+        source="event",
+        broker_order_id=order.id,
+        status=order.status,
+        filled_qty=order.filled_qty,
+        filled_notional=order.filled_notional,
+        terminal=order.status in BROKER_FINAL,
+        execution_id=event.execution_id,
+    )
+
+
+def signal_workflows(client: Client, settings: Settings) -> Callable[[TradeEvent], Awaitable[None]]:
+    from workflows.reconcile import ReconcileInput, ReconcileWorkflow
+
+    async def deliver(event: TradeEvent) -> None:
+        cid = event.order.client_order_id
+        handle = client.get_workflow_handle(workflow_id_for_key(cid))
+        try:
+            await handle.signal(OrderWorkflow.broker_update, report_from_event(event))
+            return
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise  # the listener retries from this event's offset
+        log.info("event %s for %s has no running workflow; reconciling", event.offset, cid)
+        await client.start_workflow(
+            ReconcileWorkflow.run,
+            ReconcileInput.from_settings(settings, [cid]),
+            id=f"reconcile/event/{cid}",
+            task_queue=settings.orders_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+
+    return deliver

@@ -1,0 +1,205 @@
+"""The broker listener: hands each trade event from the broker's stream to a callback, in order.
+
+Delivery is at least once, in offset order, and never skips an offset the broker stored:
+- The offset is saved in Redis (``RedisKeys.listener_offset(name)``) only AFTER the callback
+  returned for that event, so a crash replays the event rather than losing it. To spare a
+  Redis write per event it is saved with the first event delivered ``save_every_s`` after the
+  previous save, at every reconnect, and when the listener stops; a crash replays the events
+  delivered since. Callbacks must therefore be idempotent (the saga books the broker's
+  cumulative fills, so a report seen twice is booked once).
+- Within a run, an event at or below the last delivered offset (a duplicate on the stream, or a
+  replay after a reconnect) is dropped.
+- A gap in offsets (an event dropped on the stream) is filled from the broker's stored events
+  before the later event is delivered; every ``resync_s`` the stream is reconnected from the
+  last offset, which also replays a trailing event that was dropped.
+- Any error (broker down, disconnect, simulator restart, a failing callback) reconnects from the
+  last delivered offset after an exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from core.broker_client import BrokerAuthError, BrokerClient, TradeEvent
+from core.keys import RedisKeys
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+OnEvent = Callable[[TradeEvent], Awaitable[None]]
+
+
+async def log_event(event: TradeEvent) -> None:
+    """The default callback: one log line per event (the saga replaces it with a signal)."""
+    order = event.order
+    log.info(
+        "event %d %s %s order=%s client_order_id=%s %s filled=%s/%s avg=%s",
+        event.offset,
+        event.event,
+        event.execution_id,
+        order.id,
+        order.client_order_id,
+        order.symbol,
+        order.filled_qty,
+        order.qty,
+        order.filled_avg_price,
+    )
+
+
+class BrokerListener:
+    def __init__(
+        self,
+        client: BrokerClient,
+        redis: aioredis.Redis,
+        keys: RedisKeys,
+        on_event: OnEvent,
+        name: str = "default",
+        *,
+        backoff_first_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        idle_timeout_s: float = 30.0,
+        resync_s: float = 30.0,
+        save_every_s: float = 0.5,
+    ) -> None:
+        self._client = client
+        self._redis = redis
+        self._key = keys.listener_offset(name)
+        self._on_event = on_event
+        self.name = name
+        self.backoff_first_s = backoff_first_s
+        self.backoff_max_s = backoff_max_s
+        self.idle_timeout_s = idle_timeout_s
+        self.resync_s = resync_s
+        self.save_every_s = save_every_s
+        self._save_due = 0.0
+        self._stream_ended = False
+        self.offset = 0
+        self._saved = 0
+        self.delivered = 0
+        self.reconnects = 0
+        self.duplicates = 0
+        self.backfilled = 0
+
+    async def load_offset(self) -> int:
+        raw = await self._redis.get(self._key)
+        self.offset = self._saved = int(raw) if raw is not None else 0
+        return self.offset
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Consume from the stored offset until ``stop`` is set (or a configuration error)."""
+        stop = stop or asyncio.Event()
+        await self.load_offset()
+        log.info("listener %r starting after offset %d", self.name, self.offset)
+        consumer = asyncio.create_task(self._consume_forever(stop))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (consumer, stopper):
+                task.cancel()
+            await asyncio.gather(consumer, stopper, return_exceptions=True)
+            try:
+                await self._save()  # what was delivered since the last save
+            except Exception as exc:  # Redis down: the next start replays those events
+                log.warning("listener %r: offset not saved: %s", self.name, exc)
+        if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
+            raise consumer.exception()  # type: ignore[misc]
+
+    async def _consume_forever(self, stop: asyncio.Event) -> None:
+        delay = self.backoff_first_s
+        while not stop.is_set():
+            try:
+                await self._save()
+                await self._consume_for(self.resync_s)
+            except BrokerAuthError:
+                raise
+            except Exception as exc:  # any failure: reconnect from the last delivered offset
+                log.warning("listener %r: %s: %s", self.name, type(exc).__name__, exc)
+                self.reconnects += 1
+                await _sleep_unless(stop, delay)
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            delay = self.backoff_first_s
+            # A planned resync reconnects at once; a stream the broker ended waits a moment so a
+            # broker that keeps closing streams is not hammered.
+            if self._stream_ended:
+                self.reconnects += 1
+                await _sleep_unless(stop, self.backoff_first_s)
+
+    async def _consume_for(self, seconds: float) -> None:
+        """Read the stream for up to ``seconds``, then return so the caller reconnects.
+
+        The reconnect replays from the last delivered offset, which the broker never drops:
+        that is how an event dropped at the end of the live stream (no later event to reveal
+        the gap) still arrives. Only the wait for the next event is timed, never a callback,
+        so a callback is not cut off halfway.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        stream = self._client.trade_updates(self.offset, self.idle_timeout_s)
+        self._stream_ended = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(stream)
+                except TimeoutError:
+                    return
+                except StopAsyncIteration:
+                    self._stream_ended = True
+                    return
+                await self._accept(event)
+        finally:
+            await stream.aclose()
+
+    async def _accept(self, event: TradeEvent) -> None:
+        if event.offset <= self.offset:
+            self.duplicates += 1  # a duplicate on the stream, or already delivered
+            return
+        if event.offset > self.offset + 1:
+            missing = event.offset - self.offset - 1
+            log.info("listener %r: %d event(s) missing before %d", self.name, missing, event.offset)
+            for earlier in await self._client.events_since(self.offset, limit=missing):
+                if self.offset < earlier.offset < event.offset:
+                    await self._deliver(earlier)
+                    self.backfilled += 1
+        await self._deliver(event)
+
+    async def _deliver(self, event: TradeEvent) -> None:
+        await self._on_event(event)
+        self.offset = event.offset
+        self.delivered += 1
+        if asyncio.get_running_loop().time() >= self._save_due:
+            await self._save()
+
+    async def _save(self) -> None:
+        if self.offset != self._saved:
+            await self._redis.set(self._key, self.offset)
+            self._saved = self.offset
+            self._save_due = asyncio.get_running_loop().time() + self.save_every_s
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def serve(
+    settings: Settings,
+    on_event: OnEvent = log_event,
+    name: str = "default",
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a listener built from settings (what ``ordersaga broker-listener`` does)."""
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        async with BrokerClient.from_settings(settings) as client:
+            keys = RedisKeys(settings.redis_prefix)
+            await BrokerListener(client, redis, keys, on_event, name).run(stop)
+    finally:
+        await redis.aclose()
