@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -34,8 +34,13 @@ from core.broker_client import (
 # --- inputs and results -------------------------------------------------------------------
 
 
+# The broker's client_order_id: for the saga its order key (core/orderkey.py), for the reconciler
+# whatever the broker listed. Payloads recorded before the rename call it order_id.
+ClientOrderId = Annotated[str, Field(validation_alias=AliasChoices("client_order_id", "order_id"))]
+
+
 class SubmitOrderInput(BaseModel):
-    order_id: str
+    client_order_id: ClientOrderId
     symbol: str
     qty: Decimal
     side: Literal["buy", "sell"]
@@ -71,7 +76,7 @@ class GetOrderResult(BaseModel):
 
 
 class CancelOrderInput(BaseModel):
-    order_id: str
+    client_order_id: ClientOrderId
     broker_order_id: str | None = None
 
 
@@ -82,7 +87,7 @@ class CancelOrderResult(BaseModel):
 
 
 class ReconcileOrderInput(BaseModel):
-    order_id: str
+    client_order_id: ClientOrderId
 
 
 class ReconcileOrderResult(BaseModel):
@@ -153,12 +158,12 @@ class BrokerActivities:
                 type=req.order_type,
                 time_in_force=req.time_in_force,
                 limit_price=req.limit_price,
-                client_order_id=req.order_id,
+                client_order_id=req.client_order_id,
             )
         except DuplicateClientOrderId:
             order = await self._existing(req, "the broker says the order already exists")
         except BrokerOutcomeUnknown as exc:
-            activity.logger.warning("submit %s: outcome unknown (%s)", req.order_id, exc)
+            activity.logger.warning("submit %s: outcome unknown (%s)", req.client_order_id, exc)
             order = await self._existing(req, f"outcome of the submit unknown: {exc}")
         except BrokerError as exc:
             raise _app_error(exc) from exc
@@ -166,17 +171,18 @@ class BrokerActivities:
 
     async def _existing(self, req: SubmitOrderInput, why: str) -> BrokerOrder:
         try:
-            order = await self._client.get_order_by_client_id(req.order_id)
+            order = await self._client.get_order_by_client_id(req.client_order_id)
         except BrokerError as exc:
             raise _app_error(exc) from exc
         if order is None:
             raise ApplicationError(
-                f"order {req.order_id} not at the broker yet ({why}); retry sends the same id",
+                f"order {req.client_order_id} not at the broker yet ({why});"
+                " retry sends the same id",
                 type=errors.BROKER_OUTCOME_UNKNOWN,
             )
         if not _same_order(order, req):
             raise ApplicationError(
-                f"broker order {order.id} for client id {req.order_id} is "
+                f"broker order {order.id} for client id {req.client_order_id} is "
                 f"{order.side} {order.qty} {order.symbol}, not {req.side} {req.qty} {req.symbol}",
                 type=errors.ORDER_CONFLICT,
                 non_retryable=True,
@@ -202,7 +208,7 @@ class BrokerActivities:
         try:
             broker_id = req.broker_order_id
             if broker_id is None:
-                found = await self._client.get_order_by_client_id(req.order_id)
+                found = await self._client.get_order_by_client_id(req.client_order_id)
                 if found is None:
                     return CancelOrderResult(status="absent")
                 broker_id = found.id
@@ -223,7 +229,7 @@ class BrokerActivities:
         Statuses the adapter does not know count as open.
         """
         try:
-            order = await self._client.get_order_by_client_id(req.order_id)
+            order = await self._client.get_order_by_client_id(req.client_order_id)
         except BrokerError as exc:
             raise _app_error(exc) from exc
         if order is None:

@@ -187,7 +187,7 @@ async def claim_c(sim: BrokerSim, cfg: dict[str, Any]) -> dict[str, Any]:
             ),
             "order's own id (product)": lambda oid: env.run(
                 acts.submit_order,
-                SubmitOrderInput(order_id=oid, symbol="AAPL", qty=Decimal(1), side="buy"),
+                SubmitOrderInput(client_order_id=oid, symbol="AAPL", qty=Decimal(1), side="buy"),
             ),
         }
         for n, (label, submit) in enumerate(variants.items()):

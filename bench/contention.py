@@ -34,7 +34,7 @@ from bench.common import (
 from bench.stack import Running, bench_settings, funded_accounts, saga_workers
 
 NAME = "contention"
-TIMING: dict[str, Any] = {"fill_poll_interval_s": 5.0, "submit_start_to_close_s": 15.0}
+TIMING: dict[str, Any] = {"saga": {"fill_poll_interval_s": 5.0, "submit_start_to_close_s": 15.0}}
 
 
 async def run_case(run: Running, accounts: list[str]) -> dict[str, Any]:

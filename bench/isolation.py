@@ -50,9 +50,11 @@ PHASES: dict[str, dict[str, Any]] = {
 # Product timing: a 5 s answer is an answer (not a timeout), a hang costs a full request timeout.
 ISOLATION_TIMING: dict[str, Any] = {
     "broker_request_timeout_s": 10.0,
-    "submit_start_to_close_s": 15.0,
-    "submit_schedule_to_close_s": 120.0,
-    "fill_poll_interval_s": 5.0,
+    "saga": {
+        "submit_start_to_close_s": 15.0,
+        "submit_schedule_to_close_s": 120.0,
+        "fill_poll_interval_s": 5.0,
+    },
 }
 
 

@@ -64,7 +64,9 @@ LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 # Product timing, not the tests' aggressive polling: at the test's 1 s a loaded run polls the
 # broker on timers and the saga's shape changes under load.
-SAGA_TIMING: dict[str, Any] = {"fill_poll_interval_s": 5.0, "submit_start_to_close_s": 15.0}
+SAGA_TIMING: dict[str, Any] = {
+    "saga": {"fill_poll_interval_s": 5.0, "submit_start_to_close_s": 15.0}
+}
 
 # A first try with 200 workflow-task slots and 10 pollers (and a 40-connection pool) settled
 # about half as many orders per second: more activations at once only queue on the GIL and the

@@ -9,7 +9,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -188,7 +188,7 @@ class _Run:
         self.progress.end()
         self.report.settling_s = round(time.monotonic() - settle_started, 1)
 
-    async def _open_orders(self, pool: asyncpg.Pool, keys: list[str]) -> int:
+    async def _open_orders(self, pool: asyncpg.Pool, keys: Sequence[str]) -> int:
         """Orders not terminal yet; an order whose place call failed may have no row: not open."""
         try:
             return int(

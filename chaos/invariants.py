@@ -7,6 +7,7 @@ its orders (listed in full) are compared with ours order by order.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Set as AbstractSet
 from decimal import Decimal
 
 import asyncpg
@@ -57,7 +58,7 @@ SELECT DISTINCT order_id FROM journal_entries WHERE code = 'post' AND order_id =
 
 
 async def check_invariants(
-    pool: asyncpg.Pool, broker_orders: list[BrokerOrder], placed_keys: set[str]
+    pool: asyncpg.Pool, broker_orders: list[BrokerOrder], placed_keys: AbstractSet[str]
 ) -> list[InvariantResult]:
     ledger = await check_ledger(pool)
     async with pool.acquire() as conn:
@@ -101,7 +102,7 @@ def _is_late(row: asyncpg.Record | None) -> bool:
 
 
 def _every_order_terminal(
-    rows: dict[str, asyncpg.Record], placed_keys: set[str]
+    rows: dict[str, asyncpg.Record], placed_keys: AbstractSet[str]
 ) -> InvariantResult:
     bad = [f"{k}: {rows[k]['status']}" for k in rows if rows[k]["status"] not in AGREES]
     bad += [f"{k}: no orders row" for k in sorted(placed_keys - rows.keys())]

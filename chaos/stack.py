@@ -36,12 +36,12 @@ CHAOS_APPS: tuple[AppSpec, ...] = (
 # Timing for the processes of a chaos stack: fast polls and short timeouts so faults resolve in
 # seconds, and an absent grace above the simulator's late-execution delay plus a request timeout.
 CHAOS_ENV = {
-    "ORDERSAGA_FILL_POLL_INTERVAL_S": "2",
+    "ORDERSAGA_SAGA__FILL_POLL_INTERVAL_S": "2",
     "ORDERSAGA_BROKER_REQUEST_TIMEOUT_S": "2",
     "ORDERSAGA_BROKER_CONNECT_TIMEOUT_S": "1",
-    "ORDERSAGA_SUBMIT_START_TO_CLOSE_S": "4",
-    "ORDERSAGA_SUBMIT_SCHEDULE_TO_CLOSE_S": "12",
-    "ORDERSAGA_ABSENT_GRACE_S": "20",
+    "ORDERSAGA_SAGA__SUBMIT_START_TO_CLOSE_S": "4",
+    "ORDERSAGA_SAGA__SUBMIT_SCHEDULE_TO_CLOSE_S": "12",
+    "ORDERSAGA_SAGA__ABSENT_GRACE_S": "20",
     "ORDERSAGA_MARKETDATA_INTERVAL_S": "0.5",
     "ORDERSAGA_QUOTE_MAX_AGE_S": "30",
     "ORDERSAGA_WORKER_GRACE_S": "2",
@@ -52,12 +52,14 @@ CHAOS_ENV = {
 def chaos_settings(**overrides: object) -> Settings:
     """Settings for the harness's own client side, matching what its processes run with."""
     values: dict[str, object] = {
-        "fill_poll_interval_s": 2.0,
         "broker_request_timeout_s": 2.0,
         "broker_connect_timeout_s": 1.0,
-        "submit_start_to_close_s": 4.0,
-        "submit_schedule_to_close_s": 12.0,
-        "absent_grace_s": 20.0,
+        "saga": {
+            "fill_poll_interval_s": 2.0,
+            "submit_start_to_close_s": 4.0,
+            "submit_schedule_to_close_s": 12.0,
+            "absent_grace_s": 20.0,
+        },
         "quote_max_age_s": 30.0,
         "database_url": "postgresql://postgres@127.0.0.1:5432/ordersaga_chaos",
     }

@@ -190,4 +190,5 @@ class Clients:
 
 
 def short_ttl_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"lock_ttl_ms": SHORT_LOCK_TTL_MS})
+    saga = settings.saga.model_copy(update={"lock_ttl_ms": SHORT_LOCK_TTL_MS})
+    return settings.model_copy(update={"saga": saga})

@@ -21,10 +21,11 @@ import click
 from activities.ledgercheck import check_ledger
 from cli.commands.common import table
 from core.settings import Settings
+from core.statuses import OrderStatus
 from devstack.stack import DevStack, apply_stack_env
 from ordersaga.client import OrderClient
 from ordersaga.schedules import ensure_reconcile_schedule
-from workflows.models import OrderState, OrderStatus
+from workflows.models import OrderState
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ BROKER_UNAVAILABLE = "BrokerUnavailable"  # retryable
 BROKER_OUTCOME_UNKNOWN = "BrokerOutcomeUnknown"  # retryable: look the order up by client id
 BROKER_AUTH = "BrokerAuth"  # wrong broker keys: a configuration error
 BROKER_ORDER_NOT_FOUND = "BrokerOrderNotFound"  # a broker order id the broker does not know
-NO_PRICE = "NoPrice"
 ORDER_CONFLICT = "OrderConflict"  # same order id, different parameters
 INVALID_REQUEST = "InvalidRequest"  # malformed input other than an amount (asset, side, ...)
 

@@ -81,10 +81,6 @@ def ceil_cash(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_CEILING)
 
 
-def round_qty(qty: Decimal) -> Decimal:
-    return qty.quantize(SHARE_QUANTUM, rounding=ROUND_HALF_UP)
-
-
 def commission(notional: Decimal, rate: Decimal, minimum: Decimal) -> Decimal:
     """Commission on a (cumulative) notional: rate x notional, at least the minimum, in cents."""
     if notional <= 0:

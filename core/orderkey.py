@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: no "\n" slips past a "$"
 WORKFLOW_PREFIX = "order/"
 
 
@@ -37,7 +37,7 @@ class OrderKey(str):
         if not isinstance(text, str):
             raise InvalidOrderKey(f"an order key is text, got {type(text).__name__}")
         account_id, sep, order_id = text.partition("/")
-        if not sep or not ID_PATTERN.match(account_id) or not ID_PATTERN.match(order_id):
+        if not sep or not ID_PATTERN.fullmatch(account_id) or not ID_PATTERN.fullmatch(order_id):
             raise InvalidOrderKey(
                 f"invalid order key {text[:140]!r}: expected <account>/<order>, each 1-64 "
                 "letters, digits, '_', '.', '-'"

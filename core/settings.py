@@ -6,17 +6,58 @@ Temporal dev server on 7233, the broker simulator on 8787.
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from pydantic import model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path(".state")
+ORDERS_TASK_QUEUE = "orders"
+BROKER_TASK_QUEUE = "broker"
+
+
+class SagaSettings(BaseModel):
+    """The order saga's knobs, ``ORDERSAGA_SAGA__<NAME>`` in the environment.
+
+    The starter passes them in each order's workflow input (workflows.models.SagaConfig), so
+    workflow code never reads the environment; this class holds each one's only default.
+    """
+
+    commission_rate: Decimal = Decimal("0.0025")
+    commission_minimum: Decimal = Decimal("0.50")
+    # A market buy is held, and sent as a limit, at ask x (1 + buffer).
+    market_buy_buffer: Decimal = Decimal("0.05")
+    lock_ttl_ms: int = 10_000
+    # How long one acquire waits for a busy account lock (then it is retried).
+    lock_wait_ms: int = 5_000
+    # With no broker report for this long, the saga asks the broker itself.
+    fill_poll_interval_s: float = 5.0
+    # The broker timing: per-attempt and total submit timeouts (also each broker question's), and
+    # how long an order the broker does not know must stay absent before its hold is voided
+    # (longer than any request can remain in flight: the client's timeout plus the broker's own
+    # late-execution window).
+    submit_start_to_close_s: float = 15.0
+    submit_schedule_to_close_s: float = 120.0
+    absent_grace_s: float = 180.0
+    # Past this many history events an order continues as new.
+    max_history_events: int = 2_000
+
+
+# Flat names the saga's knobs had before they were nested; setting one now is refused, never
+# silently ignored (a commission a deployer set must not quietly fall back to the default).
+RENAMED = {
+    **{name: f"saga__{name}" for name in SagaSettings.model_fields if name != "lock_wait_ms"},
+    "lock_acquire_timeout_ms": "saga__lock_wait_ms",
+}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORDERSAGA_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ORDERSAGA_", env_nested_delimiter="__", extra="ignore"
+    )
 
     # Stores
     database_url: str = "postgresql://postgres@127.0.0.1:5432/ordersaga"
@@ -31,8 +72,8 @@ class Settings(BaseSettings):
     temporal_api_key: str = ""  # Temporal Cloud API key; setting it turns TLS on
     temporal_tls: bool = False
     temporal_ui_url: str = "http://127.0.0.1:8233"
-    orders_task_queue: str = "orders"
-    broker_task_queue: str = "broker"
+    orders_task_queue: str = ORDERS_TASK_QUEUE
+    broker_task_queue: str = BROKER_TASK_QUEUE
 
     # Broker (Alpaca Trading API v2 compatible) and market data
     broker_url: str = "http://127.0.0.1:8787"
@@ -44,10 +85,6 @@ class Settings(BaseSettings):
     broker_max_connections: int = 50
     market_data_feed: str = ""  # Alpaca quote feed ("iex" on free plans); empty: the API's default
 
-    # Account lock
-    lock_ttl_ms: int = 10_000
-    lock_acquire_timeout_ms: int = 5_000
-
     # Ledger
     ledger_cas_attempts: int = 50
 
@@ -56,18 +93,9 @@ class Settings(BaseSettings):
     marketdata_symbols: str = "AAPL,MSFT,TSLA,NVDA,AMZN"
     marketdata_interval_s: float = 1.0
 
-    # Orders
-    commission_rate: Decimal = Decimal("0.0025")
-    commission_minimum: Decimal = Decimal("0.50")
-    market_buy_buffer: Decimal = Decimal("0.05")
-    fill_poll_interval_s: float = 5.0
+    # The order saga (nested: ORDERSAGA_SAGA__COMMISSION_RATE, ...)
+    saga: SagaSettings = Field(default_factory=SagaSettings)
     reconcile_every_s: float = 300.0
-    # The saga's broker timing: per-attempt and total submit timeouts, and how long an order the
-    # broker does not know must stay absent before its hold is voided (longer than any request
-    # can remain in flight).
-    submit_start_to_close_s: float = 15.0
-    submit_schedule_to_close_s: float = 120.0
-    absent_grace_s: float = 180.0
     reconcile_stuck_after_s: float = 900.0
 
     # Worker pools (the bulkhead: the broker queue has its own slots)
@@ -80,6 +108,19 @@ class Settings(BaseSettings):
     # Local dev stack
     state_dir: Path = DEFAULT_STATE_DIR
     temporal_ui_port: int = 8233
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_renamed(cls, values: Any) -> Any:
+        given = [k for k in RENAMED if isinstance(values, dict) and k in values]
+        given += [k for k in RENAMED if f"ORDERSAGA_{k.upper()}" in os.environ]
+        if given:
+            old = given[0]
+            raise ValueError(
+                f"ORDERSAGA_{old.upper()} is now ORDERSAGA_{RENAMED[old].upper()}"
+                f" (Settings(saga=SagaSettings({RENAMED[old].removeprefix('saga__')}=...)))"
+            )
+        return values
 
     @model_validator(mode="after")
     def _market_data_defaults_to_broker(self) -> Settings:

@@ -14,11 +14,13 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.broker_client import TradeEvent
+from core.orderkey import InvalidOrderKey, OrderKey
 from core.settings import Settings
-from workflows.models import BrokerReport, workflow_id_for_key
-from workflows.order import BROKER_FINAL, OrderWorkflow
+from core.statuses import BROKER_FINAL
+from workflows.models import BrokerReport
+from workflows.order import OrderWorkflow
 
-log = logging.getLogger("feeds.delivery")
+log = logging.getLogger(__name__)
 
 
 def report_from_event(event: TradeEvent) -> BrokerReport:
@@ -39,13 +41,18 @@ def signal_workflows(client: Client, settings: Settings) -> Callable[[TradeEvent
 
     async def deliver(event: TradeEvent) -> None:
         cid = event.order.client_order_id
-        handle = client.get_workflow_handle(workflow_id_for_key(cid))
         try:
-            await handle.signal(OrderWorkflow.broker_update, report_from_event(event))
-            return
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise  # the listener retries from this event's offset
+            key = OrderKey.parse(cid)
+        except InvalidOrderKey:
+            key = None  # not one of ours: the reconciler decides what it is
+        if key is not None:
+            handle = client.get_workflow_handle(key.workflow_id)
+            try:
+                await handle.signal(OrderWorkflow.broker_update, report_from_event(event))
+                return
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise  # the listener retries from this event's offset
         log.info("event %s for %s has no running workflow; reconciling", event.offset, cid)
         await client.start_workflow(
             ReconcileWorkflow.run,

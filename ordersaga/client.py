@@ -39,6 +39,7 @@ from activities.orders import OrderRow, OrderStoreActivities
 from core.db import create_pool
 from core.errors import UserError
 from core.money import parse_decimal
+from core.orderkey import WORKFLOW_PREFIX, InvalidOrderKey, OrderKey
 from core.settings import Settings
 from core.temporal import connect
 from workflows.models import (
@@ -48,26 +49,17 @@ from workflows.models import (
     OrderState,
     PlaceResult,
     SagaConfig,
+    place_result,
     validate_request,
-    workflow_id_for,
 )
 from workflows.order import OrderWorkflow
 
 
-def saga_config(settings: Settings) -> SagaConfig:
-    return SagaConfig(
-        orders_task_queue=settings.orders_task_queue,
-        broker_task_queue=settings.broker_task_queue,
-        commission_rate=settings.commission_rate,
-        commission_minimum=settings.commission_minimum,
-        market_buy_buffer=settings.market_buy_buffer,
-        lock_ttl_ms=settings.lock_ttl_ms,
-        lock_wait_ms=settings.lock_acquire_timeout_ms,
-        fill_poll_interval_s=settings.fill_poll_interval_s,
-        absent_grace_s=settings.absent_grace_s,
-        submit_start_to_close_s=settings.submit_start_to_close_s,
-        submit_schedule_to_close_s=settings.submit_schedule_to_close_s,
-    )
+def _key(account_id: str, order_id: str) -> OrderKey:
+    try:
+        return OrderKey.of(account_id, order_id)
+    except InvalidOrderKey as exc:
+        raise UserError(str(exc)) from None
 
 
 def _failure_message(err: BaseException) -> str:
@@ -136,9 +128,12 @@ class OrderClient:
     async def place_order(self, request: OrderRequest | None = None, **fields: Any) -> PlaceResult:
         """Start (or find) the order's workflow and return once it is held or refused."""
         req = request or self.build_request(**fields)
+        reason = validate_request(req)  # a request built elsewhere is checked here too
+        if reason:
+            raise UserError(reason)
         start = WithStartWorkflowOperation(
             OrderWorkflow.run,
-            OrderInput(request=req, config=saga_config(self.settings)),
+            OrderInput(request=req, config=SagaConfig.from_settings(self.settings)),
             id=req.workflow_id,
             task_queue=self.settings.orders_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -173,19 +168,10 @@ class OrderClient:
         state = await self.get_order(req.account_id, req.order_id)
         if state.request.params_hash() != req.params_hash():
             raise UserError(f"order id {req.order_id} is already used with other parameters")
-        return PlaceResult(
-            account_id=req.account_id,
-            order_id=req.order_id,
-            workflow_id=req.workflow_id,
-            accepted=state.held > 0,
-            status=state.status,
-            reason=state.reason,
-            held=state.held,
-            hold_asset=state.hold_asset,
-        )
+        return place_result(state)
 
     async def get_order(self, account_id: str, order_id: str) -> OrderState:
-        handle = self.temporal.get_workflow_handle(workflow_id_for(account_id, order_id))
+        handle = self.temporal.get_workflow_handle(_key(account_id, order_id).workflow_id)
         try:
             return await handle.query(OrderWorkflow.status)
         except RPCError as err:
@@ -197,7 +183,7 @@ class OrderClient:
         return state_from_row(row)
 
     async def cancel_order(self, account_id: str, order_id: str) -> CancelResult:
-        handle = self.temporal.get_workflow_handle(workflow_id_for(account_id, order_id))
+        handle = self.temporal.get_workflow_handle(_key(account_id, order_id).workflow_id)
         try:
             return await handle.execute_update(OrderWorkflow.cancel)
         except WorkflowUpdateFailedError as err:
@@ -210,7 +196,7 @@ class OrderClient:
 
     async def wait(self, account_id: str, order_id: str, timeout_s: float = 300) -> OrderState:
         handle = self.temporal.get_workflow_handle_for(
-            OrderWorkflow.run, workflow_id_for(account_id, order_id)
+            OrderWorkflow.run, _key(account_id, order_id).workflow_id
         )
         try:
             return await asyncio.wait_for(handle.result(), timeout_s)
@@ -232,7 +218,7 @@ class OrderClient:
         seen: dict[str, dict[str, Any]] = {}
         async for wf in self.temporal.list_workflows(" AND ".join(clauses), limit=limit):
             sa = wf.typed_search_attributes
-            key = wf.id.removeprefix("order/")
+            key = wf.id.removeprefix(WORKFLOW_PREFIX)
             seen[key] = {
                 "order": key,
                 "status": sa.get(SearchAttributeKey.for_keyword("OrderStatus")),
@@ -242,7 +228,7 @@ class OrderClient:
                 "source": "temporal",
             }
         for row in await self._store.list_orders(account_id, status, symbol, limit):
-            key = f"{row.account_id}/{row.order_id}"
+            key = OrderKey.of(row.account_id, row.order_id)
             seen.setdefault(
                 key,
                 {
@@ -297,7 +283,7 @@ def _quote(value: str) -> str:
 
 def state_from_row(row: OrderRow) -> OrderState:
     """An order's state from its permanent record (once Temporal's history is gone)."""
-    from workflows.models import OrderStatus
+    from core.statuses import OrderStatus
 
     req = OrderRequest(
         account_id=row.account_id,

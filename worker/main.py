@@ -14,7 +14,7 @@ import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
@@ -63,8 +63,7 @@ class Resources:
     settings: Settings
     pool: asyncpg.Pool | None = None
     redis: aioredis.Redis | None = None
-    broker: BrokerClient | None = None
-    closers: list[object] = field(default_factory=list)
+    broker: BrokerClient | None = None  # the broker queue's only
 
 
 @contextlib.asynccontextmanager
@@ -76,7 +75,7 @@ async def resources(settings: Settings, queues: Sequence[str]) -> AsyncIterator[
                 settings.database_url, settings.db_pool_min, settings.db_pool_max
             )
             res.redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-        if "broker" in queues or "orders" in queues:
+        if "broker" in queues:
             res.broker = BrokerClient.from_settings(settings)
         yield res
     finally:
@@ -93,7 +92,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
     keys = RedisKeys(s.redis_prefix)
     workers: list[Worker] = []
     if "orders" in queues:
-        assert res.pool is not None and res.redis is not None and res.broker is not None
+        assert res.pool is not None and res.redis is not None
         cache_workflow_bytecode()
         ledger = LedgerActivities(res.pool, cas_attempts=s.ledger_cas_attempts)
         lock = LockActivities(AccountLock(res.redis, keys, fence_floor=ledger.max_fence))

@@ -7,51 +7,17 @@ import json
 import re
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-class OrderStatus(StrEnum):
-    NEW = "NEW"  # validating, pricing, reserving
-    ACCEPTED = "ACCEPTED"  # funds or shares held; going to the broker
-    SUBMITTED = "SUBMITTED"  # the broker has it
-    PARTIALLY_FILLED = "PARTIALLY_FILLED"
-    CANCEL_REQUESTED = "CANCEL_REQUESTED"
-    SETTLED = "SETTLED"
-    CANCELED = "CANCELED"
-    EXPIRED = "EXPIRED"
-    REJECTED = "REJECTED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset(
-    {OrderStatus.SETTLED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED}
-)
+from core.orderkey import ID_PATTERN, OrderKey
+from core.settings import BROKER_TASK_QUEUE, ORDERS_TASK_QUEUE, SagaSettings, Settings
+from core.statuses import OrderStatus
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit"]
 TimeInForce = Literal["day", "gtc", "ioc"]
-
-
-def order_key(account_id: str, order_id: str) -> str:
-    """The order's global identity: the broker's client_order_id, the hold's and lock's owner."""
-    return f"{account_id}/{order_id}"
-
-
-def workflow_id_for(account_id: str, order_id: str) -> str:
-    return f"order/{order_key(account_id, order_id)}"
-
-
-def workflow_id_for_key(key: str) -> str:
-    """Workflow id from a broker client_order_id (the listener's lookup)."""
-    return f"order/{key}"
 
 
 class OrderRequest(BaseModel):
@@ -67,12 +33,12 @@ class OrderRequest(BaseModel):
     limit_price: Decimal | None = None
 
     @property
-    def key(self) -> str:
-        return order_key(self.account_id, self.order_id)
+    def key(self) -> OrderKey:
+        return OrderKey.of(self.account_id, self.order_id)
 
     @property
     def workflow_id(self) -> str:
-        return workflow_id_for(self.account_id, self.order_id)
+        return self.key.workflow_id
 
     def params_hash(self) -> str:
         """Hash of the order's parameters (not its id): same id + same hash = same order."""
@@ -88,30 +54,24 @@ class OrderRequest(BaseModel):
         return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:32]
 
 
-class SagaConfig(BaseModel):
-    """Knobs the starter passes in (from Settings), so workflow code never reads the environment."""
+class SagaConfig(SagaSettings):
+    """The saga's settings and task queues, as the starter passes them in each order's input."""
 
-    orders_task_queue: str = "orders"
-    broker_task_queue: str = "broker"
-    commission_rate: Decimal = Decimal("0.0025")
-    commission_minimum: Decimal = Decimal("0.50")
-    market_buy_buffer: Decimal = Decimal("0.05")
-    lock_ttl_ms: int = 10_000
-    lock_wait_ms: int = 5_000
-    fill_poll_interval_s: float = 5.0
-    # An order the broker does not know is voided only after it stayed absent this long since our
-    # last submit attempt: longer than any request can remain in flight (the client's timeout plus
-    # the broker's own late-execution window).
-    absent_grace_s: float = 120.0
-    submit_start_to_close_s: float = 15.0
-    submit_schedule_to_close_s: float = 120.0
-    max_history_events: int = 2_000
+    orders_task_queue: str = ORDERS_TASK_QUEUE
+    broker_task_queue: str = BROKER_TASK_QUEUE
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SagaConfig:
+        return cls(
+            orders_task_queue=settings.orders_task_queue,
+            broker_task_queue=settings.broker_task_queue,
+            **settings.saga.model_dump(),
+        )
 
 
 class TimelineEntry(BaseModel):
     at: datetime
     event: str
-    detail: str = ""
 
 
 class BrokerReport(BaseModel):
@@ -173,22 +133,40 @@ class PlaceResult(BaseModel):
     hold_asset: str | None = None
 
 
+def place_result(state: OrderState) -> PlaceResult:
+    """``place``'s answer from an order's state: the workflow's, and the client's once the
+    workflow has closed (from its final state or the orders table).
+
+    ``accepted`` says whether the order was held, which never changes: placing the same order
+    again answers as the first call did, with the status and reason it has now.
+    """
+    req = state.request
+    return PlaceResult(
+        account_id=req.account_id,
+        order_id=req.order_id,
+        workflow_id=state.workflow_id or req.workflow_id,
+        accepted=state.held > 0,
+        status=state.status,
+        reason=state.reason,
+        held=state.held,
+        hold_asset=state.hold_asset,
+    )
+
+
 class CancelResult(BaseModel):
     accepted: bool
     status: OrderStatus
     detail: str = ""
 
 
-def validate_request(req: OrderRequest, known_symbols: frozenset[str] | None = None) -> str | None:
+def validate_request(req: OrderRequest) -> str | None:
     """Pure validation; the reason the order is invalid, or None."""
-    if not ID_PATTERN.match(req.account_id):
+    if not ID_PATTERN.fullmatch(req.account_id):
         return "account id must be 1-64 characters of letters, digits, '_', '.', '-'"
-    if not ID_PATTERN.match(req.order_id):
+    if not ID_PATTERN.fullmatch(req.order_id):
         return "order id must be 1-64 characters of letters, digits, '_', '.', '-'"
-    if not re.match(r"^[A-Z][A-Z.]{0,9}$", req.symbol):
+    if not re.fullmatch(r"[A-Z][A-Z.]{0,9}", req.symbol):
         return f"invalid symbol {req.symbol!r}"
-    if known_symbols is not None and req.symbol not in known_symbols:
-        return f"unknown symbol {req.symbol}"
     if not req.qty.is_finite() or req.qty <= 0:
         return "quantity must be a positive number"
     if req.qty > Decimal(1_000_000):

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         BrokerActivities,
         CancelOrderInput,
         ReconcileOrderInput,
+        ReconcileOrderResult,
         SubmitOrderInput,
     )
     from activities.ledger import (
@@ -43,18 +44,21 @@ with workflow.unsafe.imports_passed_through():
     from activities.marketdata import GetQuoteInput, MarketDataActivities
     from activities.orders import OrderStoreActivities, RecordOrderInput, UpdateOrderInput
     from core import errors
-    from core.money import CASH_ASSET, ceil_cash, commission, round_cash
+    from core.broker_client import BrokerOrder
+    from core.money import round_cash
+    from core.statuses import BROKER_FINAL, OrderStatus
     from workflows.models import (
         BrokerReport,
         CancelResult,
         OrderInput,
         OrderRequest,
         OrderState,
-        OrderStatus,
         PlaceResult,
         TimelineEntry,
+        place_result,
         validate_request,
     )
+    from workflows.pricing import Hold, cumulative_fee, hold_for
 
 ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
 ACCOUNT_ID = SearchAttributeKey.for_keyword("AccountId")
@@ -63,13 +67,8 @@ SYMBOL = SearchAttributeKey.for_keyword("Symbol")
 ORDER_TERMINAL = "OrderTerminal"
 ORDER_CONFLICT_REASON = "order id already used with other parameters"
 
-# Broker statuses that end an order, and the saga status each ends in.
-BROKER_FINAL = {
-    "filled": OrderStatus.SETTLED,
-    "canceled": OrderStatus.CANCELED,
-    "expired": OrderStatus.EXPIRED,
-    "rejected": OrderStatus.REJECTED,
-}
+In = TypeVar("In")
+Out = TypeVar("Out")
 MAX_TIMELINE = 60
 MAX_FENCE_RETRIES = 5
 # Runs started from this version on take their quote, lock (when free), ledger and orders-table
@@ -92,6 +91,12 @@ LOCK_RETRY = RetryPolicy(
 BROKER_ASK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=[errors.BROKER_REJECTED],
+)
+# A submit is retried within the submit's total timeout; its outcome is then asked for.
+BROKER_SUBMIT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
     non_retryable_error_types=[errors.BROKER_REJECTED],
 )
 
@@ -132,7 +137,7 @@ class OrderWorkflow:
     async def place(self, request: OrderRequest) -> PlaceResult:
         """Answers once the order is held or refused; never waits on the broker."""
         await workflow.wait_condition(lambda: self._decided)
-        return self._place_result()
+        return place_result(self._state)
 
     @place.validator
     def _validate_place(self, request: OrderRequest) -> None:
@@ -217,12 +222,12 @@ class OrderWorkflow:
         if reason:
             await self._refuse(reason, recorded=False)
             return
-        priced = await self._price()
-        if priced is None:
+        hold = await self._price()
+        if hold is None:
             await self._refuse("no price: no fresh quote for " + req.symbol, recorded=False)
             return
-        asset, amount, limit_sent = priced
-        self._state.hold_asset, self._state.limit_sent = asset, limit_sent
+        asset, amount = hold.asset, hold.amount
+        self._state.hold_asset, self._state.limit_sent = asset, hold.limit_sent
         # Pushed before the reserve: a reserve interrupted by a cancellation may still commit,
         # and the void (idempotent, and a no-op on an order with no hold) covers both cases.
         self._compensations.append(self._void_before_pivot)
@@ -235,37 +240,24 @@ class OrderWorkflow:
         self._set_status(OrderStatus.ACCEPTED, f"held {amount} {asset}")
         self._decided = True
 
-    async def _price(self) -> tuple[str, Decimal, Decimal | None] | None:
-        """What to hold and the limit to send: (asset, amount, limit price or None)."""
-        req, cfg = self._state.request, self._cfg
-        cap = req.limit_price
+    async def _price(self) -> Hold | None:
+        """What to hold and the limit to send; None when a market order has no fresh quote."""
+        req = self._state.request
+        ask = None
         if req.order_type == "market":
-            quote = await self._quote()
-            if quote is None:
+            ask = await self._quote()
+            if ask is None:
                 return None
-            if req.side == "buy":
-                # Price protection: a market buy goes out as a limit capped at what is held.
-                cap = ceil_cash(quote * (1 + cfg.market_buy_buffer))
-        if req.side == "sell":
-            return req.symbol, req.qty, cap
-        assert cap is not None
-        notional = ceil_cash(req.qty * cap)
-        fee = commission(notional, cfg.commission_rate, cfg.commission_minimum)
-        return CASH_ASSET, notional + fee, cap
+        return hold_for(req, ask, self._cfg)
 
     async def _quote(self) -> Decimal | None:
-        try:
-            q = await self._step(
-                MarketDataActivities.get_quote,
-                GetQuoteInput(symbol=self._state.request.symbol),
-                start_to_close=timedelta(seconds=5),
-                retry=RetryPolicy(maximum_attempts=5, non_retryable_error_types=[errors.NO_PRICE]),
-            )
-        except STEP_ERRORS as err:
-            if _error_type(err) == errors.NO_PRICE:
-                return None
-            raise
-        if not getattr(q, "fresh", True) or q.ask is None or q.ask <= 0:
+        q = await self._step(
+            MarketDataActivities.get_quote,
+            GetQuoteInput(symbol=self._state.request.symbol),
+            start_to_close=timedelta(seconds=5),
+            retry=RetryPolicy(maximum_attempts=5),
+        )
+        if not q.fresh or q.ask is None or q.ask <= 0:
             return None
         return Decimal(q.ask)
 
@@ -374,10 +366,10 @@ class OrderWorkflow:
         self._pivoted = True
         self._compensations.clear()  # from here on nothing is compensated blindly
         try:
-            res = await workflow.execute_activity_method(
+            res = await self._broker(
                 BrokerActivities.submit_order,
                 SubmitOrderInput(
-                    order_id=req.key,
+                    client_order_id=req.key,
                     symbol=req.symbol,
                     qty=req.qty,
                     side=req.side,
@@ -385,14 +377,8 @@ class OrderWorkflow:
                     time_in_force=req.time_in_force,
                     limit_price=self._state.limit_sent,
                 ),
-                task_queue=self._cfg.broker_task_queue,
-                start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
-                schedule_to_close_timeout=timedelta(seconds=self._cfg.submit_schedule_to_close_s),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=1),
-                    maximum_interval=timedelta(seconds=10),
-                    non_retryable_error_types=[errors.BROKER_REJECTED],
-                ),
+                retry=BROKER_SUBMIT_RETRY,
+                schedule_to_close=timedelta(seconds=self._cfg.submit_schedule_to_close_s),
             )
         except ActivityError as err:
             if _error_type(err) == errors.BROKER_REJECTED:
@@ -413,7 +399,7 @@ class OrderWorkflow:
         gave_up_at = workflow.now()
         while True:
             view = await self._ask_broker()
-            if view.state != "absent":
+            if view.order is not None:  # open or terminal: the broker has it
                 self._reports.append(self._report_from(view.order, "poll"))
                 return True
             waited = (workflow.now() - gave_up_at).total_seconds()
@@ -483,13 +469,11 @@ class OrderWorkflow:
 
     async def _book(self, report: BrokerReport) -> None:
         """Post the increase of the broker's cumulative fill (booked once, whoever reports it)."""
-        st, cfg, req = self._state, self._cfg, self._state.request
+        st, req = self._state, self._state.request
         if report.filled_qty <= st.filled_qty:
             return
         cum_cash = round_cash(report.filled_notional)
-        cum_fee = commission(cum_cash, cfg.commission_rate, cfg.commission_minimum)
-        if req.side == "sell":
-            cum_fee = min(cum_fee, cum_cash)
+        cum_fee = cumulative_fee(req.side, report.filled_notional, self._cfg)
         res = await self._ledger(
             LedgerActivities.post_fill,
             PostFillInput(
@@ -504,7 +488,7 @@ class OrderWorkflow:
             report.filled_notional,
             cum_fee,
         )
-        st.posted_cash = Decimal(getattr(res, "posted_cash", cum_cash))
+        st.posted_cash = res.posted_cash
         if st.filled_qty < req.qty and st.status != OrderStatus.CANCEL_REQUESTED:
             self._set_status(OrderStatus.PARTIALLY_FILLED, f"filled {st.filled_qty}/{req.qty}")
         else:
@@ -513,29 +497,45 @@ class OrderWorkflow:
 
     async def _send_cancel(self) -> None:
         self._state.cancel_sent = True
-        res = await workflow.execute_activity_method(
+        res = await self._broker(
             BrokerActivities.cancel_order,
             CancelOrderInput(
-                order_id=self._state.request.key, broker_order_id=self._state.broker_order_id
+                client_order_id=self._state.request.key,
+                broker_order_id=self._state.broker_order_id,
             ),
-            task_queue=self._cfg.broker_task_queue,
-            start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
-            retry_policy=BROKER_ASK_RETRY,
+            retry=BROKER_ASK_RETRY,
         )
         if res.order is not None:
             self._reports.append(self._report_from(res.order, "cancel"))
 
-    async def _ask_broker(self) -> Any:
-        return await workflow.execute_activity_method(
+    async def _ask_broker(self) -> ReconcileOrderResult:
+        return await self._broker(
             BrokerActivities.reconcile_order,
-            ReconcileOrderInput(order_id=self._state.request.key),
+            ReconcileOrderInput(client_order_id=self._state.request.key),
+            retry=BROKER_ASK_RETRY,
+        )
+
+    async def _broker(
+        self,
+        method: Callable[[Any, In], Awaitable[Out]],
+        arg: In,
+        *,
+        retry: RetryPolicy,
+        schedule_to_close: timedelta | None = None,
+    ) -> Out:
+        """A broker call: an ordinary activity on the broker queue (the bulkhead), each attempt
+        bounded by the submit timeout."""
+        return await workflow.execute_activity_method(
+            method,
+            arg,
             task_queue=self._cfg.broker_task_queue,
             start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
-            retry_policy=BROKER_ASK_RETRY,
+            schedule_to_close_timeout=schedule_to_close,
+            retry_policy=retry,
         )
 
     @staticmethod
-    def _report_from(order: Any, source: str) -> BrokerReport:
+    def _report_from(order: BrokerOrder, source: str) -> BrokerReport:
         return BrokerReport(
             source=source,  # type: ignore[arg-type]
             broker_order_id=order.id,
@@ -612,8 +612,13 @@ class OrderWorkflow:
         return workflow.patched(LOCAL_STEPS_PATCH)
 
     async def _step(
-        self, method: Any, arg: Any, *, start_to_close: timedelta, retry: RetryPolicy
-    ) -> Any:
+        self,
+        method: Callable[[Any, In], Awaitable[Out]],
+        arg: In,
+        *,
+        start_to_close: timedelta,
+        retry: RetryPolicy,
+    ) -> Out:
         """A quote, unlock, ledger or orders-table step: Postgres or Redis work of milliseconds.
 
         It runs as a local activity, in this worker and inside the workflow task: no task-queue
@@ -633,7 +638,7 @@ class OrderWorkflow:
             method, arg, start_to_close_timeout=start_to_close, retry_policy=retry
         )
 
-    async def _ledger(self, method: Any, arg: Any) -> Any:
+    async def _ledger(self, method: Callable[[Any, In], Awaitable[Out]], arg: In) -> Out:
         return await self._step(
             method, arg, start_to_close=timedelta(seconds=30), retry=LEDGER_RETRY
         )
@@ -651,19 +656,6 @@ class OrderWorkflow:
             qty=req.qty,
             limit_price=req.limit_price,
             params_hash=req.params_hash(),
-        )
-
-    def _place_result(self) -> PlaceResult:
-        st = self._state
-        return PlaceResult(
-            account_id=st.request.account_id,
-            order_id=st.request.order_id,
-            workflow_id=st.workflow_id,
-            accepted=st.status != OrderStatus.REJECTED and st.held > 0,
-            status=st.status,
-            reason=st.reason,
-            held=st.held,
-            hold_asset=st.hold_asset,
         )
 
     def _should_continue_as_new(self) -> bool:

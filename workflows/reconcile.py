@@ -108,7 +108,7 @@ class ReconcileWorkflow:
         for cid in inp.client_order_ids:
             view = await workflow.execute_activity_method(
                 BrokerActivities.reconcile_order,
-                ReconcileOrderInput(order_id=cid),
+                ReconcileOrderInput(client_order_id=cid),
                 task_queue=inp.broker_task_queue,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=ASK,
@@ -125,7 +125,7 @@ class ReconcileWorkflow:
         if not late.terminal:
             res = await workflow.execute_activity_method(
                 BrokerActivities.cancel_order,
-                CancelOrderInput(order_id=late.client_order_id, broker_order_id=late.id),
+                CancelOrderInput(client_order_id=late.client_order_id, broker_order_id=late.id),
                 task_queue=inp.broker_task_queue,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=ASK,

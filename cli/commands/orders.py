@@ -8,13 +8,14 @@ from typing import Any
 import click
 
 from cli.commands.common import echo_json, run, table
+from core.orderkey import OrderKey
 from core.settings import Settings
 
 
 def _state_summary(state: Any) -> dict[str, Any]:
     req = state.request
     return {
-        "order": f"{req.account_id}/{req.order_id}",
+        "order": req.key,
         "status": state.status.value,
         "side": req.side,
         "qty": str(req.qty),
@@ -106,7 +107,9 @@ def register(cli: click.Group) -> None:
             verdict = "accepted" if placed.accepted else "refused"
             extra = f" (held {placed.held} {placed.hold_asset})" if placed.accepted else ""
             reason = f": {placed.reason}" if placed.reason else ""
-            click.echo(f"{placed.account_id}/{placed.order_id} {verdict}{extra}{reason}")
+            click.echo(
+                f"{OrderKey.of(placed.account_id, placed.order_id)} {verdict}{extra}{reason}"
+            )
         if not placed.accepted:
             raise SystemExit(1)
 

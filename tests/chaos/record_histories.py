@@ -30,9 +30,10 @@ import redis.asyncio as aioredis
 
 from core.db import drop_database, ensure_database, migrate, with_database
 from core.keys import RedisKeys
+from core.statuses import OrderStatus
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import SagaStack, saga_settings, saga_stack, start_dev_server
-from workflows.models import OrderState, OrderStatus
+from workflows.models import OrderState
 
 SERVER_DSN = os.environ.get(
     "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -19,11 +19,11 @@ from activities.ledgercheck import check_ledger
 from core.db import create_pool
 from core.keys import RedisKeys
 from core.settings import Settings
+from core.statuses import OrderStatus
 from ordersaga.client import OrderClient
 from tests.conftest import scratch_database
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import saga_settings
-from workflows.models import OrderStatus
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 

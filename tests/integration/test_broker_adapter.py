@@ -70,13 +70,13 @@ def new_id() -> str:
 
 
 def market_buy(order_id: str, qty: str = "1") -> SubmitOrderInput:
-    return SubmitOrderInput(order_id=order_id, symbol="AAPL", qty=Decimal(qty), side="buy")
+    return SubmitOrderInput(client_order_id=order_id, symbol="AAPL", qty=Decimal(qty), side="buy")
 
 
 def resting_limit_buy(order_id: str) -> SubmitOrderInput:
     # Far enough below the market never to fill, close enough (< 50%) not to be rejected.
     return SubmitOrderInput(
-        order_id=order_id,
+        client_order_id=order_id,
         symbol="MSFT",
         qty=Decimal("2"),
         side="buy",
@@ -146,7 +146,7 @@ async def test_rejection_is_non_retryable_with_reason(
     sim: BrokerSim, acts: BrokerActivities
 ) -> None:
     order_id = new_id()
-    bad = SubmitOrderInput(order_id=order_id, symbol="XYZ", qty=Decimal(1), side="buy")
+    bad = SubmitOrderInput(client_order_id=order_id, symbol="XYZ", qty=Decimal(1), side="buy")
     with pytest.raises(ApplicationError) as info:
         await acts.submit_order(bad)
     assert info.value.type == errors.BROKER_REJECTED
@@ -277,13 +277,13 @@ async def test_cancel_open_order(sim: BrokerSim, acts: BrokerActivities) -> None
     order_id = new_id()
     submitted = await acts.submit_order(resting_limit_buy(order_id))
     cancel = await acts.cancel_order(
-        CancelOrderInput(order_id=order_id, broker_order_id=submitted.broker_order_id)
+        CancelOrderInput(client_order_id=order_id, broker_order_id=submitted.broker_order_id)
     )
     assert cancel.status in ("pending_cancel", "canceled")
     await sim.admin("POST", "/admin/tick")
     after = await acts.get_order(GetOrderInput(broker_order_id=submitted.broker_order_id))
     assert after.order.status == "canceled"
-    again = await acts.cancel_order(CancelOrderInput(order_id=order_id))
+    again = await acts.cancel_order(CancelOrderInput(client_order_id=order_id))
     assert again.status == "canceled"
 
 
@@ -291,7 +291,7 @@ async def test_cancel_filled_order_answers_filled(sim: BrokerSim, acts: BrokerAc
     order_id = new_id()
     await acts.submit_order(market_buy(order_id, "3"))
     await sim.admin("POST", "/admin/tick")
-    cancel = await acts.cancel_order(CancelOrderInput(order_id=order_id))
+    cancel = await acts.cancel_order(CancelOrderInput(client_order_id=order_id))
     assert cancel.status == "filled"
     assert cancel.order is not None
     assert cancel.order.filled_qty == Decimal(3)
@@ -299,23 +299,23 @@ async def test_cancel_filled_order_answers_filled(sim: BrokerSim, acts: BrokerAc
 
 
 async def test_cancel_absent_order(acts: BrokerActivities) -> None:
-    assert (await acts.cancel_order(CancelOrderInput(order_id=new_id()))).status == "absent"
+    assert (await acts.cancel_order(CancelOrderInput(client_order_id=new_id()))).status == "absent"
 
 
 async def test_reconcile_absent_open_terminal(sim: BrokerSim, acts: BrokerActivities) -> None:
-    absent = await acts.reconcile_order(ReconcileOrderInput(order_id=new_id()))
+    absent = await acts.reconcile_order(ReconcileOrderInput(client_order_id=new_id()))
     assert (absent.state, absent.order) == ("absent", None)
 
     resting = new_id()
     await acts.submit_order(resting_limit_buy(resting))
-    opened = await acts.reconcile_order(ReconcileOrderInput(order_id=resting))
+    opened = await acts.reconcile_order(ReconcileOrderInput(client_order_id=resting))
     assert opened.state == "open"
     assert opened.order is not None and opened.order.client_order_id == resting
 
     filled = new_id()
     await acts.submit_order(market_buy(filled))
     await sim.admin("POST", "/admin/tick")
-    done = await acts.reconcile_order(ReconcileOrderInput(order_id=filled))
+    done = await acts.reconcile_order(ReconcileOrderInput(client_order_id=filled))
     assert done.state == "terminal"
     assert done.order is not None and done.order.status == "filled"
 

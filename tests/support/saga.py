@@ -122,16 +122,19 @@ def saga_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extr
         "market_data_url": sim_url,
         "orders_task_queue": f"orders-{tag}",
         "broker_task_queue": f"broker-{tag}",
-        "fill_poll_interval_s": 1.0,
         "broker_request_timeout_s": 2.0,
+        "marketdata_interval_s": 0.2,
+        "worker_grace_s": 2.0,
+    }
+    saga: dict[str, Any] = {
+        "fill_poll_interval_s": 1.0,
         "submit_start_to_close_s": 3.0,
         "submit_schedule_to_close_s": 8.0,
         "absent_grace_s": 6.0,
         "lock_ttl_ms": 5_000,
-        "marketdata_interval_s": 0.2,
-        "worker_grace_s": 2.0,
     }
-    values.update(extra)
+    saga.update(extra.pop("saga", {}))  # the caller's saga knobs over these, not instead
+    values.update(extra, saga=saga)
     return Settings(**values)
 
 

@@ -36,3 +36,14 @@ def test_filled_notional_from_the_order_when_present() -> None:
 def test_unfilled_order_has_zero_notional() -> None:
     order = BrokerOrder.model_validate({**ORDER, "filled_qty": "0", "filled_avg_price": None})
     assert order.filled_notional == 0
+
+
+def test_broker_inputs_recorded_before_the_rename_still_decode() -> None:
+    """In-flight orders and recorded histories carry ``order_id`` for the client order id."""
+    from activities.broker import CancelOrderInput, ReconcileOrderInput, SubmitOrderInput
+
+    old = {"order_id": "alice/o1", "symbol": "AAPL", "qty": "1", "side": "buy"}
+    assert SubmitOrderInput.model_validate(old).client_order_id == "alice/o1"
+    assert CancelOrderInput.model_validate({"order_id": "alice/o1"}).client_order_id == "alice/o1"
+    new = ReconcileOrderInput(client_order_id="alice/o1")
+    assert new.model_dump() == {"client_order_id": "alice/o1"}

@@ -169,7 +169,9 @@ def test_the_shared_env_parses_as_settings(
     assert settings.temporal_address == env["ORDERSAGA_TEMPORAL_ADDRESS"]
     assert settings.database_url == env["ORDERSAGA_DATABASE_URL"]
     assert settings.worker_grace_s == float(env["ORDERSAGA_WORKER_GRACE_S"])
-    assert settings.commission_rate == Decimal("0.0025")  # untouched fields keep their defaults
+    assert settings.saga.commission_rate == Decimal(
+        "0.0025"
+    )  # untouched fields keep their defaults
 
 
 def test_temporal_address_points_at_the_temporal_service(

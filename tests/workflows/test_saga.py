@@ -9,8 +9,8 @@ import pytest
 
 from core.errors import UserError
 from core.money import commission, round_cash
+from core.statuses import OrderStatus
 from tests.support.saga import SagaStack
-from workflows.models import OrderStatus
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
@@ -68,6 +68,9 @@ async def test_insufficient_funds_is_refused_with_nothing_held(saga: SagaStack) 
     assert placed.status == OrderStatus.REJECTED
     assert placed.reason and "insufficient funds" in placed.reason
     assert await balances(saga, acct) == {"USD": (Decimal("5.00"), Decimal(0))}
+    await saga.wait(acct, placed.order_id)
+    again = await saga.place(acct, symbol="AAPL", side="buy", qty="1", order_id=placed.order_id)
+    assert (again.accepted, again.status, again.reason) == (False, placed.status, placed.reason)
     row = await saga.orders._store.get_order(acct, placed.order_id)
     assert row is not None and row.status == "REJECTED"
     assert await saga.broker_orders(f"{acct}/{placed.order_id}") == []
@@ -91,6 +94,17 @@ async def test_broker_rejection_voids_the_hold(saga: SagaStack) -> None:
     assert final.status == OrderStatus.REJECTED
     assert final.reason and "broker rejected" in final.reason
     assert await balances(saga, acct) == {"USD": (Decimal("1000.00"), Decimal(0))}
+    # Placed again once closed: the first answer (it was held), with the status it has now.
+    again = await saga.place(
+        acct,
+        symbol="ZZZZ",
+        side="buy",
+        qty="1",
+        order_type="limit",
+        limit_price="10",
+        order_id=placed.order_id,
+    )
+    assert (again.accepted, again.held, again.status) == (True, placed.held, OrderStatus.REJECTED)
 
 
 async def test_partial_fills_sum_to_the_order(saga: SagaStack) -> None:

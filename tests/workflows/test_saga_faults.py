@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
+from core.statuses import OrderStatus
 from tests.support.saga import SagaStack
-from workflows.models import OrderStatus
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 

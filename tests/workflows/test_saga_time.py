@@ -49,8 +49,9 @@ from activities.orders import (
 )
 from core import errors
 from core.broker_client import BrokerOrder
+from core.statuses import OrderStatus
 from tests.support.saga import SEARCH_ATTRIBUTES, temporal_binary
-from workflows.models import OrderInput, OrderRequest, OrderState, OrderStatus, SagaConfig
+from workflows.models import OrderInput, OrderRequest, OrderState, SagaConfig
 from workflows.order import OrderWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -1,0 +1,87 @@
+"""One source of configuration: the saga's knobs nested in Settings, each with one default."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from pydantic import ValidationError
+
+from core.settings import SagaSettings, Settings
+from workflows.models import OrderInput, SagaConfig
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for var in [v for v in os.environ if v.startswith("ORDERSAGA_")]:
+        monkeypatch.delenv(var)
+
+
+def test_saga_knobs_come_from_nested_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERSAGA_SAGA__COMMISSION_RATE", "0.003")
+    monkeypatch.setenv("ORDERSAGA_SAGA__ABSENT_GRACE_S", "240")
+    saga = Settings().saga
+    assert saga.commission_rate == Decimal("0.003")
+    assert saga.absent_grace_s == 240.0
+    assert saga.lock_wait_ms == SagaSettings().lock_wait_ms
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("ORDERSAGA_COMMISSION_RATE", "ORDERSAGA_SAGA__COMMISSION_RATE"),
+        ("ORDERSAGA_LOCK_ACQUIRE_TIMEOUT_MS", "ORDERSAGA_SAGA__LOCK_WAIT_MS"),
+    ],
+)
+def test_a_flat_name_from_before_is_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch, old: str, new: str
+) -> None:
+    monkeypatch.setenv(old, "0")
+    with pytest.raises(ValidationError, match=new):
+        Settings()
+
+
+def test_a_flat_keyword_from_before_is_refused() -> None:
+    with pytest.raises(ValidationError, match="ORDERSAGA_SAGA__ABSENT_GRACE_S"):
+        Settings(absent_grace_s=1)  # type: ignore[call-arg]
+
+
+def test_the_workflow_input_carries_the_settings_and_queues() -> None:
+    settings = Settings(broker_task_queue="b2", saga=SagaSettings(fill_poll_interval_s=2))
+    config = SagaConfig.from_settings(settings)
+    assert config.broker_task_queue == "b2"
+    assert config.fill_poll_interval_s == 2
+    assert (
+        SagaSettings.model_validate(
+            config.model_dump(exclude={"orders_task_queue", "broker_task_queue"})
+        )
+        == settings.saga
+    )
+
+
+def test_one_default_each() -> None:
+    settings = Settings()
+    assert SagaConfig.from_settings(settings) == SagaConfig()
+    assert OrderInput.model_fields["config"].default_factory is not None
+
+
+def test_an_old_workflow_input_still_decodes() -> None:
+    """Inputs recorded before the nesting carry the same field names."""
+    old = {
+        "orders_task_queue": "orders",
+        "broker_task_queue": "broker",
+        "commission_rate": "0.0025",
+        "commission_minimum": "0.50",
+        "market_buy_buffer": "0.05",
+        "lock_ttl_ms": 10000,
+        "lock_wait_ms": 5000,
+        "fill_poll_interval_s": 5.0,
+        "absent_grace_s": 120.0,
+        "submit_start_to_close_s": 15.0,
+        "submit_schedule_to_close_s": 120.0,
+        "max_history_events": 2000,
+    }
+    config = SagaConfig.model_validate(old)
+    assert config.absent_grace_s == 120.0 and config.lock_wait_ms == 5000
