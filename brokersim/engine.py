@@ -19,7 +19,14 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
-from brokersim.orders import TERMINAL, ApiError, Order, invalid, parse_order_request
+from brokersim.orders import (
+    TERMINAL,
+    ApiError,
+    Order,
+    fill_parts,
+    invalid,
+    parse_order_request,
+)
 from brokersim.store import Store
 from core.money import InvalidAmount, parse_decimal
 
@@ -174,7 +181,7 @@ class Engine:
             created_at=now,
             updated_at=now,
             expires_at=next_close(now) if req.time_in_force == "day" else None,
-            part_qty=req.split(parts),
+            parts=fill_parts(req.qty, parts),
         )
         batch = _Batch()
         if self._far_from_market(order):
@@ -278,8 +285,7 @@ class Engine:
         limit = order.limit_price
         if limit is not None and (price > limit if order.side == "buy" else price < limit):
             return 0
-        # The last part takes the remainder, so the parts sum exactly to the order's qty.
-        qty = order.part_qty if order.remaining >= 2 * order.part_qty else order.remaining
+        qty = order.next_fill()
         order.filled_qty += qty
         order.filled_notional += qty * price
         if order.remaining == 0:

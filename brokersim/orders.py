@@ -69,7 +69,7 @@ class Order:
     created_at: datetime
     updated_at: datetime
     expires_at: datetime | None
-    part_qty: Decimal
+    parts: int
     filled_qty: Decimal = ZERO
     filled_notional: Decimal = ZERO
     filled_at: datetime | None = None
@@ -85,6 +85,10 @@ class Order:
     @property
     def remaining(self) -> Decimal:
         return self.qty - self.filled_qty
+
+    def next_fill(self) -> Decimal:
+        """The qty of the next of ``parts`` fills (see ``fill_parts``)."""
+        return fill_size(self.qty, self.parts, self.filled_qty)
 
     @property
     def filled_avg_price(self) -> Decimal | None:
@@ -122,7 +126,7 @@ class Order:
             **self.to_json(),
             "_seq": self.seq,
             "_expires_at": _ts(self.expires_at),
-            "_part_qty": str(self.part_qty),
+            "_parts": self.parts,
             "_matched_once": self.matched_once,
         }
 
@@ -143,7 +147,8 @@ class Order:
             created_at=parse_rfc3339(r["created_at"]),
             updated_at=parse_rfc3339(r["updated_at"]),
             expires_at=_dt(r["_expires_at"]),
-            part_qty=Decimal(r["_part_qty"]),
+            # A state file from before orders kept their part count: the rest in one fill.
+            parts=r.get("_parts", 1),
             filled_qty=Decimal(r["filled_qty"]),
             filled_notional=Decimal(r["filled_notional"]),
             filled_at=_dt(r["filled_at"]),
@@ -152,6 +157,20 @@ class Order:
             failed_at=_dt(r["failed_at"]),
             matched_once=r["_matched_once"],
         )
+
+
+def fill_parts(qty: Decimal, parts: int) -> int:
+    """How many fills ``qty`` splits into: ``parts``, or one per 1e-9 share when it has fewer
+    (3e-9 in 2 parts is 1e-9 and 2e-9; 1e-9 in 7 parts is a single fill)."""
+    return max(1, min(parts, int(qty / QTY_QUANTUM)))
+
+
+def fill_size(qty: Decimal, parts: int, filled: Decimal) -> Decimal:
+    """The next of ``parts`` fills of ``qty`` once ``filled`` is filled: qty / parts rounded down
+    to the 1e-9 grid, the last fill the remainder, so exactly ``parts`` positive fills sum to qty.
+    Each part is at least 1e-9 because ``parts`` comes from ``fill_parts``."""
+    part = (qty / parts).quantize(QTY_QUANTUM, rounding=ROUND_DOWN)
+    return part if filled < part * (parts - 1) else qty - filled
 
 
 @dataclass(frozen=True)
@@ -163,11 +182,6 @@ class OrderRequest:
     time_in_force: str
     limit_price: Decimal | None
     client_order_id: str
-
-    def split(self, parts: int) -> Decimal:
-        """The size of each partial fill but the last (which takes the remainder)."""
-        part = (self.qty / parts).quantize(QTY_QUANTUM, rounding=ROUND_DOWN)
-        return part if part > 0 else self.qty
 
 
 def _choice(body: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:

@@ -14,8 +14,8 @@ import asyncpg
 
 # Imported before any test runs: a late first import of hypothesis (its pytest plugin does one at
 # session end) can trip CPython 3.11's "AST constructor recursion depth mismatch" after the
-# Temporal workflow sandbox has run.
-import hypothesis  # noqa: F401
+# Temporal workflow sandbox has run. (It also registers the profiles below.)
+import hypothesis
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
@@ -28,6 +28,25 @@ SERVER_DSN = os.environ.get(
     "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("ORDERSAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# Property tests: a random search that remembers its failures locally (dev), the same examples on
+# every run in CI (ci), where a failure prints the blob that replays it (@reproduce_failure) and
+# nothing that depends on the machine's speed (a deadline, the too_slow health check) can fail a
+# run. HYPOTHESIS_PROFILE picks one (`ci` when CI is set); --hypothesis-profile still wins.
+# Registered here, before the test modules are imported, so their @settings(...) start from it
+# and override only the keys they name.
+hypothesis.settings.register_profile("dev")
+hypothesis.settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 
 def unique_name(kind: str) -> str:
