@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from brokersim.clock import SimClock
@@ -51,6 +51,7 @@ def fill_to_the_end(
 
 @settings(max_examples=60, deadline=None)
 @given(qty=quantities, parts=st.integers(1, 7), price_path=prices)
+@example(qty=Decimal("3E-9"), parts=2, price_path=[Decimal("200")])  # once 3 fills of 1e-9
 def test_partial_fills_sum_to_qty_and_the_average_matches_the_notional(
     qty: Decimal, parts: int, price_path: list[Decimal]
 ) -> None:
