@@ -12,8 +12,10 @@ import os
 import sys
 
 import click
+from pydantic import ValidationError
 
 from cli.commands import register_all
+from core.settings import settings_error
 from devstack.stack import apply_stack_env
 
 
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
+    except ValidationError as exc:  # settings out of range, wherever a command built them
+        click.echo(f"Error: {settings_error(exc)}", err=True)
+        code = 2
     except SystemExit as exc:  # click's --help / --version / ctx.exit
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:

@@ -11,8 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import UserError
 
 DEFAULT_STATE_DIR = Path(".state")
 ORDERS_TASK_QUEUE = "orders"
@@ -22,28 +24,45 @@ BROKER_TASK_QUEUE = "broker"
 class SagaSettings(BaseModel):
     """The order saga's knobs, ``ORDERSAGA_SAGA__<NAME>`` in the environment.
 
-    The starter passes them in each order's workflow input (workflows.models.SagaConfig), so
-    workflow code never reads the environment; this class holds each one's only default.
+    The orders worker owns them: each order reads its worker's (``SagaConfig``) once, through a
+    local activity recorded in its history, so workflow code never reads the environment and no
+    caller can tune what an order costs. Each has its only default here, and a range: a worker
+    whose settings are out of range does not start.
     """
 
-    commission_rate: Decimal = Decimal("0.0025")
-    commission_minimum: Decimal = Decimal("0.50")
+    commission_rate: Decimal = Field(Decimal("0.0025"), ge=0, le=Decimal("0.05"))
+    commission_minimum: Decimal = Field(Decimal("0.50"), ge=0, le=Decimal(100), decimal_places=2)
     # A market buy is held, and sent as a limit, at ask x (1 + buffer).
-    market_buy_buffer: Decimal = Decimal("0.05")
-    lock_ttl_ms: int = 10_000
+    market_buy_buffer: Decimal = Field(Decimal("0.05"), ge=0, le=Decimal("0.5"))
+    lock_ttl_ms: int = Field(10_000, ge=100, le=600_000)
     # How long one acquire waits for a busy account lock (then it is retried).
-    lock_wait_ms: int = 5_000
+    lock_wait_ms: int = Field(5_000, ge=0, le=600_000)
     # With no broker report for this long, the saga asks the broker itself.
-    fill_poll_interval_s: float = 5.0
+    fill_poll_interval_s: float = Field(5.0, gt=0, le=86_400)
     # The broker timing: per-attempt and total submit timeouts (also each broker question's), and
     # how long an order the broker does not know must stay absent before its hold is voided
     # (longer than any request can remain in flight: the client's timeout plus the broker's own
     # late-execution window).
-    submit_start_to_close_s: float = 15.0
-    submit_schedule_to_close_s: float = 120.0
-    absent_grace_s: float = 180.0
+    submit_start_to_close_s: float = Field(15.0, gt=0, le=3_600)
+    submit_schedule_to_close_s: float = Field(120.0, gt=0, le=86_400)
+    absent_grace_s: float = Field(180.0, gt=0, le=30 * 86_400)
     # Past this many history events an order continues as new.
-    max_history_events: int = 2_000
+    max_history_events: int = Field(2_000, ge=20, le=40_000)
+
+
+class SagaConfig(SagaSettings):
+    """What an order runs with: its worker's saga settings and task queues."""
+
+    orders_task_queue: str = ORDERS_TASK_QUEUE
+    broker_task_queue: str = BROKER_TASK_QUEUE
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SagaConfig:
+        return cls(
+            orders_task_queue=settings.orders_task_queue,
+            broker_task_queue=settings.broker_task_queue,
+            **settings.saga.model_dump(),
+        )
 
 
 # Flat names the saga's knobs had before they were nested; setting one now is refused, never
@@ -128,6 +147,25 @@ class Settings(BaseSettings):
             self.market_data_url = self.broker_url
         return self
 
+    @classmethod
+    def load(cls) -> Settings:
+        """Settings from the environment; out-of-range or unparsable values raise a UserError
+        of one line naming the variable (a process refuses to start on it)."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise UserError(settings_error(exc)) from None
+
     @property
     def symbols(self) -> list[str]:
         return [s.strip().upper() for s in self.marketdata_symbols.split(",") if s.strip()]
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line for the first problem: the environment variable and what is wrong with it."""
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a check of the whole (a renamed variable): the message names it
+        return f"invalid settings: {message}"
+    return f"invalid settings: ORDERSAGA_{'__'.join(loc).upper()}: {message}"

@@ -48,7 +48,6 @@ from workflows.models import (
     OrderRequest,
     OrderState,
     PlaceResult,
-    SagaConfig,
     place_result,
     validate_request,
 )
@@ -133,7 +132,7 @@ class OrderClient:
             raise UserError(reason)
         start = WithStartWorkflowOperation(
             OrderWorkflow.run,
-            OrderInput(request=req, config=SagaConfig.from_settings(self.settings)),
+            OrderInput(request=req),
             id=req.workflow_id,
             task_queue=self.settings.orders_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

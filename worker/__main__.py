@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from core.errors import UserError
 from core.settings import Settings
 from worker.main import parse_queues, run_workers
 
@@ -28,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         queues = parse_queues(args.queues)
     except ValueError as exc:
         parser.exit(2, f"python -m worker: {exc}\n")
+    try:
+        settings = Settings.load()
+    except UserError as exc:
+        parser.exit(2, f"python -m worker: {exc}\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(run_workers(Settings(), queues))
+    asyncio.run(run_workers(settings, queues))
     return 0
 
 

@@ -23,6 +23,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.broker import BrokerActivities
+from activities.config import ConfigActivities
 from activities.ledger import LedgerActivities
 from activities.lock import AccountLock, LockActivities
 from activities.marketdata import MarketDataActivities
@@ -31,7 +32,7 @@ from activities.reconcile import ReconcileActivities
 from core.broker_client import BrokerClient
 from core.db import create_pool
 from core.keys import RedisKeys
-from core.settings import Settings
+from core.settings import SagaConfig, Settings
 from core.temporal import connect
 from workflows.order import OrderWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -99,6 +100,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
         quotes = MarketDataActivities(res.redis, keys, max_age_s=s.quote_max_age_s)
         store = OrderStoreActivities(res.pool)
         reconcile = ReconcileActivities(res.pool, ledger)
+        config = ConfigActivities(SagaConfig.from_settings(s))
         workers.append(
             Worker(
                 client,
@@ -116,6 +118,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                     store.record_order,
                     store.update_order,
                     reconcile.find_breaks,
+                    config.saga_config,
                 ],
                 max_concurrent_activities=s.orders_max_concurrent_activities,
                 max_concurrent_local_activities=s.orders_max_concurrent_local_activities,

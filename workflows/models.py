@@ -7,12 +7,11 @@ import json
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from core.orderkey import ID_PATTERN, OrderKey
-from core.settings import BROKER_TASK_QUEUE, ORDERS_TASK_QUEUE, SagaSettings, Settings
 from core.statuses import OrderStatus
 
 Side = Literal["buy", "sell"]
@@ -52,21 +51,6 @@ class OrderRequest(BaseModel):
             "limit_price": None if self.limit_price is None else str(self.limit_price.normalize()),
         }
         return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:32]
-
-
-class SagaConfig(SagaSettings):
-    """The saga's settings and task queues, as the starter passes them in each order's input."""
-
-    orders_task_queue: str = ORDERS_TASK_QUEUE
-    broker_task_queue: str = BROKER_TASK_QUEUE
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SagaConfig:
-        return cls(
-            orders_task_queue=settings.orders_task_queue,
-            broker_task_queue=settings.broker_task_queue,
-            **settings.saga.model_dump(),
-        )
 
 
 class TimelineEntry(BaseModel):
@@ -116,7 +100,10 @@ class OrderInput(BaseModel):
     """The workflow's input; `carried` is set when the order continues as new."""
 
     request: OrderRequest
-    config: SagaConfig = Field(default_factory=SagaConfig)
+    # Only runs started before the worker owned the saga's settings read this (see
+    # OrderWorkflow.run); what a caller sends here is ignored, and not even parsed, so no value
+    # in it can stop the workflow's input from decoding.
+    config: dict[str, Any] | None = None
     carried: OrderState | None = None
 
 

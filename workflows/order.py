@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         ReconcileOrderResult,
         SubmitOrderInput,
     )
+    from activities.config import ConfigActivities, SagaConfigInput
     from activities.ledger import (
         LedgerActivities,
         OrderRecord,
@@ -46,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from core import errors
     from core.broker_client import BrokerOrder
     from core.money import round_cash
+    from core.settings import SagaConfig
     from core.statuses import BROKER_FINAL, OrderStatus
     from workflows.models import (
         BrokerReport,
@@ -75,6 +77,9 @@ MAX_FENCE_RETRIES = 5
 # steps as local activities; runs started before replay as they ran, with ordinary activities
 # (see _step and _acquire_lock).
 LOCAL_STEPS_PATCH = "local-steps-v1"
+# Runs started from this version on take the saga's settings from their worker (a local
+# activity), never from the input; runs started before read the input's, as they did.
+WORKER_SETTINGS_PATCH = "worker-settings-v1"
 
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
@@ -120,7 +125,7 @@ def _error_message(err: BaseException, default: str) -> str:
 class OrderWorkflow:
     @workflow.init
     def __init__(self, inp: OrderInput) -> None:
-        self._cfg = inp.config
+        self._cfg = SagaConfig()  # the worker's, read first thing in run()
         carried = inp.carried
         self._state = carried or OrderState(
             request=inp.request, workflow_id=workflow.info().workflow_id
@@ -180,6 +185,14 @@ class OrderWorkflow:
     @workflow.run
     async def run(self, inp: OrderInput) -> OrderState:
         self._local = self._use_local_steps()
+        if workflow.patched(WORKER_SETTINGS_PATCH):
+            self._cfg = await workflow.execute_local_activity_method(
+                ConfigActivities.saga_config,
+                SagaConfigInput(),
+                start_to_close_timeout=timedelta(seconds=5),
+            )
+        else:  # started before the worker owned them: replays with what it was given
+            self._cfg = SagaConfig.model_validate(inp.config or {})
         self._upsert_search_attributes()
         if inp.carried is None:
             try:
@@ -427,9 +440,7 @@ class OrderWorkflow:
                 if not self._reports:
                     self._note("continued as new (history is long); fills carried over")
                     workflow.continue_as_new(
-                        OrderInput(
-                            request=self._state.request, config=self._cfg, carried=self._state
-                        )
+                        OrderInput(request=self._state.request, carried=self._state)
                     )
         status = BROKER_FINAL[final.status]
         await self._void(f"broker says {final.status}")

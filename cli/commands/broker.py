@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
+from pydantic import ValidationError
 
 from core.settings import Settings
 
@@ -26,7 +27,10 @@ def _json_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def register(cli: click.Group) -> None:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError:  # only the defaults shown in --help; a command reports the error
+        settings = Settings.model_construct()
     default_url = urlsplit(settings.broker_url)
 
     @cli.command("broker-sim")

@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from core.settings import SagaSettings, Settings
-from workflows.models import OrderInput, SagaConfig
+from core.settings import SagaConfig, SagaSettings, Settings
+from workflows.models import OrderInput
 
 
 @pytest.fixture(autouse=True)
@@ -62,9 +62,44 @@ def test_the_workflow_input_carries_the_settings_and_queues() -> None:
 
 
 def test_one_default_each() -> None:
-    settings = Settings()
-    assert SagaConfig.from_settings(settings) == SagaConfig()
-    assert OrderInput.model_fields["config"].default_factory is not None
+    assert SagaConfig.from_settings(Settings()) == SagaConfig()
+
+
+def test_the_workflow_input_carries_no_settings_of_the_callers() -> None:
+    assert OrderInput.model_fields["config"].default is None
+    # whatever a caller puts there decodes (and is ignored): no value can wedge the input
+    inp = OrderInput.model_validate(
+        {
+            "request": {
+                "account_id": "a",
+                "order_id": "o",
+                "symbol": "AAPL",
+                "side": "buy",
+                "qty": "1",
+            },
+            "config": {"commission_rate": "-0.5", "broker_task_queue": "mine"},
+        }
+    )
+    assert inp.config is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("COMMISSION_RATE", "-0.5"),
+        ("COMMISSION_RATE", "NaN"),
+        ("MARKET_BUY_BUFFER", "-0.01"),
+        ("LOCK_TTL_MS", "0"),
+        ("FILL_POLL_INTERVAL_S", "-1"),
+        ("ABSENT_GRACE_S", "inf"),
+    ],
+)
+def test_out_of_range_saga_settings_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"ORDERSAGA_SAGA__{name}", value)
+    with pytest.raises(ValidationError, match=name.lower()):
+        Settings()
 
 
 def test_an_old_workflow_input_still_decodes() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,16 @@ def test_the_entry_point_does_not_go_through_the_cli() -> None:
         timeout=60,
     )
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_worker_with_a_negative_commission_does_not_start() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "--queues", "orders"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ORDERSAGA_SAGA__COMMISSION_RATE": "-0.5"},
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ORDERSAGA_SAGA__COMMISSION_RATE" in lines[0], done.stderr

@@ -31,6 +31,7 @@ from activities.broker import (
     SubmitOrderInput,
     SubmitOrderResult,
 )
+from activities.config import ConfigActivities
 from activities.ledger import (
     PostFillInput,
     PostFillResult,
@@ -49,9 +50,10 @@ from activities.orders import (
 )
 from core import errors
 from core.broker_client import BrokerOrder
+from core.settings import SagaConfig
 from core.statuses import OrderStatus
 from tests.support.saga import SEARCH_ATTRIBUTES, temporal_binary
-from workflows.models import OrderInput, OrderRequest, OrderState, SagaConfig
+from workflows.models import OrderInput, OrderRequest, OrderState
 from workflows.order import OrderWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -240,12 +242,16 @@ async def started(
         time_in_force="gtc",
         limit_price=Decimal(120),
     )
+    settings = ConfigActivities(config)  # the worker's own, as in production
     async with Worker(
-        env.client, task_queue=queue, workflows=[OrderWorkflow], activities=world.activities()
+        env.client,
+        task_queue=queue,
+        workflows=[OrderWorkflow],
+        activities=[*world.activities(), settings.saga_config],
     ):
         yield await env.client.start_workflow(
             OrderWorkflow.run,
-            OrderInput(request=req, config=config),
+            OrderInput(request=req),
             id=req.workflow_id,
             task_queue=queue,
             **start,
