@@ -68,7 +68,7 @@ async def test_insufficient_funds_is_refused_with_nothing_held(saga: SagaStack) 
     assert placed.status == OrderStatus.REJECTED
     assert placed.reason and "insufficient funds" in placed.reason
     assert await balances(saga, acct) == {"USD": (Decimal("5.00"), Decimal(0))}
-    row = await saga.orders._store.get_order(acct, placed.order_id)
+    row = await saga.orders._store.get(acct, placed.order_id)
     assert row is not None and row.status == "REJECTED"
     assert await saga.broker_orders(f"{acct}/{placed.order_id}") == []
 
