@@ -126,21 +126,7 @@ class Ledger:
             asset = rules.held_asset(input.side, symbol, input.asset)
             amount = rules.amount(input.amount, asset)
         order_key, key, fence = input.order_key, input.idempotency_key, input.fence
-        # The fence is left out: a retry after a lost answer may carry a newer token. The order
-        # key is hashed under its old name so a retry of a reserve recorded before the rename
-        # still matches.
-        args = store.args_hash(
-            "reserve",
-            {
-                "account_id": input.account_id,
-                "order_id": order_key,
-                "asset": asset,
-                "amount": amount,
-                "side": input.side,
-                "symbol": symbol,
-                "order": input.order.model_dump(mode="json") if input.order else None,
-            },
-        )
+        args = reserve_args_hash(input, asset=asset, amount=amount, symbol=symbol)
 
         async def body(conn: asyncpg.Connection) -> ReserveResult:
             await store.lock_order(conn, order_key)
@@ -315,6 +301,24 @@ class Ledger:
 
         with refusals():
             return await self._transact(body)
+
+
+def reserve_args_hash(input: ReserveInput, *, asset: str, amount: Decimal, symbol: str) -> str:
+    """The reserve's idempotency hash. The fence is left out: a retry after a lost answer may
+    carry a newer token. The order key is hashed under its old name, ``order_id``, so a retry of
+    a reserve recorded before the rename still matches."""
+    return store.args_hash(
+        "reserve",
+        {
+            "account_id": input.account_id,
+            "order_id": input.order_key,
+            "asset": asset,
+            "amount": amount,
+            "side": input.side,
+            "symbol": symbol,
+            "order": input.order.model_dump(mode="json") if input.order else None,
+        },
+    )
 
 
 def _posted(hold: Hold, *, applied: bool, post: rules.Fill | None = None) -> PostFillResult:
