@@ -1,30 +1,33 @@
 """The orders table: the permanent record of orders (outlasts Temporal's history retention).
 
-The reserve writes the row first, in the same transaction as the hold (activities/ledger.py).
-These activities record orders refused before any hold, and move a row through its statuses.
+``OrderStore`` does the work (plain async code); ``OrderStoreActivities`` wraps the two writes the
+saga makes. The reserve writes an order's row first, inside the ledger's transaction
+(activities/ledger/service.py), through ``insert_order`` here: the table's SQL lives only in this
+module. The activities record orders refused before any hold, and move a row through its
+statuses.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 import asyncpg
 from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.ledger import OrderRecord
 from core import errors
-
-TERMINAL = ("SETTLED", "CANCELED", "EXPIRED", "REJECTED")
+from core.statuses import TERMINAL_STATUS_NAMES, OrderStatus
 
 INSERT_ORDER = """
 INSERT INTO orders (account_id, order_id, workflow_id, symbol, side, order_type, time_in_force,
                     qty, limit_price, params_hash, status, reason)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-ON CONFLICT (account_id, order_id) DO NOTHING
+ON CONFLICT (account_id, order_id) DO NOTHING RETURNING order_id
 """
+SELECT_ORDER_HASH = "SELECT params_hash FROM orders WHERE account_id = $1 AND order_id = $2"
 # Terminal statuses are final, and cumulative fills never go down: a retried or late update
 # cannot undo a newer one.
 UPDATE_ORDER = """
@@ -37,6 +40,23 @@ UPDATE orders
    AND status <> ALL($9::text[])
 """
 SELECT_ORDER = "SELECT * FROM orders WHERE account_id = $1 AND order_id = $2"
+# The status the reserve writes an order's row with: it holds funds from that moment.
+RESERVED_STATUS = OrderStatus.ACCEPTED.value
+
+
+class OrderRecord(BaseModel):
+    """An order's row as first written: its parameters and their hash (the bare order id)."""
+
+    account_id: str
+    order_id: str
+    workflow_id: str
+    symbol: str
+    side: Literal["buy", "sell"]
+    order_type: Literal["market", "limit"]
+    time_in_force: Literal["day", "gtc", "ioc"]
+    qty: Decimal
+    limit_price: Decimal | None = None
+    params_hash: str
 
 
 class RecordOrderInput(BaseModel):
@@ -85,77 +105,80 @@ class OrderRow(BaseModel):
     updated_at: datetime
 
 
-class OrderStoreActivities:
+OrderRows = list[OrderRow]  # spelled once here: ``OrderStore.list`` shadows the builtin inside
+
+
+async def insert_order(
+    conn: asyncpg.Connection, r: OrderRecord, status: str, reason: str | None = None
+) -> bool:
+    """Insert the order's row if absent; True when this call created it. The same order id with
+    other parameters is refused (OrderConflict), never overwritten."""
+    inserted = await conn.fetchval(
+        INSERT_ORDER,
+        r.account_id,
+        r.order_id,
+        r.workflow_id,
+        r.symbol,
+        r.side,
+        r.order_type,
+        r.time_in_force,
+        r.qty,
+        r.limit_price,
+        r.params_hash,
+        status,
+        reason,
+    )
+    if inserted is not None:
+        return True
+    existing = await conn.fetchval(SELECT_ORDER_HASH, r.account_id, r.order_id)
+    if existing != r.params_hash:
+        raise ApplicationError(
+            f"order {r.order_id!r} exists with other parameters",
+            type=errors.ORDER_CONFLICT,
+            non_retryable=True,
+        )
+    return False
+
+
+class OrderStore:
+    """Record, update, get and list orders rows; plain async code, no Temporal."""
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @activity.defn
-    async def record_order(self, inp: RecordOrderInput) -> RecordOrderResult:
-        """Insert the order's row if absent. Retried: the row is written once; the same order id
-        with other parameters is refused (OrderConflict), never overwritten."""
-        r = inp.record
+    async def record(self, r: OrderRecord, status: str, reason: str | None = None) -> bool:
+        """Insert the row if absent; True when created (see ``insert_order``)."""
         async with self._pool.acquire() as conn:
-            status = await conn.execute(
-                INSERT_ORDER,
-                r.account_id,
-                r.order_id,
-                r.workflow_id,
-                r.symbol,
-                r.side,
-                r.order_type,
-                r.time_in_force,
-                r.qty,
-                r.limit_price,
-                r.params_hash,
-                inp.status,
-                inp.reason,
-            )
-            if status.endswith(" 1"):
-                return RecordOrderResult(created=True)
-            existing = await conn.fetchval(
-                "SELECT params_hash FROM orders WHERE account_id = $1 AND order_id = $2",
-                r.account_id,
-                r.order_id,
-            )
-        if existing != r.params_hash:
-            raise ApplicationError(
-                f"order {r.order_id} exists with other parameters",
-                type=errors.ORDER_CONFLICT,
-                non_retryable=True,
-            )
-        return RecordOrderResult(created=False)
+            return await insert_order(conn, r, status, reason)
 
-    @activity.defn
-    async def update_order(self, inp: UpdateOrderInput) -> UpdateOrderResult:
-        """Move the row to a status with its cumulative fills. Retried: same effect; a terminal
-        row is never changed again and fills never decrease."""
-        async with self._pool.acquire() as conn:
-            status = await conn.execute(
-                UPDATE_ORDER,
-                inp.account_id,
-                inp.order_id,
-                inp.status,
-                inp.reason,
-                inp.broker_order_id,
-                inp.filled_qty,
-                inp.filled_notional,
-                inp.fees,
-                list(TERMINAL),
-            )
-        return UpdateOrderResult(updated=status.endswith(" 1"))
+    async def update(self, inp: UpdateOrderInput) -> bool:
+        """Move a row to a status with its cumulative fills; False when the row is terminal
+        (or absent)."""
+        status = await self._pool.execute(
+            UPDATE_ORDER,
+            inp.account_id,
+            inp.order_id,
+            inp.status,
+            inp.reason,
+            inp.broker_order_id,
+            inp.filled_qty,
+            inp.filled_notional,
+            inp.fees,
+            list(TERMINAL_STATUS_NAMES),
+        )
+        return bool(status.endswith(" 1"))
 
-    async def get_order(self, account_id: str, order_id: str) -> OrderRow | None:
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(SELECT_ORDER, account_id, order_id)
+    async def get(self, account_id: str, order_id: str) -> OrderRow | None:
+        row = await self._pool.fetchrow(SELECT_ORDER, account_id, order_id)
         return OrderRow(**dict(row)) if row else None
 
-    async def list_orders(
+    async def list(
         self,
         account_id: str | None = None,
         status: str | None = None,
         symbol: str | None = None,
         limit: int = 100,
-    ) -> list[OrderRow]:
+    ) -> OrderRows:
         clauses: list[str] = []
         args: list[object] = []
         for column, value in (("account_id", account_id), ("status", status), ("symbol", symbol)):
@@ -165,6 +188,24 @@ class OrderStoreActivities:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         args.append(limit)
         sql = f"SELECT * FROM orders {where} ORDER BY created_at DESC LIMIT ${len(args)}"
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(sql, *args)
+        rows = await self._pool.fetch(sql, *args)
         return [OrderRow(**dict(r)) for r in rows]
+
+
+class OrderStoreActivities:
+    def __init__(self, store: OrderStore) -> None:
+        self._store = store
+
+    @activity.defn
+    async def record_order(self, inp: RecordOrderInput) -> RecordOrderResult:
+        """Insert the order's row if absent. Retried: the row is written once; the same order id
+        with other parameters is refused (OrderConflict), never overwritten."""
+        return RecordOrderResult(
+            created=await self._store.record(inp.record, inp.status, inp.reason)
+        )
+
+    @activity.defn
+    async def update_order(self, inp: UpdateOrderInput) -> UpdateOrderResult:
+        """Move the row to a status with its cumulative fills. Retried: same effect; a terminal
+        row is never changed again and fills never decrease."""
+        return UpdateOrderResult(updated=await self._store.update(inp))

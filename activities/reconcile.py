@@ -15,9 +15,7 @@ import asyncpg
 from pydantic import BaseModel, Field
 from temporalio import activity
 
-from activities.ledger import LedgerActivities
-
-TERMINAL = ("SETTLED", "CANCELED", "EXPIRED", "REJECTED")
+from core.statuses import TERMINAL_STATUS_NAMES
 
 
 class BrokerOrderView(BaseModel):
@@ -58,9 +56,8 @@ def split_key(client_order_id: str) -> tuple[str, str] | None:
 
 
 class ReconcileActivities:
-    def __init__(self, pool: asyncpg.Pool, ledger: LedgerActivities) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._ledger = ledger
 
     @activity.defn
     async def find_breaks(self, inp: FindBreaksInput) -> FindBreaksResult:
@@ -73,7 +70,7 @@ class ReconcileActivities:
             stuck = await conn.fetch(
                 "SELECT account_id, order_id, status, updated_at FROM orders"
                 " WHERE status <> ALL($1::text[]) AND updated_at < $2",
-                list(TERMINAL),
+                list(TERMINAL_STATUS_NAMES),
                 cutoff,
             )
         for row in stuck:
@@ -97,7 +94,9 @@ class ReconcileActivities:
                 " WHERE account_id = $1 AND order_id = $2",
                 *ids,
             )
-        gave_up = row is None or (row["status"] in TERMINAL and row["broker_order_id"] is None)
+        gave_up = row is None or (
+            row["status"] in TERMINAL_STATUS_NAMES and row["broker_order_id"] is None
+        )
         if gave_up:
             result.late.append(bo)
             result.breaks.append(
@@ -110,7 +109,7 @@ class ReconcileActivities:
             )
         elif (
             row is not None
-            and row["status"] in TERMINAL
+            and row["status"] in TERMINAL_STATUS_NAMES
             and bo.terminal
             and row["filled_qty"] != bo.filled_qty
         ):

@@ -5,8 +5,9 @@
 (a) Lock alone is not enough. Writers update one balance under the product's Redis lock with a
     TTL shorter than a pause injected between taking the lock and writing. Lock alone (a blind
     read-pause-write, bench/broken.py) loses updates; lock + fencing token + compare-and-set (the
-    product's LedgerActivities.reserve_funds, re-locking on a stale fence as the saga does) loses
-    none. Lost updates = what the writers were told they applied minus what the balance shows.
+    product's Ledger.reserve, the reserve_funds activity's work, re-locking on a stale fence as the
+    saga does) loses none. Lost updates = what the writers were told they applied minus what the
+    balance shows.
 (b) Threads: shared versus separate pools under a slow broker (bench.isolation, fewer orders).
 (c) Idempotency. Submissions through a broker that executes and then drops the reply, retried
     until answered: with a fresh client_order_id per attempt (bench/broken.py) versus the
@@ -31,7 +32,14 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.broker import BrokerActivities, SubmitOrderInput
-from activities.ledger import DepositInput, LedgerActivities, OpenAccountInput, ReserveInput
+from activities.ledger import (
+    DepositInput,
+    Ledger,
+    OpenAccountInput,
+    ReserveInput,
+    get_balances,
+    max_fence,
+)
 from activities.lock import AccountLock
 from bench import isolation
 from bench.broken import BlindLedger, submit_with_fresh_id
@@ -79,7 +87,7 @@ class Writers:
 
 async def fresh_account(pool: asyncpg.Pool, tag: str) -> str:
     account_id = f"claim-{tag}-{uuid.uuid4().hex[:8]}"
-    ledger = LedgerActivities(pool)
+    ledger = Ledger(pool)
     await ledger.open_account(OpenAccountInput(account_id=account_id))
     await ledger.deposit(
         DepositInput(
@@ -102,17 +110,17 @@ async def lock_alone(w: Writers, account_id: str, writer: int) -> None:
 
 
 async def lock_and_cas(w: Writers, account_id: str, writer: int) -> None:
-    ledger = LedgerActivities(w.pool)
+    ledger = Ledger(w.pool)
     for i in range(w.cfg["updates"]):
         owner = f"{account_id}/{writer}-{i}"
         while True:
             fence = await w.locked(account_id, owner)
             try:
                 await w.pause()
-                await ledger.reserve_funds(
+                await ledger.reserve(
                     ReserveInput(
                         account_id=account_id,
-                        order_id=owner,
+                        order_key=owner,
                         asset="USD",
                         amount=AMOUNT,
                         fence=fence,
@@ -134,8 +142,7 @@ async def lock_and_cas(w: Writers, account_id: str, writer: int) -> None:
 async def claim_a(database_url: str, keys: RedisKeys, cfg: dict[str, Any]) -> dict[str, Any]:
     pool = await asyncpg.create_pool(database_url, min_size=2, max_size=cfg["writers"] + 4)
     redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    ledger = LedgerActivities(pool)
-    lock = AccountLock(redis, keys, fence_floor=ledger.max_fence)
+    lock = AccountLock(redis, keys, fence_floor=functools.partial(max_fence, pool))
     out: dict[str, Any] = {"config": cfg}
     try:
         for label, writer in (("lock alone", lock_alone), ("lock + CAS (product)", lock_and_cas)):
@@ -143,7 +150,7 @@ async def claim_a(database_url: str, keys: RedisKeys, cfg: dict[str, Any]) -> di
             account_id = await fresh_account(pool, "a")
             w = Writers(pool, lock, cfg)
             await asyncio.gather(*(writer(w, account_id, n) for n in range(cfg["writers"])))
-            bal = (await ledger.get_balances(account_id)).of("USD")
+            bal = (await get_balances(pool, account_id)).of("USD")
             moved = (START - bal.available) / AMOUNT
             out[label] = {
                 "updates_applied": w.applied,

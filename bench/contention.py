@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from activities.ledgercheck import check_ledger
+from activities.ledger import check_ledger
 from bench.common import (
     bar_chart,
     finish,

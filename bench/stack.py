@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 import worker.main as composition
-from activities.ledger import LedgerActivities
+from activities.ledger import Ledger
 from activities.lock import AccountLock, Acquired
 from bench.common import REDIS_URL, Infra
 from bench.variants import OrdinaryStepsOrderWorkflow
@@ -64,8 +64,8 @@ class Counters:
         return self.ledger_runs - self.ledger_calls
 
 
-def counting_ledger(counters: Counters) -> type[LedgerActivities]:
-    class CountingLedger(LedgerActivities):
+def counting_ledger(counters: Counters) -> type[Ledger]:
+    class CountingLedger(Ledger):
         async def _transact(self, body: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
             counters.ledger_calls += 1
 
@@ -177,7 +177,7 @@ async def saga_workers(
     res = composition.Resources(settings, pool=pool, redis=redis, broker=broker)
     counters = Counters()
     with (
-        mock.patch.object(composition, "LedgerActivities", counting_ledger(counters)),
+        mock.patch.object(composition, "Ledger", counting_ledger(counters)),
         mock.patch.object(composition, "AccountLock", counting_lock(counters)),
     ):
         workers = build(client, res, layout, tuning or {}, shared_slots)

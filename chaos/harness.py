@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 
 from activities.broker import BrokerActivities, ListBrokerOrdersInput
-from activities.ledgercheck import TERMINAL_ORDER_STATUSES
 from chaos.faults import Injector, build_schedule, parse_kinds
 from chaos.invariants import check_invariants
 from chaos.report import ChaosReport, Progress
@@ -36,6 +35,7 @@ from chaos.workload import (
 from core.broker_client import BrokerClient, BrokerOrder
 from core.keys import RedisKeys
 from core.settings import Settings
+from core.statuses import TERMINAL_STATUS_NAMES
 from core.temporal import connect
 from ordersaga.client import OrderClient
 from ordersaga.schedules import run_reconcile_now
@@ -196,7 +196,7 @@ class _Run:
                     "SELECT count(*) FROM orders WHERE account_id || '/' || order_id ="
                     " ANY($1::text[]) AND status <> ALL($2::text[])",
                     keys,
-                    TERMINAL_ORDER_STATUSES,
+                    list(TERMINAL_STATUS_NAMES),
                 )
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):

@@ -13,9 +13,10 @@ from decimal import Decimal
 import asyncpg
 from pydantic import BaseModel, Field
 
-from activities.ledgercheck import TERMINAL_ORDER_STATUSES, check_ledger
+from activities.ledger import check_ledger
 from core.broker_client import BrokerOrder
 from core.money import CASH_ASSET, round_cash
+from core.statuses import TERMINAL_STATUS_NAMES
 
 # Our terminal status -> the broker statuses it may stand beside (None: no broker order).
 AGREES: dict[str, set[str | None]] = {
@@ -98,7 +99,7 @@ async def check_invariants(
 
 def _is_late(row: asyncpg.Record | None) -> bool:
     """A broker order for an order we gave up on (or never recorded): the reconciler's case."""
-    return row is None or (row["status"] in TERMINAL_ORDER_STATUSES and not row["broker_order_id"])
+    return row is None or (row["status"] in TERMINAL_STATUS_NAMES and not row["broker_order_id"])
 
 
 def _every_order_terminal(

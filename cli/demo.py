@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import click
 
-from activities.ledgercheck import check_ledger
+from activities.ledger import check_ledger
 from cli.commands.common import table
 from core.settings import Settings
 from core.statuses import OrderStatus
@@ -136,7 +136,7 @@ def _fmt(amount: Decimal) -> str:
 
 
 async def _balance_rows(oc: OrderClient, accounts: dict[str, str]) -> list[dict[str, object]]:
-    rows = []
+    rows: list[dict[str, object]] = []
     for account_id in accounts.values():
         acct = await oc.balance(account_id)
         for b in acct.balances:

@@ -69,6 +69,22 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     return applied
 
 
+async def pending_migrations(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """The migrations not yet applied to the DSN's database (all of them on a new database);
+    raises asyncpg's InvalidCatalogNameError when the database does not exist."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        table = await conn.fetchval("SELECT to_regclass('schema_migrations')")
+        done = (
+            {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            if table is not None
+            else set()
+        )
+    finally:
+        await conn.close()
+    return [m.name for m in load_migrations(directory) if m.version not in done]
+
+
 async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """The pool every process uses, with a release that costs no round trip.
 

@@ -34,8 +34,17 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.ledger import DepositInput, LedgerActivities, OpenAccountInput, WithdrawInput
-from activities.orders import OrderRow, OrderStoreActivities
+from activities.ledger import (
+    AccountBalances,
+    DepositInput,
+    Ledger,
+    OpenAccountInput,
+    OpenAccountResult,
+    TransferResult,
+    WithdrawInput,
+    get_balances,
+)
+from activities.orders import OrderRow, OrderStore
 from core.db import create_pool
 from core.errors import UserError
 from core.money import parse_decimal
@@ -75,8 +84,8 @@ class OrderClient:
         self.temporal = temporal
         self.settings = settings
         self._pool = pool
-        self._ledger = LedgerActivities(pool, cas_attempts=settings.ledger_cas_attempts)
-        self._store = OrderStoreActivities(pool)
+        self._ledger = Ledger(pool, cas_attempts=settings.ledger_cas_attempts)
+        self._store = OrderStore(pool)
 
     @classmethod
     @asynccontextmanager
@@ -176,7 +185,7 @@ class OrderClient:
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
-        row = await self._store.get_order(account_id, order_id)
+        row = await self._store.get(account_id, order_id)
         if row is None:
             raise UserError(f"unknown order {account_id}/{order_id}")
         return state_from_row(row)
@@ -226,7 +235,7 @@ class OrderClient:
                 "started": wf.start_time.isoformat(timespec="seconds"),
                 "source": "temporal",
             }
-        for row in await self._store.list_orders(account_id, status, symbol, limit):
+        for row in await self._store.list(account_id, status, symbol, limit):
             key = OrderKey.of(row.account_id, row.order_id)
             seen.setdefault(
                 key,
@@ -243,14 +252,14 @@ class OrderClient:
 
     # ---------------------------------------------------------------- accounts
 
-    async def open_account(self, account_id: str, currency: str = "USD") -> Any:
+    async def open_account(self, account_id: str, currency: str = "USD") -> OpenAccountResult:
         return await self._ledger.open_account(
             OpenAccountInput(account_id=account_id, currency=currency)
         )
 
     async def deposit(
         self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
-    ) -> Any:
+    ) -> TransferResult:
         return await self._ledger.deposit(
             DepositInput(
                 account_id=account_id,
@@ -262,7 +271,7 @@ class OrderClient:
 
     async def withdraw(
         self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
-    ) -> Any:
+    ) -> TransferResult:
         return await self._ledger.withdraw(
             WithdrawInput(
                 account_id=account_id,
@@ -272,8 +281,8 @@ class OrderClient:
             )
         )
 
-    async def balance(self, account_id: str) -> Any:
-        return await self._ledger.get_balances(account_id)
+    async def balance(self, account_id: str) -> AccountBalances:
+        return await get_balances(self._pool, account_id)
 
 
 def _quote(value: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import compileall
 import contextlib
+import functools
 import inspect
 import logging
 import signal
@@ -24,10 +25,10 @@ from temporalio.worker import Worker
 
 from activities.broker import BrokerActivities
 from activities.config import ConfigActivities
-from activities.ledger import LedgerActivities
+from activities.ledger import Ledger, LedgerActivities, max_fence
 from activities.lock import AccountLock, LockActivities
 from activities.marketdata import MarketDataActivities
-from activities.orders import OrderStoreActivities
+from activities.orders import OrderStore, OrderStoreActivities
 from activities.reconcile import ReconcileActivities
 from core.broker_client import BrokerClient
 from core.db import create_pool
@@ -95,11 +96,13 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
     if "orders" in queues:
         assert res.pool is not None and res.redis is not None
         cache_workflow_bytecode()
-        ledger = LedgerActivities(res.pool, cas_attempts=s.ledger_cas_attempts)
-        lock = LockActivities(AccountLock(res.redis, keys, fence_floor=ledger.max_fence))
+        ledger = LedgerActivities(Ledger(res.pool, cas_attempts=s.ledger_cas_attempts))
+        lock = LockActivities(
+            AccountLock(res.redis, keys, fence_floor=functools.partial(max_fence, res.pool))
+        )
         quotes = MarketDataActivities(res.redis, keys, max_age_s=s.quote_max_age_s)
-        store = OrderStoreActivities(res.pool)
-        reconcile = ReconcileActivities(res.pool, ledger)
+        store = OrderStoreActivities(OrderStore(res.pool))
+        reconcile = ReconcileActivities(res.pool)
         config = ConfigActivities(SagaConfig.from_settings(s))
         workers.append(
             Worker(
@@ -109,7 +112,6 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                 activities=[
                     lock.acquire_lock,
                     lock.release_lock,
-                    lock.extend_lock,
                     ledger.reserve_funds,
                     ledger.post_fill,
                     ledger.void_funds,
@@ -134,7 +136,6 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                 task_queue=s.broker_task_queue,
                 activities=[
                     broker.submit_order,
-                    broker.get_order,
                     broker.cancel_order,
                     broker.reconcile_order,
                     broker.list_broker_orders,

@@ -289,7 +289,7 @@ class OrderWorkflow:
                     LedgerActivities.reserve_funds,
                     ReserveInput(
                         account_id=req.account_id,
-                        order_id=key,
+                        order_key=key,
                         asset=asset,
                         amount=amount,
                         fence=fence,
@@ -488,7 +488,7 @@ class OrderWorkflow:
         res = await self._ledger(
             LedgerActivities.post_fill,
             PostFillInput(
-                order_id=req.key,
+                order_key=req.key,
                 cum_qty=report.filled_qty,
                 cum_notional=report.filled_notional,
                 cum_fee=cum_fee,
@@ -571,7 +571,7 @@ class OrderWorkflow:
         req = self._state.request
         res = await self._ledger(
             LedgerActivities.void_funds,
-            VoidInput(order_id=req.key, idempotency_key=f"{req.key}:void"),
+            VoidInput(order_key=req.key, idempotency_key=f"{req.key}:void"),
         )
         self._state.released = Decimal(res.released)
         self._note(f"released {res.released} {self._state.hold_asset or ''} ({why})".strip())

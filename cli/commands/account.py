@@ -1,7 +1,8 @@
 """``ordersaga account open|deposit|withdraw|show``: the ledger straight from Postgres.
 
-Needs only Postgres: the database is created and migrated on first use. Every refusal (bad
-amount, unknown account, too little available) is one line on stderr and a non-zero exit.
+Needs only Postgres, migrated by ``ordersaga db migrate`` (or ``ordersaga dev up``); these
+commands never change the schema. Every refusal (bad amount, unknown account, too little
+available, a database not migrated) is one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from temporalio.exceptions import ApplicationError
 from activities.ledger import (
     AccountBalances,
     DepositInput,
-    LedgerActivities,
+    Ledger,
     OpenAccountInput,
     TransferResult,
     WithdrawInput,
+    get_balances,
 )
 from cli.commands.common import echo_json, run, table
-from core.db import create_pool, ensure_database, migrate
+from core.db import create_pool, pending_migrations
 from core.errors import UserError
 from core.money import InvalidAmount, validate_amount
 from core.settings import Settings
@@ -38,15 +40,20 @@ def plain(d: Decimal) -> str:
     return format(d, "f")
 
 
+NOT_MIGRATED = "the ledger database is not migrated: run `ordersaga db migrate`"
+
+
 @asynccontextmanager
 async def ledger_pool(settings: Settings | None = None) -> AsyncIterator[asyncpg.Pool]:
-    """A small pool on a created and migrated database."""
+    """A small pool on a migrated database; a database that is missing or behind the code's
+    migrations is one line telling the user what to run (schema changes are a deliberate step)."""
     settings = settings or Settings()
     try:
-        await ensure_database(settings.database_url)
-    except asyncpg.exceptions.DuplicateDatabaseError:
-        pass  # another process created it a moment ago
-    await migrate(settings.database_url)
+        pending = await pending_migrations(settings.database_url)
+    except asyncpg.exceptions.InvalidCatalogNameError:
+        raise UserError(NOT_MIGRATED) from None
+    if pending:
+        raise UserError(f"{NOT_MIGRATED} ({len(pending)} pending)")
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
         yield pool
@@ -54,12 +61,12 @@ async def ledger_pool(settings: Settings | None = None) -> AsyncIterator[asyncpg
         await pool.close()
 
 
-async def with_ledger(action: Callable[[LedgerActivities], Awaitable[T]]) -> T:
+async def with_ledger(action: Callable[[Ledger, asyncpg.Pool], Awaitable[T]]) -> T:
     """Run ``action`` against the ledger; refusals become one-line user errors."""
     settings = Settings()
     async with ledger_pool(settings) as pool:
         try:
-            return await action(LedgerActivities(pool, settings.ledger_cas_attempts))
+            return await action(Ledger(pool, settings.ledger_cas_attempts), pool)
         except ApplicationError as exc:
             raise UserError(exc.message) from None
 
@@ -119,7 +126,7 @@ def register(cli: click.Group) -> None:
     def open_cmd(account_id: str, currency: str, as_json: bool) -> None:
         """Open ACCOUNT_ID (a second open is a no-op)."""
         inp = OpenAccountInput(account_id=account_id, currency=currency)
-        result = run(with_ledger(lambda ledger: ledger.open_account(inp)))
+        result = run(with_ledger(lambda ledger, _: ledger.open_account(inp)))
         if as_json:
             echo_json(result.model_dump(mode="json"))
         elif result.created:
@@ -143,7 +150,7 @@ def register(cli: click.Group) -> None:
             asset=asset.upper(),
             idempotency_key=idempotency_key or f"cli-deposit-{uuid.uuid4()}",
         )
-        result = run(with_ledger(lambda ledger: ledger.deposit(inp)))
+        result = run(with_ledger(lambda ledger, _: ledger.deposit(inp)))
         _echo_transfer("deposited", result, as_json)
 
     @account.command("withdraw")
@@ -162,7 +169,7 @@ def register(cli: click.Group) -> None:
             asset=asset.upper(),
             idempotency_key=idempotency_key or f"cli-withdraw-{uuid.uuid4()}",
         )
-        result = run(with_ledger(lambda ledger: ledger.withdraw(inp)))
+        result = run(with_ledger(lambda ledger, _: ledger.withdraw(inp)))
         _echo_transfer("withdrew", result, as_json)
 
     @account.command("show")
@@ -170,7 +177,7 @@ def register(cli: click.Group) -> None:
     @json_option
     def show_cmd(account_id: str, as_json: bool) -> None:
         """Available and held per asset, with each row's version."""
-        result = run(with_ledger(lambda ledger: ledger.get_balances(account_id)))
+        result = run(with_ledger(lambda _, pool: get_balances(pool, account_id)))
         if as_json:
             echo_json(balances_json(result))
             return

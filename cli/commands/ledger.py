@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from activities.ledgercheck import LedgerReport, check_ledger
+from activities.ledger import LedgerReport, check_ledger
 from cli.commands.account import ledger_pool
 from cli.commands.common import echo_json, run
 

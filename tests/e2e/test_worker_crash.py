@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.ledgercheck import check_ledger
+from activities.ledger import check_ledger
 from core.db import create_pool
 from core.keys import RedisKeys
 from core.settings import Settings

@@ -14,8 +14,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from activities.ledger import DepositInput, LedgerActivities, OpenAccountInput
-from core.db import drop_database
+from activities.ledger import DepositInput, OpenAccountInput
+from core.db import drop_database, ensure_database
+from tests.support.ledger import LedgerUnderTest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
@@ -81,7 +82,7 @@ async def test_idempotency_key_makes_a_repeated_deposit_apply_once(
     )
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     assert runs[0].stdout == runs[1].stdout
-    balances = await LedgerActivities(db_pool).get_balances(account)
+    balances = await LedgerUnderTest(db_pool).get_balances(account)
     assert balances.of("USD").available == D("6.00")
 
 
@@ -120,7 +121,7 @@ _SHARED: list[str] = []
 
 async def open_direct(pool: asyncpg.Pool, cash: str) -> str:
     """Set-up through the library (CLI processes are slow to start; they are the subject)."""
-    ledger = LedgerActivities(pool)
+    ledger = LedgerUnderTest(pool)
     account = f"cli-{uuid.uuid4().hex[:10]}"
     await ledger.open_account(OpenAccountInput(account_id=account))
     await ledger.deposit(DepositInput(account_id=account, amount=D(cash), idempotency_key=account))
@@ -151,7 +152,7 @@ async def test_concurrent_deposits_from_many_processes_lose_none(
         *(cli(database_url, "account", "deposit", account, "1.25") for _ in range(8))
     )
     assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
-    balances = await LedgerActivities(db_pool).get_balances(account)
+    balances = await LedgerUnderTest(db_pool).get_balances(account)
     assert balances.of("USD").available == D("10.01")
 
 
@@ -159,6 +160,7 @@ async def test_ledger_check_passes_then_fails_on_a_violation(database_url: str) 
     # a scratch database of its own: the planted violation must not leak into other tests
     scratch = database_url.rsplit("/", 1)[0] + f"/ordersaga_test_clicheck_{uuid.uuid4().hex[:8]}"
     try:
+        assert (await cli(scratch, "db", "migrate")).returncode == 0
         await new_account(scratch)
         ok = await cli(scratch, "ledger", "check", "--json")
         assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
@@ -172,5 +174,30 @@ async def test_ledger_check_passes_then_fails_on_a_violation(database_url: str) 
         assert json.loads(bad.stdout)["conservation"] == [{"asset": "USD", "total": "1.000000000"}]
         human = await cli(scratch, "ledger", "check")
         assert human.returncode == 1 and "not conserved" in human.stdout
+    finally:
+        await drop_database(scratch)
+
+
+async def test_account_commands_need_a_migrated_database(database_url: str) -> None:
+    """Migrating is ``ordersaga db migrate`` (or ``dev up``), never a side effect of a command."""
+    scratch = database_url.rsplit("/", 1)[0] + f"/ordersaga_test_unmigrated_{uuid.uuid4().hex[:8]}"
+    try:
+        for args in (["account", "show", "x"], ["ledger", "check"]):
+            missing = await cli(scratch, *args)  # the database does not exist yet
+            assert missing.returncode != 0 and missing.stdout == ""
+            assert missing.stderr.strip().splitlines() == [
+                "Error: the ledger database is not migrated: run `ordersaga db migrate`"
+            ]
+        await ensure_database(scratch)  # created but empty: still refused, and left empty
+        empty = await cli(scratch, "account", "open", "x")
+        assert empty.returncode != 0 and len(empty.stderr.strip().splitlines()) == 1
+        assert "ordersaga db migrate" in empty.stderr
+        conn = await asyncpg.connect(scratch)
+        try:
+            assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
+        finally:
+            await conn.close()
+        assert (await cli(scratch, "db", "migrate")).returncode == 0
+        assert (await cli(scratch, "account", "open", "x")).returncode == 0
     finally:
         await drop_database(scratch)

@@ -18,17 +18,17 @@ from activities.ledger import (
     OMNIBUS,
     DepositInput,
     ErrorFillInput,
-    LedgerActivities,
     OpenAccountInput,
     OrderRecord,
     PostFillInput,
     ReserveInput,
     VoidInput,
     WithdrawInput,
+    check_ledger,
 )
-from activities.ledgercheck import check_ledger
 from core import errors
 from tests.conftest import scratch_database
+from tests.support.ledger import LedgerUnderTest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 T = TypeVar("T")
@@ -52,11 +52,11 @@ async def ledger_pool() -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def ledger(ledger_pool: asyncpg.Pool) -> LedgerActivities:
-    return LedgerActivities(ledger_pool)
+def ledger(ledger_pool: asyncpg.Pool) -> LedgerUnderTest:
+    return LedgerUnderTest(ledger_pool)
 
 
-async def open_funded(ledger: LedgerActivities, cash: str = "0", **shares: str) -> str:
+async def open_funded(ledger: LedgerUnderTest, cash: str = "0", **shares: str) -> str:
     """A fresh customer account holding ``cash`` USD and the given shares."""
     account = f"acct-{uuid.uuid4().hex[:12]}"
     await ledger.open_account(OpenAccountInput(account_id=account))
@@ -77,7 +77,7 @@ def uuid4() -> str:
 def buy(account: str, order_id: str, amount: str, fence: int = 1, **kw: object) -> ReserveInput:
     return ReserveInput(
         account_id=account,
-        order_id=order_id,
+        order_key=order_id,
         asset="USD",
         amount=D(amount),
         fence=fence,
@@ -104,7 +104,7 @@ async def retried(call: Callable[[], Awaitable[T]]) -> T:
                 raise
 
 
-async def usd(ledger: LedgerActivities, account: str) -> tuple[D, D]:
+async def usd(ledger: LedgerUnderTest, account: str) -> tuple[D, D]:
     b = (await ledger.get_balances(account)).of("USD")
     return b.available, b.held
 
@@ -118,13 +118,13 @@ async def assert_ledger_clean(pool: asyncpg.Pool) -> None:
 
 
 async def test_100_concurrent_reserves_lose_no_update(
-    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
 ) -> None:
     account = await open_funded(ledger, "500.00")
 
     async def one(i: int) -> bool:
         try:
-            await retried(lambda: ledger.reserve_funds(buy(account, f"{account}-o{i}", "7.00")))
+            await retried(lambda: ledger.reserve_funds(buy(account, f"{account}/o{i}", "7.00")))
             return True
         except ApplicationError as exc:
             assert exc.type == errors.INSUFFICIENT_FUNDS
@@ -141,10 +141,10 @@ async def test_100_concurrent_reserves_lose_no_update(
 
 async def test_conflicts_running_out_raise_retryable_conflict(ledger_pool: asyncpg.Pool) -> None:
     # one CAS attempt and many racers: some must lose and say "retry", never "insufficient"
-    ledger = LedgerActivities(ledger_pool, cas_attempts=1)
-    account = await open_funded(LedgerActivities(ledger_pool), "1000.00")
+    ledger = LedgerUnderTest(ledger_pool, cas_attempts=1)
+    account = await open_funded(LedgerUnderTest(ledger_pool), "1000.00")
     results = await asyncio.gather(
-        *(ledger.reserve_funds(buy(account, f"{account}-o{i}", "1.00")) for i in range(20)),
+        *(ledger.reserve_funds(buy(account, f"{account}/o{i}", "1.00")) for i in range(20)),
         return_exceptions=True,
     )
     failures = [r for r in results if isinstance(r, BaseException)]
@@ -158,25 +158,25 @@ async def test_conflicts_running_out_raise_retryable_conflict(ledger_pool: async
 # ------------------------------------------------------------------ fences
 
 
-async def test_stale_fence_is_refused(ledger: LedgerActivities) -> None:
+async def test_stale_fence_is_refused(ledger: LedgerUnderTest) -> None:
     account = await open_funded(ledger, "100.00")
-    await ledger.reserve_funds(buy(account, f"{account}-a", "10.00", fence=5))
-    exc = await refused(ledger.reserve_funds(buy(account, f"{account}-b", "20.00", fence=3)))
+    await ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=5))
+    exc = await refused(ledger.reserve_funds(buy(account, f"{account}/b", "20.00", fence=3)))
     assert exc.type == errors.STALE_FENCE and exc.non_retryable
     assert await usd(ledger, account) == (D("90.00"), D("10.00"))
     assert await ledger.max_fence(account) == 5
 
 
-async def test_fence_is_per_account_across_assets(ledger: LedgerActivities) -> None:
+async def test_fence_is_per_account_across_assets(ledger: LedgerUnderTest) -> None:
     account = await open_funded(ledger, "100.00", AAPL="2")
-    await ledger.reserve_funds(buy(account, f"{account}-a", "10.00", fence=7))
+    await ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=7))
     sell = ReserveInput(
         account_id=account,
-        order_id=f"{account}-s",
+        order_key=f"{account}/s",
         asset="AAPL",
         amount=D("1"),
         fence=6,
-        idempotency_key=f"{account}-s:reserve",
+        idempotency_key=f"{account}/s:reserve",
         side="sell",
         symbol="AAPL",
     )
@@ -186,11 +186,11 @@ async def test_fence_is_per_account_across_assets(ledger: LedgerActivities) -> N
 
 
 async def test_reserve_retry_with_newer_fence_returns_first_result(
-    ledger: LedgerActivities,
+    ledger: LedgerUnderTest,
 ) -> None:
     account = await open_funded(ledger, "100.00")
-    first = await ledger.reserve_funds(buy(account, f"{account}-a", "10.00", fence=2))
-    again = await ledger.reserve_funds(buy(account, f"{account}-a", "10.00", fence=9))
+    first = await ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=2))
+    again = await ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=9))
     assert again == first
     assert await usd(ledger, account) == (D("90.00"), D("10.00"))
 
@@ -198,9 +198,9 @@ async def test_reserve_retry_with_newer_fence_returns_first_result(
 # ------------------------------------------------------------------ refusals
 
 
-async def test_insufficient_funds_carries_what_was_available(ledger: LedgerActivities) -> None:
+async def test_insufficient_funds_carries_what_was_available(ledger: LedgerUnderTest) -> None:
     account = await open_funded(ledger, "12.34")
-    exc = await refused(ledger.reserve_funds(buy(account, f"{account}-a", "12.35")))
+    exc = await refused(ledger.reserve_funds(buy(account, f"{account}/a", "12.35")))
     assert exc.type == errors.INSUFFICIENT_FUNDS and exc.non_retryable
     assert "12.34" in str(exc)
     assert exc.details[0]["available"] == "12.34"
@@ -208,7 +208,7 @@ async def test_insufficient_funds_carries_what_was_available(ledger: LedgerActiv
 
 
 @pytest.mark.parametrize("amount", ["NaN", "Infinity", "-1", "0", "1e400", "0.001"])
-async def test_bad_amounts_are_refused(ledger: LedgerActivities, amount: str) -> None:
+async def test_bad_amounts_are_refused(ledger: LedgerUnderTest, amount: str) -> None:
     account = await open_funded(ledger, "10.00")
     exc = await refused(
         ledger.deposit(DepositInput(account_id=account, amount=D(amount), idempotency_key=uuid4()))
@@ -217,7 +217,7 @@ async def test_bad_amounts_are_refused(ledger: LedgerActivities, amount: str) ->
     assert await usd(ledger, account) == (D("10.00"), D("0.00"))
 
 
-async def test_unknown_account_is_refused(ledger: LedgerActivities) -> None:
+async def test_unknown_account_is_refused(ledger: LedgerUnderTest) -> None:
     exc = await refused(
         ledger.deposit(
             DepositInput(account_id="nobody-" + uuid4(), amount=D(1), idempotency_key="k")
@@ -226,9 +226,9 @@ async def test_unknown_account_is_refused(ledger: LedgerActivities) -> None:
     assert exc.type == errors.UNKNOWN_ACCOUNT
 
 
-async def test_withdraw_beyond_available_is_refused(ledger: LedgerActivities) -> None:
+async def test_withdraw_beyond_available_is_refused(ledger: LedgerUnderTest) -> None:
     account = await open_funded(ledger, "50.00")
-    await ledger.reserve_funds(buy(account, f"{account}-a", "40.00"))
+    await ledger.reserve_funds(buy(account, f"{account}/a", "40.00"))
     exc = await refused(
         ledger.withdraw(WithdrawInput(account_id=account, amount=D(20), idempotency_key=uuid4()))
     )
@@ -239,7 +239,7 @@ async def test_withdraw_beyond_available_is_refused(ledger: LedgerActivities) ->
 # ------------------------------------------------------------------ idempotency
 
 
-async def test_deposit_and_withdraw_apply_once(ledger: LedgerActivities) -> None:
+async def test_deposit_and_withdraw_apply_once(ledger: LedgerUnderTest) -> None:
     account = await open_funded(ledger)
     dep = DepositInput(account_id=account, amount=D("25.00"), idempotency_key=uuid4())
     assert await ledger.deposit(dep) == await ledger.deposit(dep)
@@ -254,7 +254,7 @@ async def test_deposit_and_withdraw_apply_once(ledger: LedgerActivities) -> None
     assert await usd(ledger, account) == (D("20.00"), D("0.00"))
 
 
-async def test_open_account_is_idempotent(ledger: LedgerActivities) -> None:
+async def test_open_account_is_idempotent(ledger: LedgerUnderTest) -> None:
     account = f"acct-{uuid.uuid4().hex[:8]}"
     assert (await ledger.open_account(OpenAccountInput(account_id=account))).created
     assert not (await ledger.open_account(OpenAccountInput(account_id=account))).created
@@ -262,10 +262,10 @@ async def test_open_account_is_idempotent(ledger: LedgerActivities) -> None:
 
 
 async def test_reserve_applies_once_and_refuses_other_arguments(
-    ledger: LedgerActivities,
+    ledger: LedgerUnderTest,
 ) -> None:
     account = await open_funded(ledger, "100.00")
-    order = f"{account}-a"
+    order = f"{account}/a"
     first = await ledger.reserve_funds(buy(account, order, "30.00"))
     assert await ledger.reserve_funds(buy(account, order, "30.00")) == first
     exc = await refused(ledger.reserve_funds(buy(account, order, "31.00")))
@@ -275,11 +275,11 @@ async def test_reserve_applies_once_and_refuses_other_arguments(
     assert await usd(ledger, account) == (D("70.00"), D("30.00"))
 
 
-async def test_post_fill_applies_once_per_cumulative_qty(ledger: LedgerActivities) -> None:
+async def test_post_fill_applies_once_per_cumulative_qty(ledger: LedgerUnderTest) -> None:
     account = await open_funded(ledger, "1000.00")
-    order = f"{account}-a"
+    order = f"{account}/a"
     await ledger.reserve_funds(buy(account, order, "500.00"))
-    fill = PostFillInput(order_id=order, cum_qty=D(1), cum_notional=D("150.25"), cum_fee=D("0.50"))
+    fill = PostFillInput(order_key=order, cum_qty=D(1), cum_notional=D("150.25"), cum_fee=D("0.50"))
     first = await ledger.post_fill(fill)
     assert first.applied and first.cash_delta == D("150.25")
     assert await ledger.post_fill(fill) == first
@@ -287,31 +287,31 @@ async def test_post_fill_applies_once_per_cumulative_qty(ledger: LedgerActivitie
     assert await ledger.post_fill(fill.model_copy(update={"cum_qty": D("1.000")})) == first
     changed = fill.model_copy(update={"cum_notional": D("150.26")})
     assert (await refused(ledger.post_fill(changed))).type == errors.IDEMPOTENCY_MISMATCH
-    later = PostFillInput(order_id=order, cum_qty=D(2), cum_notional=D("300.5"), cum_fee=D("0.75"))
+    later = PostFillInput(order_key=order, cum_qty=D(2), cum_notional=D("300.5"), cum_fee=D("0.75"))
     assert (await ledger.post_fill(later)).applied
     # an older cumulative report arriving late changes nothing
-    stale = PostFillInput(order_id=order, cum_qty=D("1.5"), cum_notional=D("225"), cum_fee=D(1))
+    stale = PostFillInput(order_key=order, cum_qty=D("1.5"), cum_notional=D("225"), cum_fee=D(1))
     assert not (await ledger.post_fill(stale)).applied
     assert await usd(ledger, account) == (D("500.00"), D("198.75"))
     assert (await ledger.get_balances(account)).of("AAPL").available == D(2)
 
 
 async def test_void_applies_once_and_unknown_order_is_not_found(
-    ledger: LedgerActivities,
+    ledger: LedgerUnderTest,
 ) -> None:
     account = await open_funded(ledger, "100.00")
-    order = f"{account}-a"
+    order = f"{account}/a"
     await ledger.reserve_funds(buy(account, order, "30.00"))
-    first = await ledger.void_funds(VoidInput(order_id=order, idempotency_key=f"{order}:void"))
+    first = await ledger.void_funds(VoidInput(order_key=order, idempotency_key=f"{order}:void"))
     assert first.found and first.released == D("30.00")
-    assert await ledger.void_funds(VoidInput(order_id=order, idempotency_key=f"{order}:void")) == (
+    assert await ledger.void_funds(VoidInput(order_key=order, idempotency_key=f"{order}:void")) == (
         first
     )
-    again = await ledger.void_funds(VoidInput(order_id=order, idempotency_key="another"))
+    again = await ledger.void_funds(VoidInput(order_key=order, idempotency_key="another"))
     assert again.found and again.released == 0
     assert await usd(ledger, account) == (D("100.00"), D("0.00"))
-    ghost = f"{account}-never"
-    missing = await ledger.void_funds(VoidInput(order_id=ghost, idempotency_key=f"{ghost}:void"))
+    ghost = f"{account}/never"
+    missing = await ledger.void_funds(VoidInput(order_key=ghost, idempotency_key=f"{ghost}:void"))
     assert not missing.found and missing.released == 0
     # a reserve arriving after its order was voided cannot freeze money
     exc = await refused(ledger.reserve_funds(buy(account, ghost, "10.00")))
@@ -319,20 +319,20 @@ async def test_void_applies_once_and_unknown_order_is_not_found(
     assert await usd(ledger, account) == (D("100.00"), D("0.00"))
 
 
-async def test_post_to_voided_hold_is_refused(ledger: LedgerActivities) -> None:
+async def test_post_to_voided_hold_is_refused(ledger: LedgerUnderTest) -> None:
     account = await open_funded(ledger, "100.00")
-    order = f"{account}-a"
+    order = f"{account}/a"
     await ledger.reserve_funds(buy(account, order, "30.00"))
-    await ledger.void_funds(VoidInput(order_id=order, idempotency_key=f"{order}:void"))
-    fill = PostFillInput(order_id=order, cum_qty=D(1), cum_notional=D(10))
+    await ledger.void_funds(VoidInput(order_key=order, idempotency_key=f"{order}:void"))
+    fill = PostFillInput(order_key=order, cum_qty=D(1), cum_notional=D(10))
     assert (await refused(ledger.post_fill(fill))).type == errors.HOLD_STATE
 
 
 async def test_reserve_records_the_order_and_refuses_other_parameters(
-    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
 ) -> None:
     account = await open_funded(ledger, "100.00")
-    order = f"{account}-a"
+    order = f"{account}/a"
     record = OrderRecord(
         account_id=account,
         order_id=order,
@@ -350,7 +350,7 @@ async def test_reserve_records_the_order_and_refuses_other_parameters(
         "SELECT status FROM orders WHERE account_id = $1 AND order_id = $2", account, order
     )
     assert status == "ACCEPTED"
-    other = f"{account}-b"
+    other = f"{account}/b"
     await ledger_pool.execute(
         "INSERT INTO orders (account_id, order_id, workflow_id, symbol, side, order_type,"
         " time_in_force, qty, params_hash, status)"
@@ -368,10 +368,10 @@ async def test_reserve_records_the_order_and_refuses_other_parameters(
 
 
 async def test_many_small_fills_at_awkward_prices_settle_exactly(
-    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
 ) -> None:
     account = await open_funded(ledger, "1000.00")
-    order = f"{account}-a"
+    order = f"{account}/a"
     qty, limit = D(7), D("123.4567")
     hold = (qty * limit).quantize(D("0.01"), rounding="ROUND_CEILING") + D("5.00")  # + fee cap
     await ledger.reserve_funds(buy(account, order, str(hold)))
@@ -386,7 +386,7 @@ async def test_many_small_fills_at_awkward_prices_settle_exactly(
         cum_fee = (cum_notional * D("0.0025")).quantize(D("0.01"))
         result = await ledger.post_fill(
             PostFillInput(
-                order_id=order, cum_qty=cum_qty, cum_notional=cum_notional, cum_fee=cum_fee
+                order_key=order, cum_qty=cum_qty, cum_notional=cum_notional, cum_fee=cum_fee
             )
         )
         assert result.held_remaining >= 0
@@ -395,28 +395,28 @@ async def test_many_small_fills_at_awkward_prices_settle_exactly(
     expected_cash = cum_notional.quantize(D("0.01"), rounding="ROUND_HALF_UP")
     _, held = await usd(ledger, account)
     assert held == hold - expected_cash - cum_fee
-    void = await ledger.void_funds(VoidInput(order_id=order, idempotency_key=f"{order}:void"))
+    void = await ledger.void_funds(VoidInput(order_key=order, idempotency_key=f"{order}:void"))
     assert void.released == held
     assert await usd(ledger, account) == (D("1000.00") - expected_cash - cum_fee, D("0.00"))
     assert (await ledger.get_balances(account)).of("AAPL").available == qty
     await assert_ledger_clean(ledger_pool)
 
 
-async def test_fill_beyond_the_hold_is_refused(ledger: LedgerActivities) -> None:
+async def test_fill_beyond_the_hold_is_refused(ledger: LedgerUnderTest) -> None:
     account = await open_funded(ledger, "1000.00")
-    order = f"{account}-a"
+    order = f"{account}/a"
     await ledger.reserve_funds(buy(account, order, "100.00"))
-    fill = PostFillInput(order_id=order, cum_qty=D(1), cum_notional=D("99.99"), cum_fee=D("0.02"))
+    fill = PostFillInput(order_key=order, cum_qty=D(1), cum_notional=D("99.99"), cum_fee=D("0.02"))
     exc = await refused(ledger.post_fill(fill))
     assert exc.type == errors.HOLD_STATE
     assert await usd(ledger, account) == (D("900.00"), D("100.00"))
 
 
 async def test_sell_posts_shares_and_credits_proceeds_minus_fee(
-    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
 ) -> None:
     account = await open_funded(ledger, "0", MSFT="3")
-    order = f"{account}-s"
+    order = f"{account}/s"
     sell = ReserveInput(
         account_id=account,
         order_id=order,
@@ -429,13 +429,13 @@ async def test_sell_posts_shares_and_credits_proceeds_minus_fee(
     )
     await ledger.reserve_funds(sell)
     await ledger.post_fill(
-        PostFillInput(order_id=order, cum_qty=D(1), cum_notional=D("400.005"), cum_fee=D(1))
+        PostFillInput(order_key=order, cum_qty=D(1), cum_notional=D("400.005"), cum_fee=D(1))
     )
     final = await ledger.post_fill(
-        PostFillInput(order_id=order, cum_qty=D("2.5"), cum_notional=D("1000.10"), cum_fee=D(2))
+        PostFillInput(order_key=order, cum_qty=D("2.5"), cum_notional=D("1000.10"), cum_fee=D(2))
     )
     assert final.held_remaining == 0
-    over = PostFillInput(order_id=order, cum_qty=D(3), cum_notional=D(1200), cum_fee=D(2))
+    over = PostFillInput(order_key=order, cum_qty=D(3), cum_notional=D(1200), cum_fee=D(2))
     assert (await refused(ledger.post_fill(over))).type == errors.HOLD_STATE
     balances = await ledger.get_balances(account)
     assert balances.of("MSFT").available == D("0.5") and balances.of("MSFT").held == 0
@@ -444,7 +444,7 @@ async def test_sell_posts_shares_and_credits_proceeds_minus_fee(
 
 
 async def test_error_fills_touch_only_firm_accounts(
-    ledger: LedgerActivities, ledger_pool: asyncpg.Pool
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
 ) -> None:
     broker_id = f"b-{uuid4()}"
     fill = ErrorFillInput(
@@ -472,7 +472,7 @@ async def test_error_fills_touch_only_firm_accounts(
     await assert_ledger_clean(ledger_pool)
 
 
-async def test_a_void_racing_a_reserve_never_leaves_an_open_hold(ledger: LedgerActivities) -> None:
+async def test_a_void_racing_a_reserve_never_leaves_an_open_hold(ledger: LedgerUnderTest) -> None:
     """The saga's compensation (void) may race a reserve still in flight for the same order:
     either the reserve wins and the void releases it, or the void wins and the reserve is
     refused. Never a hold that outlives its voided order."""
@@ -482,7 +482,9 @@ async def test_a_void_racing_a_reserve_never_leaves_an_open_hold(ledger: LedgerA
         order_id = f"{account}/{uuid4()}"
         reserve = retried(lambda o=order_id: ledger.reserve_funds(buy(account, o, "10")))
         void = retried(
-            lambda o=order_id: ledger.void_funds(VoidInput(order_id=o, idempotency_key=f"{o}:void"))
+            lambda o=order_id: ledger.void_funds(
+                VoidInput(order_key=o, idempotency_key=f"{o}:void")
+            )
         )
         results = await asyncio.gather(reserve, void, return_exceptions=True)
         reserved, voided = results
@@ -492,7 +494,7 @@ async def test_a_void_racing_a_reserve_never_leaves_an_open_hold(ledger: LedgerA
         else:
             assert voided.found and voided.released == D(10)  # type: ignore[union-attr]
         outcomes.append(isinstance(reserved, ApplicationError))
-        open_holds = await ledger._pool.fetchval(  # type: ignore[attr-defined]
+        open_holds = await ledger.pool.fetchval(
             "SELECT count(*) FROM holds WHERE order_id = $1 AND status = 'open'", order_id
         )
         assert open_holds == 0
@@ -500,38 +502,37 @@ async def test_a_void_racing_a_reserve_never_leaves_an_open_hold(ledger: LedgerA
 
 
 async def test_firm_counterparty_rows_are_sharded_and_still_conserve(
-    ledger: LedgerActivities,
+    ledger: LedgerUnderTest,
 ) -> None:
     """Deposits of many customers spread over the '$external' shards instead of one hot row."""
     accounts = [await open_funded(ledger, cash="10") for _ in range(24)]
-    shards = await ledger._pool.fetch(  # type: ignore[attr-defined]
+    shards = await ledger.pool.fetch(
         "SELECT DISTINCT owner FROM ledger_accounts WHERE kind = 'external' AND asset = 'USD'"
     )
     assert len(shards) > 1
     assert {r["owner"].split("~")[0] for r in shards} == {"$external"}
     assert len(accounts) == 24
-    await assert_ledger_clean(ledger._pool)  # type: ignore[attr-defined]
+    await assert_ledger_clean(ledger.pool)
 
 
 # ------------------------------------------------------------------ multi-row compare-and-set
 
 
 async def test_multi_row_cas_writes_nothing_when_one_row_moved(ledger_pool: asyncpg.Pool) -> None:
-    from activities.ledger import EXTERNAL, _apply, _Changes, _Conflict, _rows, firm_shard
+    from activities.ledger.postings import EXTERNAL, firm_shard, moves
+    from activities.ledger.store import Conflict, apply, rows
 
-    account = await open_funded(LedgerActivities(ledger_pool), "100.00")
+    account = await open_funded(LedgerUnderTest(ledger_pool), "100.00")
     external = firm_shard(EXTERNAL, account)
     async with ledger_pool.acquire() as conn:
-        customer, ext = await _rows(conn, (account, "USD"), (external, "USD"))
+        customer, ext = await rows(conn, (account, "USD"), (external, "USD"))
         # another writer moves the external row after our read
         await conn.execute("UPDATE ledger_accounts SET version = version + 1 WHERE id = $1", ext.id)
-        changes = _Changes()
-        changes.move(customer, "available", D("5"))
-        changes.move(ext, "available", D("-5"))
-        with pytest.raises(_Conflict):
+        changes = moves((customer, "available", D("5")), (ext, "available", D("-5")))
+        with pytest.raises(Conflict):
             async with conn.transaction():
-                await _apply(conn, changes, key=uuid4(), code="deposit", order_id=None)
-        again = {r.id: r for r in await _rows(conn, (account, "USD"), (external, "USD"))}
+                await apply(conn, changes, key=uuid4(), code="deposit", order_id=None)
+        again = {r.id: r for r in await rows(conn, (account, "USD"), (external, "USD"))}
     assert again[customer.id].available == customer.available  # rolled back with the rest
     assert again[customer.id].version == customer.version
     assert again[ext.id].available == ext.available
@@ -540,7 +541,7 @@ async def test_multi_row_cas_writes_nothing_when_one_row_moved(ledger_pool: asyn
 async def test_concurrent_fills_sharing_firm_rows_all_book(ledger_pool: asyncpg.Pool) -> None:
     # 40 orders' fills at once: each moves five rows, the omnibus and fee shards shared among
     # them, through the multi-row compare-and-set; every fill is booked exactly once.
-    ledger = LedgerActivities(ledger_pool)
+    ledger = LedgerUnderTest(ledger_pool)
     accounts = [await open_funded(ledger, "1000.00") for _ in range(40)]
     orders = [f"{a}/o1" for a in accounts]
     for account, order in zip(accounts, orders, strict=True):
@@ -548,7 +549,9 @@ async def test_concurrent_fills_sharing_firm_rows_all_book(ledger_pool: asyncpg.
     fills = await asyncio.gather(
         *(
             ledger.post_fill(
-                PostFillInput(order_id=o, cum_qty=D(1), cum_notional=D("200.00"), cum_fee=D("1.00"))
+                PostFillInput(
+                    order_key=o, cum_qty=D(1), cum_notional=D("200.00"), cum_fee=D("1.00")
+                )
             )
             for o in orders
         )

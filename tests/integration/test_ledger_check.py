@@ -12,20 +12,21 @@ import pytest_asyncio
 
 from activities.ledger import (
     DepositInput,
-    LedgerActivities,
+    LedgerReport,
     OpenAccountInput,
     OrderRecord,
     ReserveInput,
+    check_ledger,
 )
-from activities.ledgercheck import LedgerReport, check_ledger
 from core.db import drop_database, ensure_database, migrate, with_database
 from tests.conftest import SERVER_DSN, unique_name
+from tests.support.ledger import LedgerUnderTest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
 
 async def reserve_limit_buy(
-    ledger: LedgerActivities, order_id: str, *, hold_key: str, limit: D, fence: int
+    ledger: LedgerUnderTest, order_id: str, *, hold_key: str, limit: D, fence: int
 ) -> None:
     """Hold ``limit`` USD of account 'a' for a 1-share limit buy, with its orders row."""
     order = OrderRecord(
@@ -43,7 +44,7 @@ async def reserve_limit_buy(
     await ledger.reserve_funds(
         ReserveInput(
             account_id="a",
-            order_id=hold_key,
+            order_key=hold_key,
             asset="USD",
             amount=limit,
             fence=fence,
@@ -63,10 +64,10 @@ async def scratch() -> AsyncIterator[asyncpg.Pool]:
     await migrate(dsn)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
     assert pool is not None
-    ledger = LedgerActivities(pool)
+    ledger = LedgerUnderTest(pool)
     await ledger.open_account(OpenAccountInput(account_id="a"))
     await ledger.deposit(DepositInput(account_id="a", amount=D(100), idempotency_key="d"))
-    await reserve_limit_buy(ledger, "o1", hold_key="o1", limit=D(10), fence=1)
+    await reserve_limit_buy(ledger, "o1", hold_key="a/o1", limit=D(10), fence=1)
     yield pool
     await pool.close()
     await drop_database(dsn)
@@ -82,7 +83,7 @@ async def only_violation(pool: asyncpg.Pool) -> LedgerReport:
 async def test_a_clean_ledger_passes_and_lists_open_holds(scratch: asyncpg.Pool) -> None:
     report = await check_ledger(scratch)
     assert report.ok, report.violations()
-    assert [h.order_id for h in report.open_holds] == ["o1"]
+    assert [h.order_id for h in report.open_holds] == ["a/o1"]
 
 
 async def test_unbalanced_entry_is_found(scratch: asyncpg.Pool) -> None:
@@ -134,13 +135,13 @@ async def test_open_hold_of_a_finished_order_is_found(scratch: asyncpg.Pool) -> 
     await scratch.execute("UPDATE orders SET status = 'SETTLED' WHERE order_id = 'o1'")
     report = await only_violation(scratch)
     assert [(h.order_id, h.order_status) for h in report.open_holds_of_finished_orders] == [
-        ("o1", "SETTLED")
+        ("a/o1", "SETTLED")
     ]
 
 
 async def test_open_hold_of_a_finished_saga_order_is_found(scratch: asyncpg.Pool) -> None:
     """The saga keys holds by '<account>/<order>' while the orders row has the bare order id."""
-    ledger = LedgerActivities(scratch)
+    ledger = LedgerUnderTest(scratch)
     await reserve_limit_buy(ledger, "o2", hold_key="a/o2", limit=D(5), fence=2)
     assert (await check_ledger(scratch)).ok
     await scratch.execute("UPDATE orders SET status = 'CANCELED' WHERE order_id = 'o2'")

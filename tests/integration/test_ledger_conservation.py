@@ -31,17 +31,17 @@ from temporalio.exceptions import ApplicationError
 
 from activities.ledger import (
     DepositInput,
-    LedgerActivities,
     OpenAccountInput,
     PostFillInput,
     ReserveInput,
     VoidInput,
     WithdrawInput,
+    check_ledger,
 )
-from activities.ledgercheck import check_ledger
 from core import errors
 from core.money import round_cash
 from tests.integration.test_ledger import scratch_database
+from tests.support.ledger import LedgerUnderTest
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.pool = self.run(self._pool())
-        self.ledger = LedgerActivities(self.pool)
+        self.ledger = LedgerUnderTest(self.pool)
         self.account = f"sm-{uuid.uuid4().hex[:12]}"
         self.run(self.ledger.open_account(OpenAccountInput(account_id=self.account)))
         self.balance = {"USD": [D(0), D(0)], SYMBOL: [D(0), D(0)]}  # [available, held]
@@ -120,10 +120,10 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(side=st.sampled_from(["buy", "sell"]), cash=CASH, shares=SHARES)
     def reserve(self, side: str, cash: D, shares: D) -> None:
         asset, amount = ("USD", cash) if side == "buy" else (SYMBOL, shares)
-        order_id = f"{self.account}-{uuid.uuid4().hex[:8]}"
+        order_id = f"{self.account}/{uuid.uuid4().hex[:8]}"
         inp = ReserveInput(
             account_id=self.account,
-            order_id=order_id,
+            order_key=order_id,
             asset=asset,
             amount=amount,
             fence=1,
@@ -151,7 +151,7 @@ class LedgerMachine(RuleBasedStateMachine):
         cum_qty, cum_notional, cum_fee = hold.qty + qty, hold.notional + qty * price, hold.fee + fee
         cash = round_cash(cum_notional) - hold.cash
         inp = PostFillInput(
-            order_id=order_id, cum_qty=cum_qty, cum_notional=cum_notional, cum_fee=cum_fee
+            order_key=order_id, cum_qty=cum_qty, cum_notional=cum_notional, cum_fee=cum_fee
         )
         if not self._fits(hold, qty, cash, fee):
             self.expect_refusal(self.ledger.post_fill(inp), errors.HOLD_STATE)
@@ -179,7 +179,9 @@ class LedgerMachine(RuleBasedStateMachine):
         order_id = data.draw(st.sampled_from(sorted(self.holds)))
         hold = self.holds.pop(order_id)
         result = self.run(
-            self.ledger.void_funds(VoidInput(order_id=order_id, idempotency_key=f"{order_id}:void"))
+            self.ledger.void_funds(
+                VoidInput(order_key=order_id, idempotency_key=f"{order_id}:void")
+            )
         )
         assert result.released == hold.remaining
         asset = "USD" if hold.side == "buy" else SYMBOL

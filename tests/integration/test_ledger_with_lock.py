@@ -10,7 +10,6 @@ import pytest
 import redis.asyncio as aioredis
 from temporalio.exceptions import ApplicationError
 
-from activities.ledger import LedgerActivities
 from activities.lock import AccountLock
 from core import errors
 from core.keys import RedisKeys
@@ -21,6 +20,7 @@ from tests.integration.test_ledger import (
     scratch_pool,
     usd,
 )
+from tests.support.ledger import LedgerUnderTest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
@@ -33,13 +33,13 @@ async def test_100_concurrent_reserves_under_the_lock(
 
 
 async def _run(pool: asyncpg.Pool, redis_client: aioredis.Redis, redis_keys: RedisKeys) -> None:
-    ledger = LedgerActivities(pool)
+    ledger = LedgerUnderTest(pool)
     lock = AccountLock(redis_client, redis_keys, ledger.max_fence)
     account = await open_funded(ledger, "500.00")
     fences: list[int] = []
 
     async def one(i: int) -> bool:
-        order_id = f"{account}-o{i}"
+        order_id = f"{account}/o{i}"
         got = await lock.acquire(account, order_id, ttl_ms=10_000, wait_ms=60_000)
         assert got is not None
         try:

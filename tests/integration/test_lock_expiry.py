@@ -11,15 +11,16 @@ import pytest
 import redis.asyncio as aioredis
 from temporalio.exceptions import ApplicationError
 
-from activities.ledger import DepositInput, LedgerActivities, OpenAccountInput, ReserveInput
+from activities.ledger import DepositInput, OpenAccountInput, ReserveInput
 from activities.lock import AccountLock
 from core import errors
 from core.keys import RedisKeys
+from tests.support.ledger import LedgerUnderTest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
 
-async def funded_account(ledger: LedgerActivities, amount: str) -> str:
+async def funded_account(ledger: LedgerUnderTest, amount: str) -> str:
     account = f"acct-{uuid.uuid4().hex[:8]}"
     await ledger.open_account(OpenAccountInput(account_id=account))
     await ledger.deposit(
@@ -30,8 +31,9 @@ async def funded_account(ledger: LedgerActivities, amount: str) -> str:
 
 def reserve(account: str, order_id: str, amount: str, fence: int) -> ReserveInput:
     return ReserveInput(
-        account_id=account, order_id=order_id, asset="USD", amount=Decimal(amount),
-        fence=fence, idempotency_key=f"{order_id}:reserve", side="buy", symbol="AAPL",
+        account_id=account, order_key=f"{account}/{order_id}", asset="USD",
+        amount=Decimal(amount), fence=fence, idempotency_key=f"{account}/{order_id}:reserve",
+        side="buy", symbol="AAPL",
     )  # fmt: skip
 
 
@@ -45,19 +47,19 @@ async def wait_expired(lock: AccountLock, account: str) -> None:
 
 
 @pytest.fixture
-def ledger(db_pool: asyncpg.Pool) -> LedgerActivities:
-    return LedgerActivities(db_pool)
+def ledger(db_pool: asyncpg.Pool) -> LedgerUnderTest:
+    return LedgerUnderTest(db_pool)
 
 
 @pytest.fixture
 def lock(
-    redis_client: aioredis.Redis, redis_keys: RedisKeys, ledger: LedgerActivities
+    redis_client: aioredis.Redis, redis_keys: RedisKeys, ledger: LedgerUnderTest
 ) -> AccountLock:
     return AccountLock(redis_client, redis_keys, ledger.max_fence)
 
 
 async def test_late_reserve_of_an_expired_holder_is_refused(
-    ledger: LedgerActivities, lock: AccountLock
+    ledger: LedgerUnderTest, lock: AccountLock
 ) -> None:
     account = await funded_account(ledger, "1000")
     a = await lock.acquire(account, "order-a", ttl_ms=100, wait_ms=0)
@@ -86,7 +88,7 @@ async def test_late_reserve_of_an_expired_holder_is_refused(
 
 
 async def test_lost_counter_is_reseeded_above_the_ledgers_fence(
-    ledger: LedgerActivities,
+    ledger: LedgerUnderTest,
     lock: AccountLock,
     redis_client: aioredis.Redis,
     redis_keys: RedisKeys,

@@ -26,7 +26,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.ledgercheck import check_ledger
+from activities.ledger import check_ledger
 from chaos.faults import CLEAR
 from core.broker_client import BrokerClient
 from core.db import create_pool

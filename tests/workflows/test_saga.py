@@ -71,7 +71,7 @@ async def test_insufficient_funds_is_refused_with_nothing_held(saga: SagaStack) 
     await saga.wait(acct, placed.order_id)
     again = await saga.place(acct, symbol="AAPL", side="buy", qty="1", order_id=placed.order_id)
     assert (again.accepted, again.status, again.reason) == (False, placed.status, placed.reason)
-    row = await saga.orders._store.get_order(acct, placed.order_id)
+    row = await saga.orders._store.get(acct, placed.order_id)
     assert row is not None and row.status == "REJECTED"
     assert await saga.broker_orders(f"{acct}/{placed.order_id}") == []
 

@@ -144,7 +144,7 @@ class World:
             await asyncio.sleep(world.reserve_delay_s)  # no heartbeat: cannot see a cancel
             return ReserveResult(
                 hold_id=1,
-                order_id=inp.order_id,
+                order_key=inp.order_key,
                 asset=inp.asset,
                 amount=inp.amount,
                 available_after=Decimal(0),
@@ -184,7 +184,7 @@ class World:
         async def post_fill(inp: PostFillInput) -> PostFillResult:
             world.posts.append(inp.cum_qty)
             return PostFillResult(
-                order_id=inp.order_id,
+                order_key=inp.order_key,
                 applied=True,
                 qty_delta=inp.cum_qty,
                 cash_delta=Decimal(0),
@@ -199,7 +199,7 @@ class World:
         @activity.defn(name="void_funds")
         async def void_funds(inp: VoidInput) -> VoidResult:
             world.voided_at.append(activity.info().current_attempt_scheduled_time)
-            return VoidResult(order_id=inp.order_id, found=True, released=Decimal(5), asset="USD")
+            return VoidResult(order_key=inp.order_key, found=True, released=Decimal(5), asset="USD")
 
         @activity.defn(name="record_order")
         async def record_order(inp: RecordOrderInput) -> RecordOrderResult:

@@ -1,7 +1,8 @@
-"""Whole-ledger invariant check, shared by ``ordersaga ledger check``, the tests and the chaos
-harness. Read-only; run it in one REPEATABLE READ transaction so every query sees one snapshot.
+"""Reads of the ledger that are not activities: a customer's balances, the fence floor the lock
+seeds its counter from, and the whole-ledger invariant check.
 
-Checked:
+The check is shared by ``ordersaga ledger check``, the tests and the chaos harness. Read-only;
+it runs in one REPEATABLE READ transaction so every query sees one snapshot. Checked:
 - conservation: per asset, the sum of available + held over every ledger account is zero
   ('$external' is where deposits come from, so it carries the negative of what came in);
 - no customer balance below zero;
@@ -20,7 +21,54 @@ from decimal import Decimal
 import asyncpg
 from pydantic import BaseModel
 
-TERMINAL_ORDER_STATUSES = ["SETTLED", "CANCELED", "EXPIRED", "REJECTED"]
+from activities.ledger import store
+from activities.ledger.models import AccountBalances, Balance
+from activities.ledger.postings import Refused, q
+from core.statuses import TERMINAL_STATUS_NAMES
+
+_BALANCES = (
+    "SELECT asset, available, held, version FROM ledger_accounts"
+    " WHERE owner = $1 ORDER BY asset = 'USD' DESC, asset"
+)
+_MAX_FENCE = (
+    "SELECT GREATEST("
+    " (SELECT last_fence FROM customers WHERE account_id = $1),"
+    " (SELECT max(last_fence) FROM ledger_accounts WHERE owner = $1))"
+)
+
+
+async def get_balances(pool: asyncpg.Pool, account_id: str) -> AccountBalances:
+    """Available, held and version per asset of a customer account (UnknownAccount if none)."""
+    async with pool.acquire() as conn:
+        try:
+            customer = await store.customer(conn, account_id)
+        except Refused as exc:
+            raise store.application_error(exc) from None
+        rows = await conn.fetch(_BALANCES, account_id)
+    return AccountBalances(
+        account_id=account_id,
+        currency=customer["currency"],
+        last_fence=customer["last_fence"],
+        balances=[
+            Balance(
+                asset=r["asset"],
+                available=q(r["available"], r["asset"]),
+                held=q(r["held"], r["asset"]),
+                version=r["version"],
+            )
+            for r in rows
+        ],
+    )
+
+
+async def max_fence(pool: asyncpg.Pool, account_id: str) -> int:
+    """The newest fencing token the ledger has seen for the account (0 if none): the floor the
+    lock seeds a lost fence counter above."""
+    value = await pool.fetchval(_MAX_FENCE, account_id)
+    return int(value or 0)
+
+
+# ---------------------------------------------------------------- the invariant check
 
 _CONSERVATION = """
 SELECT asset, sum(available + held) AS total FROM ledger_accounts
@@ -148,7 +196,7 @@ async def _check(conn: asyncpg.Connection) -> LedgerReport:
     refs = [(HoldRef(**{k: r[k] for k in HoldRef.model_fields}), r["journaled"]) for r in holds]
     orphans = [h for h, journaled in refs if h.order_status is None and not journaled]
     open_holds = [h for h, _ in refs if h.status == "open"]
-    finished = [h for h in open_holds if h.order_status in TERMINAL_ORDER_STATUSES]
+    finished = [h for h in open_holds if h.order_status in TERMINAL_STATUS_NAMES]
     ok = not (conservation or negative or unbalanced or unjournaled or orphans or finished)
     return LedgerReport(
         ok=ok,

@@ -1,0 +1,166 @@
+"""The ledger's inputs and results: what the activities take and return, and what the reads show.
+
+Fields that hold the order key ``<account>/<order>`` are ``order_key``; they also accept the old
+name ``order_id``, because in-flight workflows carry old inputs and ``ledger_operations`` replays
+results stored as JSON before the rename.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import AliasChoices, BaseModel, Field
+
+from activities.ledger.postings import Side
+from activities.orders import OrderRecord
+from core.money import CASH_ASSET
+from core.orderkey import OrderKey
+
+# Inputs accept any Decimal so a NaN or infinity reaches the activity and is refused there as a
+# non-retryable InvalidAmount, rather than failing payload decoding (which Temporal would retry).
+AnyDecimal = Annotated[Decimal, Field(allow_inf_nan=True)]
+# The order key, read under its new name or the old one (see the module docstring).
+OrderKeyField = Annotated[OrderKey, Field(validation_alias=AliasChoices("order_key", "order_id"))]
+
+__all__ = [
+    "AccountBalances",
+    "AnyDecimal",
+    "Balance",
+    "DepositInput",
+    "ErrorFillInput",
+    "ErrorFillResult",
+    "OpenAccountInput",
+    "OpenAccountResult",
+    "OrderRecord",
+    "PostFillInput",
+    "PostFillResult",
+    "ReserveInput",
+    "ReserveResult",
+    "Side",
+    "TransferResult",
+    "VoidInput",
+    "VoidResult",
+    "WithdrawInput",
+]
+
+
+class OpenAccountInput(BaseModel):
+    account_id: str
+    currency: str = CASH_ASSET
+
+
+class OpenAccountResult(BaseModel):
+    account_id: str
+    currency: str
+    created: bool
+
+
+class DepositInput(BaseModel):
+    account_id: str
+    amount: AnyDecimal
+    idempotency_key: str
+    asset: str = CASH_ASSET
+
+
+class WithdrawInput(DepositInput):
+    pass
+
+
+class TransferResult(BaseModel):
+    account_id: str
+    asset: str
+    amount: Decimal
+    available_after: Decimal
+    entry_id: int
+
+
+class ReserveInput(BaseModel):
+    account_id: str
+    order_key: OrderKeyField
+    asset: str
+    amount: AnyDecimal
+    fence: int
+    idempotency_key: str
+    side: Side
+    symbol: str
+    order: OrderRecord | None = None
+
+
+class ReserveResult(BaseModel):
+    hold_id: int
+    order_key: OrderKeyField
+    asset: str
+    amount: Decimal
+    available_after: Decimal
+    fence: int
+
+
+class PostFillInput(BaseModel):
+    order_key: OrderKeyField
+    cum_qty: AnyDecimal
+    cum_notional: AnyDecimal
+    cum_fee: AnyDecimal = Decimal("0")
+
+
+class PostFillResult(BaseModel):
+    order_key: OrderKeyField
+    applied: bool  # False: this cumulative quantity was already booked
+    qty_delta: Decimal
+    cash_delta: Decimal
+    fee_delta: Decimal
+    posted_qty: Decimal
+    posted_notional: Decimal
+    posted_cash: Decimal
+    posted_fee: Decimal
+    held_remaining: Decimal
+
+
+class VoidInput(BaseModel):
+    order_key: OrderKeyField
+    idempotency_key: str
+
+
+class VoidResult(BaseModel):
+    order_key: OrderKeyField
+    found: bool
+    released: Decimal
+    asset: str | None = None
+
+
+class ErrorFillInput(BaseModel):
+    broker_order_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    cum_qty: AnyDecimal
+    cum_notional: AnyDecimal
+
+
+class ErrorFillResult(BaseModel):
+    broker_order_id: str
+    applied: bool
+    qty_delta: Decimal
+    cash_delta: Decimal
+    posted_qty: Decimal
+    posted_cash: Decimal
+
+
+class Balance(BaseModel):
+    asset: str
+    available: Decimal
+    held: Decimal
+    version: int
+
+
+class AccountBalances(BaseModel):
+    account_id: str
+    currency: str
+    last_fence: int
+    balances: list[Balance]
+
+    def of(self, asset: str) -> Balance:
+        for b in self.balances:
+            if b.asset == asset:
+                return b
+        return Balance(asset=asset, available=Decimal(0), held=Decimal(0), version=0)

@@ -1,0 +1,420 @@
+"""The posting rules: what each ledger operation moves, as pure functions on plain values.
+
+No database, no Temporal, no pydantic: rows and holds come in as frozen dataclasses the store
+read, and out come the balance moves (row, bucket, amount) the store compare-and-sets and
+journals, and the hold's new figures. A refusal is a ``Refused`` naming its error type (one of
+core/errors.py's names); the service turns it into a non-retryable ApplicationError.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any, Literal
+
+from core import errors
+from core.money import (
+    CASH_ASSET,
+    MAX_AMOUNT,
+    InvalidAmount,
+    parse_decimal,
+    quantum_for,
+    round_cash,
+    validate_amount,
+)
+
+OMNIBUS = "$omnibus"
+FEES = "$fees"
+EXTERNAL = "$external"
+ERROR = "$error"
+FIRM_KINDS = {OMNIBUS: "omnibus", FEES: "fees", EXTERNAL: "external", ERROR: "error"}
+# The omnibus, fees and external rows take part in every fill and deposit of every customer: as
+# single rows they would serialize the whole firm's compare-and-sets on one version column. Each
+# is split into FIRM_SHARDS rows ('$omnibus', '$omnibus~1', ...), chosen by a stable hash of the
+# order (fills) or the customer (deposits). Sums over a kind are unchanged; every write is still
+# a compare-and-set. The error account is written rarely and stays one row.
+FIRM_SHARDS = 8
+
+QTY_QUANTUM = Decimal("1e-9")
+FEE_QUANTUM = Decimal("0.01")
+ZERO = Decimal(0)
+
+Side = Literal["buy", "sell"]
+Bucket = Literal["available", "held"]
+
+_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
+_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+
+
+class Refused(Exception):
+    """An operation the rules refuse; ``error_type`` is its core/errors.py name."""
+
+    def __init__(self, message: str, error_type: str, *details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        self.details = details
+
+
+def firm_shard(owner: str, key: str) -> str:
+    """The shard of firm account ``owner`` that ``key`` (an order or customer id) writes to."""
+    n = zlib.crc32(key.encode()) % FIRM_SHARDS
+    return owner if n == 0 else f"{owner}~{n}"
+
+
+def firm_kind(owner: str) -> str:
+    """The ``kind`` of a ledger row: a firm account's (shards included) or 'customer'."""
+    return FIRM_KINDS.get(owner.split("~", 1)[0], "customer")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def amount(value: object, asset: str, what: str = "amount") -> Decimal:
+    """A positive amount at the asset's precision (cents, or 9 places for shares)."""
+    try:
+        return validate_amount(value, asset, what)
+    except InvalidAmount as exc:
+        raise Refused(str(exc), errors.INVALID_AMOUNT) from None
+
+
+def cumulative(value: object, what: str, quantize_to: Decimal | None = None) -> Decimal:
+    """A cumulative broker figure: finite, >= 0, sane; exact unless a quantum is given."""
+    try:
+        d = parse_decimal(value, what)
+    except InvalidAmount as exc:
+        raise Refused(str(exc), errors.INVALID_AMOUNT) from None
+    if d < 0 or d > MAX_AMOUNT:
+        raise Refused(f"{what} must be between 0 and {MAX_AMOUNT}, got {d}", errors.INVALID_AMOUNT)
+    if quantize_to is not None:
+        if d != d.quantize(quantize_to):
+            raise Refused(f"{what} {d} has too many decimals", errors.INVALID_AMOUNT)
+        d = d.quantize(quantize_to)
+    return d
+
+
+def check_asset(asset: str) -> str:
+    if asset != CASH_ASSET and not _SYMBOL.match(asset):
+        raise Refused(f"unknown asset {asset!r} (USD or a ticker symbol)", errors.INVALID_REQUEST)
+    return asset
+
+
+def check_symbol(symbol: str) -> str:
+    if not _SYMBOL.match(symbol):
+        raise Refused(f"invalid symbol {symbol!r}", errors.INVALID_REQUEST)
+    return symbol
+
+
+def check_account_id(account_id: str) -> str:
+    if not _ACCOUNT_ID.match(account_id):
+        raise Refused(f"invalid account id {account_id!r}", errors.INVALID_REQUEST)
+    return account_id
+
+
+def held_asset(side: str, symbol: str, asset: str) -> str:
+    """What an order holds: cash for a buy, the symbol's shares for a sell."""
+    expected = CASH_ASSET if side == "buy" else symbol
+    if asset != expected:
+        raise Refused(f"a {side} of {symbol} holds {expected}, not {asset}", errors.INVALID_REQUEST)
+    return asset
+
+
+def q(value: Decimal, asset: str) -> Decimal:
+    """Present an amount at its asset's precision (cents for cash, 9 places for shares)."""
+    return value.quantize(quantum_for(asset))
+
+
+# ---------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Row:
+    """One ledger account row (owner, asset) as read, with the version its CAS expects."""
+
+    id: int
+    owner: str
+    kind: str
+    asset: str
+    available: Decimal
+    held: Decimal
+    version: int
+    last_fence: int
+
+
+@dataclass(frozen=True)
+class Move:
+    row: Row
+    bucket: Bucket
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An order's two-phase hold: what is still held and what has been posted so far."""
+
+    order_id: str  # the order key '<account>/<order>'
+    owner: str
+    asset: str
+    held_remaining: Decimal
+    side: str
+    symbol: str
+    status: str = "open"
+    posted_qty: Decimal = ZERO
+    posted_notional: Decimal = ZERO
+    posted_cash: Decimal = ZERO
+    posted_fee: Decimal = ZERO
+
+
+def moves(*wanted: tuple[Row, Bucket, Decimal]) -> list[Move]:
+    """The non-zero moves, in the order given (the journal's line order)."""
+    return [Move(row, bucket, amt) for row, bucket, amt in wanted if amt != 0]
+
+
+def balances_after(changes: Iterable[Move]) -> dict[int, tuple[Row, Decimal, Decimal]]:
+    """Each touched row (by id) with its available and held after the moves."""
+    out: dict[int, tuple[Row, Decimal, Decimal]] = {}
+    for m in changes:
+        row, available, held = out.get(m.row.id, (m.row, m.row.available, m.row.held))
+        if m.bucket == "available":
+            available += m.amount
+        else:
+            held += m.amount
+        out[m.row.id] = (row, available, held)
+    return out
+
+
+def check_not_negative(after: Iterable[tuple[Row, Decimal, Decimal]]) -> None:
+    """A customer row never goes below zero (the database CHECK says so too; this says why)."""
+    for row, available, held in after:
+        if row.kind == "customer" and (available < 0 or held < 0):
+            raise Refused(
+                f"{row.owner} {row.asset} would go negative", errors.HOLD_STATE, str(available)
+            )
+
+
+def net_by_asset(changes: Iterable[Move]) -> dict[str, Decimal]:
+    """The sum of the moves per asset: zero for every balanced posting."""
+    total: dict[str, Decimal] = defaultdict(Decimal)
+    for m in changes:
+        total[m.row.asset] += m.amount
+    return dict(total)
+
+
+def insufficient(account_id: str, asset: str, available: Decimal, requested: Decimal) -> Refused:
+    return Refused(
+        f"insufficient {asset} in {account_id}: available {q(available, asset)}, "
+        f"requested {requested}",
+        errors.INSUFFICIENT_FUNDS,
+        {"asset": asset, "available": str(q(available, asset)), "requested": str(requested)},
+    )
+
+
+def stale_fence(account_id: str, fence: int, seen: int) -> Refused:
+    return Refused(
+        f"stale fencing token {fence} for {account_id}: the ledger has seen {seen}",
+        errors.STALE_FENCE,
+        {"fence": fence, "last_fence": seen},
+    )
+
+
+# ---------------------------------------------------------------- transfers and holds
+
+
+def transfer(customer: Row, external: Row, value: Decimal, *, into_customer: bool) -> list[Move]:
+    """A deposit (from '$external' to the customer) or a withdrawal (the other way)."""
+    signed = value if into_customer else -value
+    if customer.available + signed < 0:
+        raise insufficient(customer.owner, customer.asset, customer.available, value)
+    return moves((customer, "available", signed), (external, "available", -signed))
+
+
+def reserve(
+    row: Row | None, *, account_id: str, asset: str, value: Decimal, fence: int, customer_fence: int
+) -> list[Move]:
+    """Hold ``value`` on the customer's row: available -> held, if it is there and the fence is
+    not older than one the account (or the row) has seen."""
+    if customer_fence > fence:
+        raise stale_fence(account_id, fence, customer_fence)
+    available = row.available if row is not None else ZERO
+    if row is None or available < value:
+        raise insufficient(account_id, asset, available, value)
+    if row.last_fence > fence:
+        raise stale_fence(account_id, fence, row.last_fence)
+    return moves((row, "available", -value), (row, "held", value))
+
+
+@dataclass(frozen=True)
+class Fill:
+    """The increase a cumulative fill report brings over what the hold has posted."""
+
+    side: str
+    qty_delta: Decimal
+    cash_delta: Decimal
+    fee_delta: Decimal
+    cum_qty: Decimal
+    cum_notional: Decimal
+    cash_after: Decimal
+    cum_fee: Decimal
+
+    @property
+    def held_used(self) -> Decimal:
+        """What leaves the hold: cash plus fee for a buy, shares for a sell."""
+        return self.cash_delta + self.fee_delta if self.side == "buy" else self.qty_delta
+
+    def hold_after(self, hold: Hold) -> Hold:
+        return replace(
+            hold,
+            held_remaining=hold.held_remaining - self.held_used,
+            posted_qty=self.cum_qty,
+            posted_notional=self.cum_notional,
+            posted_cash=self.cash_after,
+            posted_fee=self.cum_fee,
+        )
+
+
+def fill(hold: Hold, cum_qty: Decimal, cum_notional: Decimal, cum_fee: Decimal) -> Fill | None:
+    """The fill to book for a cumulative report, or None when that quantity is already booked
+    (a report seen twice, by two sources, or out of order books once)."""
+    if cum_qty <= hold.posted_qty:
+        return None
+    if hold.status != "open":
+        raise Refused(f"hold of order {hold.order_id!r} is voided", errors.HOLD_STATE)
+    cash_after = round_cash(cum_notional)
+    post = Fill(
+        side=hold.side,
+        qty_delta=cum_qty - hold.posted_qty,
+        cash_delta=cash_after - hold.posted_cash,
+        fee_delta=cum_fee - hold.posted_fee,
+        cum_qty=cum_qty,
+        cum_notional=cum_notional,
+        cash_after=cash_after,
+        cum_fee=cum_fee,
+    )
+    if cum_notional < hold.posted_notional or post.fee_delta < 0:
+        raise Refused(
+            f"cumulative figures of order {hold.order_id!r} went backwards", errors.HOLD_STATE
+        )
+    if post.held_used > hold.held_remaining:
+        raise Refused(
+            f"fill of order {hold.order_id!r} needs {post.held_used} {hold.asset} "
+            f"but only {q(hold.held_remaining, hold.asset)} is held",
+            errors.HOLD_STATE,
+            {"needed": str(post.held_used), "held": str(hold.held_remaining)},
+        )
+    return post
+
+
+def fill_rows(hold: Hold) -> list[tuple[str, str]]:
+    """The five rows a fill moves, as (owner, asset), in the order ``fill_moves`` takes them:
+    customer cash, customer shares, omnibus cash, omnibus shares, fees (firm rows by shard)."""
+    omnibus, fees = (firm_shard(o, hold.order_id) for o in (OMNIBUS, FEES))
+    return [
+        (hold.owner, CASH_ASSET),
+        (hold.owner, hold.symbol),
+        (omnibus, CASH_ASSET),
+        (omnibus, hold.symbol),
+        (fees, CASH_ASSET),
+    ]
+
+
+def fill_moves(post: Fill, rows: Sequence[Row]) -> list[Move]:
+    """A buy: held cash pays the omnibus and the fee, shares go omnibus -> customer. A sell:
+    held shares go to the omnibus, the proceeds less the fee to the customer."""
+    cust_cash, cust_shares, omni_cash, omni_shares, fees = rows
+    if post.side == "buy":
+        legs: list[tuple[Row, Bucket, Decimal]] = [
+            (cust_cash, "held", -(post.cash_delta + post.fee_delta)),
+            (omni_cash, "available", post.cash_delta),
+            (omni_shares, "available", -post.qty_delta),
+            (cust_shares, "available", post.qty_delta),
+        ]
+    else:
+        legs = [
+            (cust_shares, "held", -post.qty_delta),
+            (omni_shares, "available", post.qty_delta),
+            (omni_cash, "available", -post.cash_delta),
+            (cust_cash, "available", post.cash_delta - post.fee_delta),
+        ]
+    return moves(*legs, (fees, "available", post.fee_delta))
+
+
+def released(hold: Hold) -> Decimal:
+    """What a void gives back: the rest of an open hold, nothing of a closed one."""
+    return hold.held_remaining if hold.status == "open" else ZERO
+
+
+def void_moves(hold: Hold, row: Row) -> list[Move]:
+    """Release the rest of the hold on its row: held -> available."""
+    rest = released(hold)
+    return moves((row, "held", -rest), (row, "available", rest))
+
+
+def voided(hold: Hold) -> Hold:
+    return replace(hold, held_remaining=ZERO, status="voided")
+
+
+# ---------------------------------------------------------------- the firm error account
+
+
+@dataclass(frozen=True)
+class ErrorPosition:
+    """What the firm error account has booked of one stray broker order."""
+
+    broker_order_id: str
+    symbol: str
+    side: str
+    posted_qty: Decimal = ZERO
+    posted_notional: Decimal = ZERO
+    posted_cash: Decimal = ZERO
+
+
+@dataclass(frozen=True)
+class ErrorFill:
+    qty_delta: Decimal
+    cash_delta: Decimal
+    cum_qty: Decimal
+    cum_notional: Decimal
+    cash_after: Decimal
+
+
+def error_fill(
+    pos: ErrorPosition, symbol: str, side: str, cum_qty: Decimal, cum_notional: Decimal
+) -> ErrorFill | None:
+    """The increase to book for a stray broker order, or None when already booked."""
+    if pos.symbol != symbol or pos.side != side:
+        raise Refused(
+            f"broker order {pos.broker_order_id} was booked as {pos.side} {pos.symbol}",
+            errors.HOLD_STATE,
+        )
+    if cum_qty <= pos.posted_qty:
+        return None
+    cash_after = round_cash(cum_notional)
+    cash_delta = cash_after - pos.posted_cash
+    if cash_delta < 0:
+        raise Refused(
+            f"cumulative notional of broker order {pos.broker_order_id} went backwards",
+            errors.HOLD_STATE,
+        )
+    return ErrorFill(cum_qty - pos.posted_qty, cash_delta, cum_qty, cum_notional, cash_after)
+
+
+def error_fill_rows(pos: ErrorPosition) -> list[tuple[str, str]]:
+    """Error shares, omnibus shares, error cash, omnibus cash (the unsharded omnibus row)."""
+    return [(ERROR, pos.symbol), (OMNIBUS, pos.symbol), (ERROR, CASH_ASSET), (OMNIBUS, CASH_ASSET)]
+
+
+def error_fill_moves(pos: ErrorPosition, post: ErrorFill, rows: Sequence[Row]) -> list[Move]:
+    """The error account stands where a customer would: it bought (or sold) what the broker
+    did, against the omnibus."""
+    error_shares, omni_shares, error_cash, omni_cash = rows
+    sign = Decimal(1) if pos.side == "buy" else Decimal(-1)
+    return moves(
+        (error_shares, "available", sign * post.qty_delta),
+        (omni_shares, "available", -sign * post.qty_delta),
+        (error_cash, "available", -sign * post.cash_delta),
+        (omni_cash, "available", sign * post.cash_delta),
+    )

@@ -1,0 +1,337 @@
+"""``Ledger``: the ledger's operations as plain async code (no Temporal activity context).
+
+Each operation validates its input, then runs one transaction (``store.transact``): read what it
+decides on, let the posting rules (postings.py) say what moves, compare-and-set and journal the
+moves, record the result under the operation's idempotency key. A repeat of the key returns the
+first result and changes nothing. The activities (activities.py), the SDK and the CLI call this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import TypeVar
+
+import asyncpg
+
+from activities.ledger import postings as rules
+from activities.ledger import store
+from activities.ledger.models import (
+    DepositInput,
+    ErrorFillInput,
+    ErrorFillResult,
+    OpenAccountInput,
+    OpenAccountResult,
+    PostFillInput,
+    PostFillResult,
+    ReserveInput,
+    ReserveResult,
+    TransferResult,
+    VoidInput,
+    VoidResult,
+)
+from activities.ledger.postings import EXTERNAL, Hold, Refused, firm_shard, q
+from activities.orders import RESERVED_STATUS, insert_order
+from core import errors
+from core.money import CASH_ASSET
+
+T = TypeVar("T")
+ZERO = Decimal(0)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """The posting rules' refusals leave as non-retryable ApplicationErrors."""
+    try:
+        yield
+    except Refused as exc:
+        raise store.application_error(exc) from None
+
+
+class Ledger:
+    def __init__(self, pool: asyncpg.Pool, cas_attempts: int = 50) -> None:
+        self._pool = pool
+        self._cas_attempts = cas_attempts
+
+    async def _transact(self, body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """The unit of work; one method so a benchmark can count the reruns."""
+        return await store.transact(self._pool, body, self._cas_attempts)
+
+    # -- accounts
+
+    async def open_account(self, input: OpenAccountInput) -> OpenAccountResult:
+        """Open a customer account and its USD row; opening twice is a no-op."""
+        with refusals():
+            account_id = rules.check_account_id(input.account_id)
+            if input.currency != CASH_ASSET:
+                raise Refused(f"unsupported currency {input.currency!r}", errors.INVALID_REQUEST)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store.ensure_firm_accounts(conn)
+            created = await conn.fetchval(store.INSERT_CUSTOMER, account_id, input.currency)
+            await conn.execute(store.INSERT_ROW, account_id, "customer", CASH_ASSET)
+        return OpenAccountResult(
+            account_id=account_id, currency=input.currency, created=bool(created)
+        )
+
+    async def deposit(self, input: DepositInput) -> TransferResult:
+        """Move ``amount`` of ``asset`` from '$external' to the customer."""
+        return await self._transfer("deposit", input, into_customer=True)
+
+    async def withdraw(self, input: DepositInput) -> TransferResult:
+        """Move ``amount`` from the customer's available balance to '$external'."""
+        return await self._transfer("withdraw", input, into_customer=False)
+
+    async def _transfer(
+        self, code: str, input: DepositInput, into_customer: bool
+    ) -> TransferResult:
+        with refusals():
+            asset = rules.check_asset(input.asset)
+            amount = rules.amount(input.amount, asset)
+        account_id, key = input.account_id, input.idempotency_key
+        args = store.args_hash(code, {"account_id": account_id, "asset": asset, "amount": amount})
+
+        async def body(conn: asyncpg.Connection) -> TransferResult:
+            done = await store.recorded(conn, key, code, args, TransferResult)
+            if done is not None:
+                return done
+            await store.customer(conn, account_id)
+            customer, external = await store.rows(
+                conn, (account_id, asset), (firm_shard(EXTERNAL, account_id), asset)
+            )
+            moves = rules.transfer(customer, external, amount, into_customer=into_customer)
+            entry_id = await store.apply(conn, moves, key=key, code=code, order_id=None)
+            assert entry_id is not None
+            _, available_after, _ = rules.balances_after(moves)[customer.id]
+            result = TransferResult(
+                account_id=account_id,
+                asset=asset,
+                amount=amount,
+                available_after=q(available_after, asset),
+                entry_id=entry_id,
+            )
+            await store.record(conn, key, code, args, result)
+            return result
+
+        with refusals():
+            return await self._transact(body)
+
+    # -- holds
+
+    async def reserve(self, input: ReserveInput) -> ReserveResult:
+        """Hold ``amount`` of ``asset`` for an order (cash for a buy, shares for a sell), and
+        record the order row if given, in one transaction guarded by the fencing token."""
+        with refusals():
+            symbol = rules.check_symbol(input.symbol)
+            asset = rules.held_asset(input.side, symbol, input.asset)
+            amount = rules.amount(input.amount, asset)
+        order_key, key, fence = input.order_key, input.idempotency_key, input.fence
+        args = reserve_args_hash(input, asset=asset, amount=amount, symbol=symbol)
+
+        async def body(conn: asyncpg.Connection) -> ReserveResult:
+            await store.lock_order(conn, order_key)
+            view = await conn.fetchrow(store.RESERVE_VIEW, key, order_key, input.account_id, asset)
+            done = store.replay(view, key, "reserve", args, ReserveResult)
+            if done is not None:
+                return done
+            if view["tombstoned"]:
+                raise Refused(f"order {order_key!r} was already voided", errors.HOLD_STATE)
+            if view["has_hold"]:
+                raise Refused(
+                    f"order {order_key!r} already has a hold under another idempotency key",
+                    errors.HOLD_STATE,
+                )
+            if not view["customer_exists"]:
+                raise Refused(f"unknown account {input.account_id!r}", errors.UNKNOWN_ACCOUNT)
+            row = store.row_of(view)
+            moves = rules.reserve(
+                row,
+                account_id=input.account_id,
+                asset=asset,
+                value=amount,
+                fence=fence,
+                customer_fence=view["customer_fence"],
+            )
+            assert row is not None
+            status = await conn.execute(store.ADVANCE_CUSTOMER_FENCE, input.account_id, fence)
+            if status != "UPDATE 1":
+                raise store.Conflict  # a newer fence landed meanwhile; the rerun reports it
+            await store.apply(conn, moves, key=key, code="reserve", order_id=order_key, fence=fence)
+            if input.order is not None:
+                await insert_order(conn, input.order, RESERVED_STATUS)
+            hold_id = await conn.fetchval(
+                store.INSERT_HOLD,
+                order_key,
+                input.account_id,
+                row.id,
+                asset,
+                amount,
+                input.side,
+                symbol,
+            )
+            _, available_after, _ = rules.balances_after(moves)[row.id]
+            result = ReserveResult(
+                hold_id=hold_id,
+                order_key=order_key,
+                asset=asset,
+                amount=amount,
+                available_after=q(available_after, asset),
+                fence=fence,
+            )
+            await store.record(conn, key, "reserve", args, result)
+            return result
+
+        with refusals():
+            return await self._transact(body)
+
+    async def post_fill(self, input: PostFillInput) -> PostFillResult:
+        """Book the increase of an order's cumulative fill (qty, exact notional, fee) against
+        its hold, keyed by order key + cumulative qty."""
+        with refusals():
+            cum_qty = rules.cumulative(input.cum_qty, "cum_qty", rules.QTY_QUANTUM)
+            cum_notional = rules.cumulative(input.cum_notional, "cum_notional")
+            cum_fee = rules.cumulative(input.cum_fee, "cum_fee", rules.FEE_QUANTUM)
+        order_key = input.order_key
+        key = f"{order_key}:fill:{store.plain(cum_qty)}"
+        args = store.args_hash("post", {"notional": cum_notional, "fee": cum_fee})
+
+        async def body(conn: asyncpg.Connection) -> PostFillResult:
+            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key)
+            done = store.replay(rec, key, "post", args, PostFillResult)
+            if done is not None:
+                return done
+            hold = store.hold_of(rec)
+            if hold is None:
+                raise Refused(f"no hold for order {order_key!r}", errors.HOLD_STATE)
+            post = rules.fill(hold, cum_qty, cum_notional, cum_fee)
+            if post is None:
+                return _posted(hold, applied=False)
+            rows = await store.rows(conn, *rules.fill_rows(hold))
+            moves = rules.fill_moves(post, rows)
+            await store.apply(conn, moves, key=key, code="post", order_id=order_key)
+            after = post.hold_after(hold)
+            await store.cas_hold(conn, rec, after)
+            result = _posted(after, applied=True, post=post)
+            await store.record(conn, key, "post", args, result)
+            return result
+
+        with refusals():
+            return await self._transact(body)
+
+    async def void(self, input: VoidInput) -> VoidResult:
+        """Release whatever is left of the order's hold and close it; an order with no hold
+        answers found=False and no later reserve can create one."""
+        order_key, key = input.order_key, input.idempotency_key
+        args = store.args_hash("void", {"order_id": order_key})
+
+        async def body(conn: asyncpg.Connection) -> VoidResult:
+            await store.lock_order(conn, order_key)
+            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key)
+            done = store.replay(rec, key, "void", args, VoidResult)
+            if done is not None:
+                return done
+            hold = store.hold_of(rec)
+            if hold is None:
+                await conn.execute(store.INSERT_TOMBSTONE, order_key)
+                result = VoidResult(order_key=order_key, found=False, released=ZERO)
+            else:
+                if hold.status == "open":
+                    (row,) = await store.rows(conn, (hold.owner, hold.asset))
+                    moves = rules.void_moves(hold, row)
+                    await store.apply(conn, moves, key=key, code="void", order_id=hold.order_id)
+                    await store.cas_hold(conn, rec, rules.voided(hold))
+                result = VoidResult(
+                    order_key=hold.order_id,
+                    found=True,
+                    released=q(rules.released(hold), hold.asset),
+                    asset=hold.asset,
+                )
+            await store.record(conn, key, "void", args, result)
+            return result
+
+        with refusals():
+            return await self._transact(body)
+
+    async def book_error_fill(self, input: ErrorFillInput) -> ErrorFillResult:
+        """Book the increase of a stray broker order's cumulative fill between '$omnibus' and
+        '$error' (never a customer), keyed by broker order id + cumulative qty."""
+        with refusals():
+            symbol = rules.check_symbol(input.symbol)
+            cum_qty = rules.cumulative(input.cum_qty, "cum_qty", rules.QTY_QUANTUM)
+            cum_notional = rules.cumulative(input.cum_notional, "cum_notional")
+        broker_id = input.broker_order_id
+        key = f"error:{broker_id}:fill:{store.plain(cum_qty)}"
+        args = store.args_hash(
+            "error_fill", {"symbol": symbol, "side": input.side, "notional": cum_notional}
+        )
+
+        async def body(conn: asyncpg.Connection) -> ErrorFillResult:
+            done = await store.recorded(conn, key, "error_fill", args, ErrorFillResult)
+            if done is not None:
+                return done
+            pos, version = await store.error_position(
+                conn, broker_id, input.client_order_id, symbol, input.side
+            )
+            post = rules.error_fill(pos, symbol, input.side, cum_qty, cum_notional)
+            if post is None:
+                return ErrorFillResult(
+                    broker_order_id=broker_id,
+                    applied=False,
+                    qty_delta=ZERO,
+                    cash_delta=ZERO,
+                    posted_qty=pos.posted_qty,
+                    posted_cash=pos.posted_cash,
+                )
+            rows = await store.rows(conn, *rules.error_fill_rows(pos))
+            moves = rules.error_fill_moves(pos, post, rows)
+            await store.apply(conn, moves, key=key, code="error_fill", order_id=broker_id)
+            await store.cas_error_position(
+                conn, broker_id, cum_qty, cum_notional, post.cash_after, version
+            )
+            result = ErrorFillResult(
+                broker_order_id=broker_id,
+                applied=True,
+                qty_delta=post.qty_delta,
+                cash_delta=post.cash_delta,
+                posted_qty=cum_qty,
+                posted_cash=post.cash_after,
+            )
+            await store.record(conn, key, "error_fill", args, result)
+            return result
+
+        with refusals():
+            return await self._transact(body)
+
+
+def reserve_args_hash(input: ReserveInput, *, asset: str, amount: Decimal, symbol: str) -> str:
+    """The reserve's idempotency hash. The fence is left out: a retry after a lost answer may
+    carry a newer token. The order key is hashed under its old name, ``order_id``, so a retry of
+    a reserve recorded before the rename still matches."""
+    return store.args_hash(
+        "reserve",
+        {
+            "account_id": input.account_id,
+            "order_id": input.order_key,
+            "asset": asset,
+            "amount": amount,
+            "side": input.side,
+            "symbol": symbol,
+            "order": input.order.model_dump(mode="json") if input.order else None,
+        },
+    )
+
+
+def _posted(hold: Hold, *, applied: bool, post: rules.Fill | None = None) -> PostFillResult:
+    """A post's result: the hold's figures, with the deltas when this call booked them."""
+    return PostFillResult(
+        order_key=hold.order_id,
+        applied=applied,
+        qty_delta=post.qty_delta if post else ZERO,
+        cash_delta=post.cash_delta if post else ZERO,
+        fee_delta=post.fee_delta if post else ZERO,
+        posted_qty=hold.posted_qty,
+        posted_notional=hold.posted_notional,
+        posted_cash=hold.posted_cash,
+        posted_fee=hold.posted_fee,
+        held_remaining=q(hold.held_remaining, hold.asset),
+    )
