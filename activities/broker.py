@@ -67,14 +67,6 @@ class SubmitOrderResult(BaseModel):
         )
 
 
-class GetOrderInput(BaseModel):
-    broker_order_id: str
-
-
-class GetOrderResult(BaseModel):
-    order: BrokerOrder
-
-
 class CancelOrderInput(BaseModel):
     client_order_id: ClientOrderId
     broker_order_id: str | None = None
@@ -188,14 +180,6 @@ class BrokerActivities:
                 non_retryable=True,
             )
         return order
-
-    @activity.defn
-    async def get_order(self, req: GetOrderInput) -> GetOrderResult:
-        """The broker's current view of one order. A read: retries change nothing."""
-        try:
-            return GetOrderResult(order=await self._client.get_order(req.broker_order_id))
-        except BrokerError as exc:
-            raise _app_error(exc) from exc
 
     @activity.defn
     async def cancel_order(self, req: CancelOrderInput) -> CancelOrderResult:

@@ -193,16 +193,6 @@ class ReleaseLockResult(BaseModel):
     released: bool
 
 
-class ExtendLockInput(BaseModel):
-    account_id: str
-    owner: str
-    ttl_ms: int
-
-
-class ExtendLockResult(BaseModel):
-    extended: bool
-
-
 def _bad_input(exc: ValueError) -> ApplicationError:
     return ApplicationError(str(exc), non_retryable=True, type=errors.LOCK_INVALID_ARGUMENT)
 
@@ -241,17 +231,3 @@ class LockActivities:
         owner) changes nothing and returns ``released=False``, never an error.
         """
         return ReleaseLockResult(released=await self._lock.release(data.account_id, data.owner))
-
-    @activity.defn
-    async def extend_lock(self, data: ExtendLockInput) -> ExtendLockResult:
-        """Reset the TTL of ``owner``'s lock to ``ttl_ms``.
-
-        Retry-safe: extending twice just sets the same TTL again. A lost lock returns
-        ``extended=False`` rather than raising: the caller decides (the fence still protects
-        the reserve). ``ttl_ms <= 0`` is refused with the non-retryable ``LockInvalidArgument``.
-        """
-        try:
-            extended = await self._lock.extend(data.account_id, data.owner, data.ttl_ms)
-        except ValueError as exc:
-            raise _bad_input(exc) from None
-        return ExtendLockResult(extended=extended)

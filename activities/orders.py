@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core import errors
+from core.money import quantum_for
 from core.statuses import TERMINAL_STATUS_NAMES, OrderStatus
 
 INSERT_ORDER = """
@@ -39,7 +40,12 @@ UPDATE orders
  WHERE account_id = $1 AND order_id = $2
    AND status <> ALL($9::text[])
 """
-SELECT_ORDER = "SELECT * FROM orders WHERE account_id = $1 AND order_id = $2"
+# The row with what its order held, if it ever held anything (the hold outlives its void).
+SELECT_ORDER = (
+    "SELECT o.*, h.amount AS held, h.asset AS hold_asset FROM orders o"
+    " LEFT JOIN holds h ON h.order_id = o.account_id || '/' || o.order_id"
+    " WHERE o.account_id = $1 AND o.order_id = $2"
+)
 # The status the reserve writes an order's row with: it holds funds from that moment.
 RESERVED_STATUS = OrderStatus.ACCEPTED.value
 
@@ -103,6 +109,8 @@ class OrderRow(BaseModel):
     fees: Decimal
     created_at: datetime
     updated_at: datetime
+    held: Decimal = Decimal(0)  # what the order held (0: refused before any hold; not listed)
+    hold_asset: str | None = None
 
 
 OrderRows = list[OrderRow]  # spelled once here: ``OrderStore.list`` shadows the builtin inside
@@ -170,7 +178,14 @@ class OrderStore:
 
     async def get(self, account_id: str, order_id: str) -> OrderRow | None:
         row = await self._pool.fetchrow(SELECT_ORDER, account_id, order_id)
-        return OrderRow(**dict(row)) if row else None
+        if row is None:
+            return None
+        values = dict(row)
+        if values["hold_asset"] is None:
+            values.update(held=Decimal(0), hold_asset=None)
+        else:
+            values["held"] = values["held"].quantize(quantum_for(values["hold_asset"]))
+        return OrderRow(**values)
 
     async def list(
         self,

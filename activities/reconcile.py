@@ -15,6 +15,7 @@ import asyncpg
 from pydantic import BaseModel, Field
 from temporalio import activity
 
+from core.orderkey import InvalidOrderKey, OrderKey
 from core.statuses import TERMINAL_STATUS_NAMES
 
 
@@ -50,9 +51,12 @@ class FindBreaksResult(BaseModel):
     breaks: list[Break] = Field(default_factory=list)
 
 
-def split_key(client_order_id: str) -> tuple[str, str] | None:
-    account, sep, order = client_order_id.partition("/")
-    return (account, order) if sep and account and order else None
+def _ours(client_order_id: str) -> OrderKey | None:
+    """The order key a broker order names, or None for one that is not ours (a foreign id)."""
+    try:
+        return OrderKey.parse(client_order_id)
+    except InvalidOrderKey:
+        return None
 
 
 class ReconcileActivities:
@@ -86,13 +90,14 @@ class ReconcileActivities:
     async def _classify(
         self, conn: asyncpg.Connection, bo: BrokerOrderView, result: FindBreaksResult
     ) -> None:
-        ids = split_key(bo.client_order_id)
+        key = _ours(bo.client_order_id)
         row = None
-        if ids is not None:
+        if key is not None:
             row = await conn.fetchrow(
                 "SELECT status, broker_order_id, filled_qty FROM orders"
                 " WHERE account_id = $1 AND order_id = $2",
-                *ids,
+                key.account_id,
+                key.order_id,
             )
         gave_up = row is None or (
             row["status"] in TERMINAL_STATUS_NAMES and row["broker_order_id"] is None

@@ -9,13 +9,13 @@ payload is refused where it enters.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: no "\n" slips past a "$"
+from core.ids import is_id
+
 WORKFLOW_PREFIX = "order/"
 
 
@@ -37,7 +37,7 @@ class OrderKey(str):
         if not isinstance(text, str):
             raise InvalidOrderKey(f"an order key is text, got {type(text).__name__}")
         account_id, sep, order_id = text.partition("/")
-        if not sep or not ID_PATTERN.fullmatch(account_id) or not ID_PATTERN.fullmatch(order_id):
+        if not sep or not is_id(account_id) or not is_id(order_id):
             raise InvalidOrderKey(
                 f"invalid order key {text[:140]!r}: expected <account>/<order>, each 1-64 "
                 "letters, digits, '_', '.', '-'"

@@ -50,6 +50,7 @@ from core.errors import UserError
 from core.money import parse_decimal
 from core.orderkey import WORKFLOW_PREFIX, InvalidOrderKey, OrderKey
 from core.settings import Settings
+from core.statuses import OrderStatus
 from core.temporal import connect
 from workflows.models import (
     CancelResult,
@@ -291,8 +292,6 @@ def _quote(value: str) -> str:
 
 def state_from_row(row: OrderRow) -> OrderState:
     """An order's state from its permanent record (once Temporal's history is gone)."""
-    from core.statuses import OrderStatus
-
     req = OrderRequest(
         account_id=row.account_id,
         order_id=row.order_id,
@@ -312,4 +311,6 @@ def state_from_row(row: OrderRow) -> OrderState:
         filled_qty=row.filled_qty,
         filled_notional=row.filled_notional,
         fees=row.fees,
+        held=row.held,
+        hold_asset=row.hold_asset,
     )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from core.orderkey import ID_PATTERN, OrderKey
+from core.ids import is_id, is_symbol
+from core.orderkey import OrderKey
 from core.statuses import OrderStatus
 
 Side = Literal["buy", "sell"]
@@ -148,11 +148,11 @@ class CancelResult(BaseModel):
 
 def validate_request(req: OrderRequest) -> str | None:
     """Pure validation; the reason the order is invalid, or None."""
-    if not ID_PATTERN.fullmatch(req.account_id):
+    if not is_id(req.account_id):
         return "account id must be 1-64 characters of letters, digits, '_', '.', '-'"
-    if not ID_PATTERN.fullmatch(req.order_id):
+    if not is_id(req.order_id):
         return "order id must be 1-64 characters of letters, digits, '_', '.', '-'"
-    if not re.fullmatch(r"[A-Z][A-Z.]{0,9}", req.symbol):
+    if not is_symbol(req.symbol):
         return f"invalid symbol {req.symbol!r}"
     if not req.qty.is_finite() or req.qty <= 0:
         return "quantity must be a positive number"

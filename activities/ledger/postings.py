@@ -8,7 +8,6 @@ core/errors.py's names); the service turns it into a non-retryable ApplicationEr
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -17,6 +16,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from core import errors
+from core.ids import is_id, is_symbol
 from core.money import (
     CASH_ASSET,
     MAX_AMOUNT,
@@ -45,9 +45,6 @@ ZERO = Decimal(0)
 
 Side = Literal["buy", "sell"]
 Bucket = Literal["available", "held"]
-
-_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
-_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 
 
 class Refused(Exception):
@@ -98,19 +95,19 @@ def cumulative(value: object, what: str, quantize_to: Decimal | None = None) -> 
 
 
 def check_asset(asset: str) -> str:
-    if asset != CASH_ASSET and not _SYMBOL.match(asset):
+    if asset != CASH_ASSET and not is_symbol(asset):
         raise Refused(f"unknown asset {asset!r} (USD or a ticker symbol)", errors.INVALID_REQUEST)
     return asset
 
 
 def check_symbol(symbol: str) -> str:
-    if not _SYMBOL.match(symbol):
+    if not is_symbol(symbol):
         raise Refused(f"invalid symbol {symbol!r}", errors.INVALID_REQUEST)
     return symbol
 
 
 def check_account_id(account_id: str) -> str:
-    if not _ACCOUNT_ID.match(account_id):
+    if not is_id(account_id):
         raise Refused(f"invalid account id {account_id!r}", errors.INVALID_REQUEST)
     return account_id
 

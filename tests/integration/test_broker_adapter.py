@@ -19,7 +19,6 @@ from temporalio.exceptions import ApplicationError
 from activities.broker import (
     BrokerActivities,
     CancelOrderInput,
-    GetOrderInput,
     ListBrokerOrdersInput,
     ReconcileOrderInput,
     SubmitOrderInput,
@@ -281,8 +280,8 @@ async def test_cancel_open_order(sim: BrokerSim, acts: BrokerActivities) -> None
     )
     assert cancel.status in ("pending_cancel", "canceled")
     await sim.admin("POST", "/admin/tick")
-    after = await acts.get_order(GetOrderInput(broker_order_id=submitted.broker_order_id))
-    assert after.order.status == "canceled"
+    after = await acts.reconcile_order(ReconcileOrderInput(client_order_id=order_id))
+    assert after.order is not None and after.order.status == "canceled"
     again = await acts.cancel_order(CancelOrderInput(client_order_id=order_id))
     assert again.status == "canceled"
 

@@ -17,7 +17,6 @@ from temporalio.testing import ActivityEnvironment
 from activities.lock import (
     AccountLock,
     AcquireLockInput,
-    ExtendLockInput,
     LockActivities,
     ReleaseLockInput,
 )
@@ -191,7 +190,7 @@ def activities(lock: AccountLock) -> LockActivities:
     return LockActivities(lock)
 
 
-async def test_activities_acquire_release_extend(activities: LockActivities) -> None:
+async def test_activities_acquire_release(activities: LockActivities, lock: AccountLock) -> None:
     env = ActivityEnvironment()
     account = new_account()
     first = await env.run(
@@ -204,10 +203,7 @@ async def test_activities_acquire_release_extend(activities: LockActivities) -> 
     )
     assert (retried.fence, retried.reacquired) == (first.fence, True)
 
-    extended = await env.run(
-        activities.extend_lock, ExtendLockInput(account_id=account, owner="order-1", ttl_ms=5_000)
-    )
-    assert extended.extended
+    assert await lock.extend(account, "order-1", ttl_ms=5_000)
     released = await env.run(
         activities.release_lock, ReleaseLockInput(account_id=account, owner="order-1")
     )
@@ -216,10 +212,7 @@ async def test_activities_acquire_release_extend(activities: LockActivities) -> 
         activities.release_lock, ReleaseLockInput(account_id=account, owner="order-1")
     )
     assert not again.released
-    lost = await env.run(
-        activities.extend_lock, ExtendLockInput(account_id=account, owner="order-1", ttl_ms=5_000)
-    )
-    assert not lost.extended
+    assert not await lock.extend(account, "order-1", ttl_ms=5_000)
 
 
 async def test_activity_busy_raises_retryable_lock_not_acquired(
@@ -234,20 +227,6 @@ async def test_activity_busy_raises_retryable_lock_not_acquired(
         )
     assert info.value.type == errors.LOCK_NOT_ACQUIRED
     assert not info.value.non_retryable
-
-
-async def test_activity_extend_with_zero_is_refused_non_retryable(
-    activities: LockActivities, lock: AccountLock
-) -> None:
-    account = new_account()
-    await lock.acquire(account, "order-1", ttl_ms=5_000, wait_ms=0)
-    with pytest.raises(ApplicationError) as info:
-        await ActivityEnvironment().run(
-            activities.extend_lock, ExtendLockInput(account_id=account, owner="order-1", ttl_ms=0)
-        )
-    assert info.value.type == errors.LOCK_INVALID_ARGUMENT
-    assert info.value.non_retryable
-    assert await lock.holder(account) is not None
 
 
 # --- a Redis restart that loses the counter ----------------------------------------------------

@@ -245,3 +245,21 @@ async def test_cancel_after_the_order_settled_is_refused(saga: SagaStack) -> Non
     await saga.wait(acct, placed.order_id)
     with pytest.raises(UserError, match="already SETTLED"):
         await saga.orders.cancel_order(acct, placed.order_id)
+
+
+async def test_the_orders_table_answers_place_as_the_workflow_did(saga: SagaStack) -> None:
+    """Past Temporal's retention only the orders row is left: it still says the order was held."""
+    from ordersaga.client import state_from_row
+    from workflows.models import place_result
+
+    acct = await saga.funded_account("1000")
+    placed = await saga.place(acct, symbol="AAPL", side="buy", qty="1")
+    await saga.wait(acct, placed.order_id)
+    refused = await saga.place(acct, symbol="AAPL", side="buy", qty="100")
+    await saga.wait(acct, refused.order_id)
+    for answer in (placed, refused):
+        row = await saga.orders._store.get(acct, answer.order_id)
+        assert row is not None
+        again = place_result(state_from_row(row))
+        assert (again.accepted, again.held) == (answer.accepted, answer.held)
+    assert place_result(state_from_row(row)).hold_asset is None  # the refused one held nothing
