@@ -10,22 +10,10 @@ from hypothesis import strategies as st
 
 from core.money import CASH_ASSET
 from core.settings import SagaSettings
-from workflows.models import OrderRequest
+from tests.support.requests import order_request as request
 from workflows.pricing import cumulative_fee, hold_for, market_buy_cap
 
 SAGA = SagaSettings()  # rate 0.0025, minimum 0.50, market buy buffer 0.05
-
-
-def request(**fields: object) -> OrderRequest:
-    values: dict[str, object] = {
-        "account_id": "alice",
-        "order_id": "o1",
-        "symbol": "AAPL",
-        "side": "buy",
-        "qty": Decimal(1),
-    }
-    values.update(fields)
-    return OrderRequest.model_validate(values)
 
 
 def test_a_market_buy_holds_the_capped_notional_and_its_fee() -> None:

@@ -6,19 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from workflows.models import OrderRequest, validate_request
-
-
-def request(**fields: object) -> OrderRequest:
-    values: dict[str, object] = {
-        "account_id": "alice",
-        "order_id": "o1",
-        "symbol": "AAPL",
-        "side": "buy",
-        "qty": Decimal(1),
-    }
-    values.update(fields)
-    return OrderRequest.model_validate(values)
+from tests.support.requests import order_request as request
+from workflows.models import validate_request
 
 
 def test_a_good_request_passes() -> None:
