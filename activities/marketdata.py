@@ -3,13 +3,18 @@
 A missing, stale or unusable quote is NOT an error here: get_quote answers ``fresh=False`` with
 no prices, and the saga turns that into a REJECTED order ("no price"). Raising would make the
 activity's retry policy decide, and a retry seconds later rarely finds a price the feed did not
-have; the workflow is the right place to decide how long to wait for one.
+have; the workflow is the right place to decide how long to wait for one. That holds for a
+record that is not a quote at all (garbage, NaN, a JSON-number price, a time in the future):
+the rules are core/quotes.py's, a refusal is counted (``refused``, ``refusals`` by reason) and
+logged, at most one line per symbol every ``LOG_EVERY_S`` (a flood of orders against one bad
+quote must not flood the log; the line says how many were not logged).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -19,6 +24,11 @@ from pydantic import BaseModel
 from temporalio import activity
 
 from core.keys import RedisKeys
+from core.quotes import InvalidQuote, parse_quote_record
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 10.0
 
 
 class GetQuoteInput(BaseModel):
@@ -35,6 +45,8 @@ class GetQuoteResult(BaseModel):
     age_s: float | None = None
     """Seconds since the feed stored the quote (this machine's clock)."""
     fresh: bool = False
+    refused: str | None = None
+    """Why the stored record is not a quote at all (None for a good, stale or missing one)."""
 
 
 class MarketDataActivities:
@@ -49,22 +61,48 @@ class MarketDataActivities:
         self._keys = keys
         self.max_age_s = max_age_s
         self._clock = clock
+        self.refused = 0
+        self.refusals: Counter[str] = Counter()
+        self._logged: dict[str, tuple[float, int]] = {}  # symbol -> (last line, not logged)
 
     @activity.defn
     async def get_quote(self, req: GetQuoteInput) -> GetQuoteResult:
         """The latest quote for a symbol from Redis (never the broker).
 
-        fresh=True only when the feed stored it less than max_age_s ago and both bid and ask are
-        positive. A read: retries change nothing (a later retry may see a newer quote).
+        fresh=True only when the record passes core/quotes.py's checks (decimal-text prices,
+        finite, positive, bounded; stored no later than now + CLOCK_SKEW_S) and was stored at
+        most max_age_s ago. Never raises for a bad record: it answers not fresh, with
+        ``refused`` set. A read: retries change nothing (a later retry may see a newer quote).
         """
         symbol = req.symbol.upper()
         raw = await self._redis.get(self._keys.quote(symbol))
         if raw is None:
             return GetQuoteResult(symbol=symbol)
-        record = json.loads(raw)
-        age_s = self._clock() - float(record["received_at"])
-        bid, ask = Decimal(record["bid"]), Decimal(record["ask"])
-        as_of = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00"))
-        if age_s > self.max_age_s or bid <= 0 or ask <= 0:
-            return GetQuoteResult(symbol=symbol, as_of=as_of, age_s=age_s)
-        return GetQuoteResult(symbol=symbol, bid=bid, ask=ask, as_of=as_of, age_s=age_s, fresh=True)
+        now = self._clock()
+        try:
+            quote = parse_quote_record(raw, symbol, now)
+        except InvalidQuote as exc:
+            self._refuse(symbol, str(exc), now)
+            return GetQuoteResult(symbol=symbol, refused=str(exc))
+        age_s = now - quote.received_at
+        if age_s > self.max_age_s:
+            return GetQuoteResult(symbol=symbol, as_of=quote.timestamp, age_s=age_s)
+        return GetQuoteResult(
+            symbol=symbol,
+            bid=quote.bid,
+            ask=quote.ask,
+            as_of=quote.timestamp,
+            age_s=age_s,
+            fresh=True,
+        )
+
+    def _refuse(self, symbol: str, reason: str, now: float) -> None:
+        self.refused += 1
+        self.refusals[reason.split(":")[0]] += 1
+        last, quiet = self._logged.get(symbol, (float("-inf"), 0))
+        if now - last < LOG_EVERY_S:
+            self._logged[symbol] = (last, quiet + 1)
+            return
+        self._logged[symbol] = (now, 0)
+        more = f" ({quiet} more since the last line)" if quiet else ""
+        log.warning("quote for %s refused: %s%s", symbol, reason, more)

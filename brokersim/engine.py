@@ -100,6 +100,9 @@ class Engine:
         self.last_offset = 0
         self.next_seq = 1
         self.listeners: list[Callable[[], None]] = []
+        # Raw quote objects served instead of the computed ones (hostile-input tests; not kept
+        # across a restart).
+        self.quote_overrides: dict[str, Any] = {}
 
     @classmethod
     def open(cls, store: Store, clock: SimClock, seed: int) -> Engine:
@@ -357,7 +360,9 @@ class Engine:
             "price_time": rfc3339(self.price_time),
         }
 
-    def quote(self, symbol: str) -> dict[str, Any] | None:
+    def quote(self, symbol: str) -> Any:
+        if symbol.upper() in self.quote_overrides:
+            return self.quote_overrides[symbol.upper()]
         price = self.prices.get(symbol.upper())
         if price is None:
             return None
@@ -370,5 +375,43 @@ class Engine:
             "t": rfc3339(self.price_time),
         }
 
-    def events_after(self, offset: int, limit: int) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in self.store.events_after(offset, limit)]
+    def set_quote_overrides(self, body: object) -> dict[str, Any]:
+        """Serve these raw quote objects as given (``null`` removes one): bad input on purpose."""
+        if not isinstance(body, dict):
+            raise ApiError(400, 40010000, "request body must be a JSON object")
+        for symbol, raw in body.items():
+            if raw is None:
+                self.quote_overrides.pop(symbol.upper(), None)
+            else:
+                self.quote_overrides[symbol.upper()] = raw
+        return dict(self.quote_overrides)
+
+    def append_raw_event(self, body: object) -> int:
+        """Append an event as given, unchecked (hostile-input tests): ``{"event": {...}}`` gets
+        the next offset written into it; ``{"raw": "text"}`` is stored as that text."""
+        if not isinstance(body, dict) or not (
+            isinstance(body.get("event"), dict) or isinstance(body.get("raw"), str)
+        ):
+            raise invalid('body must be {"event": {...}} or {"raw": "text"}')
+        self.last_offset += 1
+        if "raw" in body:
+            text = body["raw"]
+        else:
+            text = json.dumps({**body["event"], "offset": self.last_offset})
+        self._commit(_Batch(events=[(self.last_offset, text)]))
+        return self.last_offset
+
+    def event_rows_after(self, offset: int, limit: int) -> list[tuple[int, str]]:
+        """(offset, JSON text) of the stored events after ``offset``."""
+        return self.store.events_after(offset, limit)
+
+    def events_after(self, offset: int, limit: int) -> list[Any]:
+        return [_event_value(text) for _, text in self.store.events_after(offset, limit)]
+
+
+def _event_value(text: str) -> Any:
+    """A stored event as JSON; one appended as raw non-JSON text stays that text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -130,6 +130,8 @@ class BrokerSimServer:
         r.add_get("/admin/prices", self.get_prices)
         r.add_put("/admin/prices", self.put_prices)
         r.add_post("/admin/tick", self.tick)
+        r.add_put("/admin/quote_overrides", self.put_quote_overrides)
+        r.add_post("/admin/events", self.post_event)
         r.add_get("/admin/fill_model", self.get_fill_model)
         r.add_put("/admin/fill_model", self.put_fill_model)
         r.add_get("/admin/health", self.health)
@@ -267,26 +269,26 @@ class BrokerSimServer:
                 _drop_connection(request)
                 return
             wakeup = self._wakeup
-            events = self.engine.events_after(last, 500)
+            events = self.engine.event_rows_after(last, 500)
             if not events:
                 try:
                     await asyncio.wait_for(wakeup.wait(), KEEPALIVE_S)
                 except TimeoutError:
                     await response.write(b": keepalive\n\n")
                 continue
-            for event in events:
-                await self._send_event(response, event, live=event["offset"] > replay_end)
-                last = event["offset"]
+            for offset, text in events:
+                await self._send_event(response, offset, text, live=offset > replay_end)
+                last = offset
 
     async def _send_event(
-        self, response: web.StreamResponse, event: dict[str, Any], *, live: bool
+        self, response: web.StreamResponse, offset: int, text: str, *, live: bool
     ) -> None:
         copies = 1
         if live and self.faults.chance(self.faults.config.event_drop_prob):
             copies = 0
         elif live and self.faults.chance(self.faults.config.event_dup_prob):
             copies = 2
-        frame = f"id: {event['offset']}\nevent: trade_update\ndata: {json.dumps(event)}\n\n"
+        frame = f"id: {offset}\nevent: trade_update\ndata: {text}\n\n"
         for _ in range(copies):
             await response.write(frame.encode())
 
@@ -328,6 +330,12 @@ class BrokerSimServer:
 
     async def tick(self, request: web.Request) -> web.Response:
         return _json(self.engine.tick())
+
+    async def put_quote_overrides(self, request: web.Request) -> web.Response:
+        return _json(self.engine.set_quote_overrides(await _body(request, decimals=False)))
+
+    async def post_event(self, request: web.Request) -> web.Response:
+        return _json({"offset": self.engine.append_raw_event(await _body(request, decimals=False))})
 
     async def get_fill_model(self, request: web.Request) -> web.Response:
         return _json(self.engine.fill_model.model_dump())

@@ -54,12 +54,13 @@ class Store:
         row = self._conn.execute('SELECT COALESCE(MAX("offset"), 0) FROM events').fetchone()
         return int(row[0])
 
-    def events_after(self, offset: int, limit: int) -> list[str]:
+    def events_after(self, offset: int, limit: int) -> list[tuple[int, str]]:
+        """(offset, stored text) of the events after ``offset``, in order."""
         rows = self._conn.execute(
-            'SELECT data FROM events WHERE "offset" > ? ORDER BY "offset" LIMIT ?',
+            'SELECT "offset", data FROM events WHERE "offset" > ? ORDER BY "offset" LIMIT ?',
             (offset, limit),
         ).fetchall()
-        return [r[0] for r in rows]
+        return [(int(r[0]), r[1]) for r in rows]
 
     def commit(
         self,

@@ -17,14 +17,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from core.quotes import InvalidQuote, broker_price, check_size, check_timestamp
 from core.settings import Settings
+from core.statuses import BROKER_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +120,12 @@ class BrokerOrder(BaseModel):
         if data.get("filled_notional") is None:
             # Alpaca does not send it; the cumulative average times the cumulative quantity is
             # the exact notional only up to the broker's rounding of the average.
-            qty = Decimal(str(data.get("filled_qty") or 0))
-            avg = data.get("filled_avg_price")
-            data["filled_notional"] = qty * Decimal(str(avg)) if avg is not None else Decimal(0)
+            try:
+                qty = Decimal(str(data.get("filled_qty") or 0))
+                avg = data.get("filled_avg_price")
+                data["filled_notional"] = qty * Decimal(str(avg)) if avg is not None else Decimal(0)
+            except ArithmeticError:
+                pass  # not numbers: the fields' own validation says so
         return data
 
     @property
@@ -143,14 +149,18 @@ class Quote(BaseModel):
     timestamp: datetime
 
     @classmethod
-    def from_alpaca(cls, symbol: str, raw: Mapping[str, Any]) -> Quote:
+    def from_alpaca(cls, symbol: str, raw: object) -> Quote:
+        """One entry of Alpaca's latest quotes (``bp``/``ap``/``bs``/``as``/``t``), checked by
+        the rules of core/quotes.py; raises InvalidQuote with the reason."""
+        if not isinstance(raw, Mapping):
+            raise InvalidQuote("quote is not a JSON object")
         return cls(
             symbol=symbol,
-            bid=_decimal(raw.get("bp", 0)),
-            ask=_decimal(raw.get("ap", 0)),
-            bid_size=_decimal(raw.get("bs", 0)),
-            ask_size=_decimal(raw.get("as", 0)),
-            timestamp=raw["t"],
+            bid=broker_price(raw.get("bp"), "bid"),
+            ask=broker_price(raw.get("ap"), "ask"),
+            bid_size=check_size(raw.get("bs", 0), "bid_size"),
+            ask_size=check_size(raw.get("as", 0), "ask_size"),
+            timestamp=check_timestamp(raw.get("t")),
         )
 
 
@@ -168,8 +178,66 @@ class TradeEvent(BaseModel):
     order: BrokerOrder
 
 
-def _decimal(value: object) -> Decimal:
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+class InvalidTradeEvent(ValueError):
+    """A trade event that does not parse or does not add up; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class EventFrame:
+    """One event as it came off the wire, unparsed: its offset (the SSE ``id:``, else the
+    payload's ``offset``; None when neither is a positive integer) and its data text."""
+
+    offset: int | None
+    text: str
+
+
+def parse_trade_event(text: str) -> TradeEvent:
+    """Parse and check one event; raises InvalidTradeEvent with a one-line reason.
+
+    Refused: not a JSON object (``NaN``/``Infinity`` literals included), fields of the wrong
+    shape (pydantic: non-finite or non-numeric quantities, missing fields), and an order that
+    does not add up: empty ids, a status Alpaca does not have, qty <= 0, filled_qty < 0 or
+    above qty, filled_notional or filled_avg_price < 0.
+    """
+    try:
+        data = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidTradeEvent(f"not JSON: {str(exc)[:80]}") from None
+    if not isinstance(data, dict):
+        raise InvalidTradeEvent("not a JSON object")
+    try:
+        event = TradeEvent.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidTradeEvent(f"{where}: {first['msg']} ({exc.error_count()} error(s))") from None
+    reason = _inconsistency(event)
+    if reason:
+        raise InvalidTradeEvent(reason)
+    return event
+
+
+def _inconsistency(event: TradeEvent) -> str | None:
+    order = event.order
+    if event.offset <= 0:
+        return f"offset must be positive: {event.offset}"
+    if not order.id.strip() or not order.client_order_id.strip():
+        return "order.id and order.client_order_id must not be empty"
+    if order.status not in BROKER_STATUSES:
+        return f"unknown order status {order.status[:40]!r}"
+    if order.qty <= 0:
+        return f"order.qty must be positive: {order.qty}"
+    if not 0 <= order.filled_qty <= order.qty:
+        return f"order.filled_qty {order.filled_qty} outside 0..qty {order.qty}"
+    if order.filled_notional < 0:
+        return f"order.filled_notional negative: {order.filled_notional}"
+    if order.filled_avg_price is not None and order.filled_avg_price < 0:
+        return f"order.filled_avg_price negative: {order.filled_avg_price}"
+    return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
 
 
 def _plain(value: Decimal) -> str:
@@ -256,7 +324,9 @@ class BrokerClient:
         *,
         params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
+        raw: bool = False,
     ) -> tuple[int, Any]:
+        """One request; the parsed JSON answer (its bytes when ``raw``) or a typed error."""
         session = self._ensure_session()
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else None
@@ -265,7 +335,7 @@ class BrokerClient:
             async with session.request(
                 method, url, params=params, data=data, headers=headers
             ) as resp:
-                raw = await resp.read()
+                content = await resp.read()
                 status = resp.status
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # Raised only while opening the connection: nothing was sent.
@@ -273,7 +343,9 @@ class BrokerClient:
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Read timeout, reset or disconnect after the request went out (or while it did).
             raise BrokerOutcomeUnknown(f"{what}: {type(exc).__name__}: {exc}") from exc
-        return status, _check(status, raw, what)
+        if raw and 200 <= status < 300:
+            return status, content
+        return status, _check(status, content, what)
 
     async def _trading(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
@@ -349,8 +421,11 @@ class BrokerClient:
 
     # --- market data ----------------------------------------------------------------------
 
-    async def latest_quotes(self, symbols: list[str]) -> dict[str, Quote]:
-        """Latest quote per symbol; symbols the broker does not know are left out."""
+    async def latest_quotes(
+        self, symbols: list[str], refused: dict[str, str] | None = None
+    ) -> dict[str, Quote]:
+        """Latest quote per symbol; symbols the broker does not know are left out, and so are
+        quotes that are not usable prices (core/quotes.py): their reasons go to ``refused``."""
         if not symbols:
             return {}
         params = {"symbols": ",".join(symbols)}
@@ -359,28 +434,69 @@ class BrokerClient:
         _, raw = await self._request(
             "GET", self.market_data_url + "/v2/stocks/quotes/latest", params=params
         )
-        quotes = raw.get("quotes") or {}
-        return {sym: Quote.from_alpaca(sym, q) for sym, q in quotes.items()}
+        quotes = (raw.get("quotes") or {}) if isinstance(raw, dict) else None
+        if not isinstance(quotes, dict):
+            raise BrokerOutcomeUnknown(f"latest quotes: no quotes object in {str(raw)[:100]!r}")
+        good: dict[str, Quote] = {}
+        for sym, q in quotes.items():
+            try:
+                good[sym] = Quote.from_alpaca(sym, q)
+            except InvalidQuote as exc:
+                if refused is not None:
+                    refused[sym] = str(exc)
+        return good
 
     # --- events ---------------------------------------------------------------------------
 
     async def events_since(self, since: int = 0, limit: int = 1000) -> list[TradeEvent]:
-        """Stored trade events after offset ``since`` (the non-streaming form), in order."""
-        raw = await self._trading(
+        """Stored trade events after offset ``since`` (the non-streaming form), in order.
+
+        Raises InvalidTradeEvent on the first event that does not parse (see
+        ``event_frames_since`` for the unparsed form the listener uses)."""
+        return [parse_trade_event(f.text) for f in await self.event_frames_since(since, limit)]
+
+    async def event_frames_since(self, since: int = 0, limit: int = 1000) -> list[EventFrame]:
+        """Stored trade events after ``since``, unparsed, each with its offset when it has one."""
+        _, body = await self._request(
             "GET",
-            "/v2/events/trade_updates",
+            self.base_url + "/v2/events/trade_updates",
             params={"since": str(since), "stream": "false", "limit": str(limit)},
+            raw=True,
         )
-        return [TradeEvent.model_validate(e) for e in raw]
+        try:
+            items = json.loads(body, parse_float=Decimal)
+        except ValueError:
+            raise BrokerOutcomeUnknown(f"events since {since}: not JSON") from None
+        if not isinstance(items, list):
+            raise BrokerOutcomeUnknown(f"events since {since}: not a list")
+        frames = []
+        for item in items:
+            # Re-serialised, JSON numbers as decimal text (exact): what the SSE stream carries.
+            text = item if isinstance(item, str) else json.dumps(item, default=str)
+            offset = item.get("offset") if isinstance(item, dict) else None
+            frames.append(EventFrame(_positive_int(offset), text))
+        return frames
 
     async def trade_updates(
         self, since: int = 0, idle_timeout_s: float | None = None
     ) -> AsyncGenerator[TradeEvent, None]:
+        """``trade_update_frames``, each parsed (InvalidTradeEvent ends the stream)."""
+        frames = self.trade_update_frames(since, idle_timeout_s)
+        try:
+            async for frame in frames:
+                yield parse_trade_event(frame.text)
+        finally:
+            await frames.aclose()
+
+    async def trade_update_frames(
+        self, since: int = 0, idle_timeout_s: float | None = None
+    ) -> AsyncGenerator[EventFrame, None]:
         """Server-Sent trade events after ``since``, then live, until the connection ends.
 
         ``idle_timeout_s`` ends the stream (with BrokerOutcomeUnknown) when no byte arrives for
-        that long, so a silently dead connection is noticed. Events are yielded as they come:
-        the stream may drop or duplicate them, which the caller handles by offset.
+        that long, so a silently dead connection is noticed. Events are yielded as they come,
+        unparsed (one malformed event must not end the stream): the stream may drop or
+        duplicate them, which the caller handles by offset.
         """
         session = self._ensure_session()
         url = self.base_url + "/v2/events/trade_updates"
@@ -396,23 +512,43 @@ class BrokerClient:
             ) as resp:
                 if resp.status != 200:
                     _check(resp.status, await resp.read(), f"GET {url}")
-                async for event in _parse_sse(resp.content):
-                    yield event
+                async for frame in _parse_sse(resp.content):
+                    yield frame
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise BrokerUnavailable(f"GET {url}: cannot connect: {exc}") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise BrokerOutcomeUnknown(f"GET {url}: {type(exc).__name__}: {exc}") from exc
 
 
-async def _parse_sse(content: aiohttp.StreamReader) -> AsyncIterator[TradeEvent]:
+def _positive_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and int(value) > 0:
+        return int(value)
+    return None
+
+
+def _frame(event_id: str | None, text: str) -> EventFrame:
+    offset = _positive_int(event_id)
+    if offset is None:
+        try:
+            payload = json.loads(text)
+        except (ValueError, RecursionError):
+            payload = None
+        offset = _positive_int(payload.get("offset")) if isinstance(payload, dict) else None
+    return EventFrame(offset, text)
+
+
+async def _parse_sse(content: aiohttp.StreamReader) -> AsyncIterator[EventFrame]:
     data: list[str] = []
     event_type = "message"
+    event_id: str | None = None
     async for raw_line in content:
-        line = raw_line.decode("utf-8").rstrip("\r\n")
+        line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
         if line == "":
             if data and event_type == "trade_update":
-                yield TradeEvent.model_validate(_loads("\n".join(data)))
-            data, event_type = [], "message"
+                yield _frame(event_id, "\n".join(data))
+            data, event_type, event_id = [], "message", None
             continue
         if line.startswith(":"):
             continue  # SSE comment: a keep-alive
@@ -422,7 +558,8 @@ async def _parse_sse(content: aiohttp.StreamReader) -> AsyncIterator[TradeEvent]
             data.append(value)
         elif field == "event":
             event_type = value
-        # "id:" repeats the payload's offset, which is what the caller tracks.
+        elif field == "id":
+            event_id = value  # the offset, also for an event whose payload does not parse
 
 
 def _check(status: int, raw: bytes, what: str) -> Any:
@@ -473,8 +610,11 @@ __all__ = [
     "BrokerRejected",
     "BrokerUnavailable",
     "DuplicateClientOrderId",
+    "EventFrame",
+    "InvalidTradeEvent",
     "OrderNotCancelable",
     "OrderNotFound",
     "Quote",
     "TradeEvent",
+    "parse_trade_event",
 ]

@@ -21,6 +21,10 @@ class RedisKeys:
     def listener_offset(self, name: str = "default") -> str:
         return f"{self.prefix}listener:offset:{name}"
 
+    def listener_dead_letters(self, name: str = "default") -> str:
+        """A list, newest first: events the listener could not parse (``feeds/deadletters.py``)."""
+        return f"{self.prefix}listener:dead:{name}"
+
     def pattern(self) -> str:
         """Glob matching every key under this prefix (tests drop them afterwards)."""
         return f"{self.prefix}*"

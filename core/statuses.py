@@ -42,3 +42,29 @@ BROKER_FINAL: dict[str, OrderStatus] = {
     "rejected": OrderStatus.REJECTED,
 }
 BROKER_TERMINAL_STATUSES = frozenset(BROKER_FINAL)
+
+# Every order status Alpaca documents (the simulator uses a subset). The adapter treats a status
+# outside BROKER_TERMINAL_STATUSES as open; a trade event carrying a status outside this set is
+# refused by the listener (core/broker_client.parse_trade_event).
+BROKER_STATUSES = frozenset(
+    {
+        "new",
+        "partially_filled",
+        "filled",
+        "done_for_day",
+        "canceled",
+        "expired",
+        "replaced",
+        "pending_cancel",
+        "pending_replace",
+        "pending_review",
+        "accepted",
+        "pending_new",
+        "accepted_for_bidding",
+        "stopped",
+        "rejected",
+        "suspended",
+        "calculated",
+        "held",
+    }
+)

@@ -14,6 +14,11 @@ Delivery is at least once, in offset order, and never skips an offset the broker
   last offset, which also replays a trailing event that was dropped.
 - Any error (broker down, disconnect, simulator restart, a failing callback) reconnects from the
   last delivered offset after an exponential backoff.
+- A poison event (core/broker_client.parse_trade_event refuses it: not JSON, wrong shapes, NaN
+  or negative fills, fills above the order's qty, an unknown status, empty ids, a payload
+  offset that differs from the stream's) never reaches the callback: it goes to the dead-letter
+  list (feeds/deadletters.py) and the offset moves past it, so later events are delivered.
+  Only a callback's failure is retried; a malformed event would fail the same way for ever.
 """
 
 from __future__ import annotations
@@ -25,9 +30,17 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from core.broker_client import BrokerAuthError, BrokerClient, TradeEvent
+from core.broker_client import (
+    BrokerAuthError,
+    BrokerClient,
+    EventFrame,
+    InvalidTradeEvent,
+    TradeEvent,
+    parse_trade_event,
+)
 from core.keys import RedisKeys
 from core.settings import Settings
+from feeds.deadletters import DeadLetters
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +82,7 @@ class BrokerListener:
         self._client = client
         self._redis = redis
         self._key = keys.listener_offset(name)
+        self.dead_letters = DeadLetters(redis, keys, name)
         self._on_event = on_event
         self.name = name
         self.backoff_first_s = backoff_first_s
@@ -84,6 +98,7 @@ class BrokerListener:
         self.reconnects = 0
         self.duplicates = 0
         self.backfilled = 0
+        self.dead_lettered = 0
 
     async def load_offset(self) -> int:
         raw = await self._redis.get(self._key)
@@ -141,39 +156,63 @@ class BrokerListener:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        stream = self._client.trade_updates(self.offset, self.idle_timeout_s)
+        stream = self._client.trade_update_frames(self.offset, self.idle_timeout_s)
         self._stream_ended = False
         try:
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        event = await anext(stream)
+                        frame = await anext(stream)
                 except TimeoutError:
                     return
                 except StopAsyncIteration:
                     self._stream_ended = True
                     return
-                await self._accept(event)
+                await self._accept(frame)
         finally:
             await stream.aclose()
 
-    async def _accept(self, event: TradeEvent) -> None:
-        if event.offset <= self.offset:
+    async def _accept(self, frame: EventFrame) -> None:
+        if frame.offset is None:
+            # Nowhere to put it in the order: set aside; a gap it hid is filled below.
+            await self._set_aside(frame, "no offset")
+            return
+        if frame.offset <= self.offset:
             self.duplicates += 1  # a duplicate on the stream, or already delivered
             return
-        if event.offset > self.offset + 1:
-            missing = event.offset - self.offset - 1
-            log.info("listener %r: %d event(s) missing before %d", self.name, missing, event.offset)
-            for earlier in await self._client.events_since(self.offset, limit=missing):
-                if self.offset < earlier.offset < event.offset:
-                    await self._deliver(earlier)
+        if frame.offset > self.offset + 1:
+            missing = frame.offset - self.offset - 1
+            log.info("listener %r: %d event(s) missing before %d", self.name, missing, frame.offset)
+            for earlier in await self._client.event_frames_since(self.offset, limit=missing):
+                if earlier.offset is not None and self.offset < earlier.offset < frame.offset:
+                    await self._handle(earlier)
                     self.backfilled += 1
-        await self._deliver(event)
+        await self._handle(frame)
 
-    async def _deliver(self, event: TradeEvent) -> None:
+    async def _handle(self, frame: EventFrame) -> None:
+        """Deliver one event in order, or set it aside when it is poison; either way move on."""
+        try:
+            event = parse_trade_event(frame.text)
+            if event.offset != frame.offset:
+                raise InvalidTradeEvent(
+                    f"offset mismatch: stream {frame.offset}, payload {event.offset}"
+                )
+        except InvalidTradeEvent as exc:
+            await self._set_aside(frame, str(exc))
+            if frame.offset is not None:
+                await self._advance(frame.offset)
+            return
         await self._on_event(event)
-        self.offset = event.offset
         self.delivered += 1
+        await self._advance(event.offset)
+
+    async def _set_aside(self, frame: EventFrame, reason: str) -> None:
+        await self.dead_letters.add(frame.offset, reason, frame.text)
+        self.dead_lettered += 1
+        log.warning("listener %r: event %s dead-lettered: %s", self.name, frame.offset, reason)
+
+    async def _advance(self, offset: int) -> None:
+        self.offset = offset
         if asyncio.get_running_loop().time() >= self._save_due:
             await self._save()
 

@@ -6,6 +6,11 @@ broker. Each quote is stored under ``RedisKeys.quote(symbol)`` as JSON:
 RFC 3339), "received_at" (this machine's epoch seconds when the feed wrote it)}``. Readers judge
 freshness by ``received_at``: the quote's own timestamp comes from the broker's clock (the
 simulator's can be advanced), while "how long since we last heard" is what staleness means.
+
+A quote from the broker that is not a usable price (core/quotes.py: NaN, garbage, a negative,
+absurd or over-precise price, no timestamp) is skipped: counted in ``skipped``, logged one line
+each, and the symbol's previous record is left to go stale. Every record is run through the
+reader's own parser before it is written, so the feed never writes a quote the reader refuses.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import redis.asyncio as aioredis
 
 from core.broker_client import BrokerClient, BrokerError, Quote
 from core.keys import RedisKeys
+from core.quotes import InvalidQuote, parse_quote_record
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +38,10 @@ def quote_record(quote: Quote, received_at: float) -> str:
     return json.dumps(
         {
             "symbol": quote.symbol,
-            "bid": str(quote.bid),
-            "ask": str(quote.ask),
-            "bid_size": str(quote.bid_size),
-            "ask_size": str(quote.ask_size),
+            "bid": f"{quote.bid:f}",
+            "ask": f"{quote.ask:f}",
+            "bid_size": f"{quote.bid_size:f}",
+            "ask_size": f"{quote.ask_size:f}",
             "timestamp": quote.timestamp.isoformat().replace("+00:00", "Z"),
             "received_at": received_at,
         }
@@ -62,23 +68,36 @@ class MarketDataFeed:
         self._clock = clock
         self.polls = 0
         self.errors = 0
+        self.skipped = 0
 
     async def poll_once(self) -> dict[str, Quote]:
-        """One poll: fetch and store every quote the broker has. Raises the broker's errors."""
-        quotes = await self._client.latest_quotes(self.symbols)
+        """One poll: fetch and store every usable quote the broker has. Raises the broker's
+        errors; a single bad quote is skipped (counted and logged), never raised."""
+        refused: dict[str, str] = {}
+        quotes = await self._client.latest_quotes(self.symbols, refused)
         received_at = self._clock()
-        if quotes:
+        records: dict[str, str] = {}
+        for symbol, quote in quotes.items():
+            record = quote_record(quote, received_at)
+            try:
+                parse_quote_record(record, symbol.upper(), received_at)
+            except InvalidQuote as exc:
+                refused[symbol] = str(exc)
+                continue
+            records[symbol] = record
+        for symbol, reason in sorted(refused.items()):
+            self.skipped += 1
+            log.warning("quote for %s skipped: %s", symbol, reason)
+        if records:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for symbol, quote in quotes.items():
-                    pipe.set(
-                        self._keys.quote(symbol), quote_record(quote, received_at), ex=QUOTE_TTL_S
-                    )
+                for symbol, record in records.items():
+                    pipe.set(self._keys.quote(symbol), record, ex=QUOTE_TTL_S)
                 await pipe.execute()
-        missing = set(self.symbols) - set(quotes)
+        missing = set(self.symbols) - set(quotes) - set(refused)
         if missing:
             log.warning("no quote from the broker for %s", ",".join(sorted(missing)))
         self.polls += 1
-        return quotes
+        return {s: q for s, q in quotes.items() if s in records}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Poll until ``stop`` is set. Broker and Redis errors are logged and polling goes on."""
@@ -90,6 +109,9 @@ class MarketDataFeed:
             except (BrokerError, aioredis.RedisError, OSError) as exc:
                 self.errors += 1
                 log.warning("market-data poll failed (%s): %s", type(exc).__name__, exc)
+            except Exception:  # a bug must not stop the prices: log it and poll again
+                self.errors += 1
+                log.exception("market-data poll failed unexpectedly")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
             except TimeoutError:

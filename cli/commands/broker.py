@@ -1,4 +1,5 @@
-"""``ordersaga broker-sim``: run the overseas-broker simulator (see docs/BROKER-SIM.md)."""
+"""``ordersaga broker-sim``: run the overseas-broker simulator (see docs/BROKER-SIM.md).
+``ordersaga broker dead-letters``: the broker listener's set-aside events (docs/BROKER.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from urllib.parse import urlsplit
 import click
 from pydantic import ValidationError
 
+from cli.commands.common import echo_json, run, table
+from core.errors import UserError
 from core.settings import Settings
 
 
@@ -27,6 +30,7 @@ def _json_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def register(cli: click.Group) -> None:
+    register_broker_group(cli)
     try:
         settings = Settings()
     except ValidationError:  # only the defaults shown in --help; a command reports the error
@@ -88,3 +92,89 @@ def register(cli: click.Group) -> None:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+
+
+async def _dead_letters(name: str, limit: int, as_json: bool) -> None:
+    import redis.asyncio as aioredis
+
+    from core.keys import RedisKeys
+    from feeds.deadletters import DeadLetters
+
+    settings = Settings()
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        letters = await DeadLetters(redis, RedisKeys(settings.redis_prefix), name).recent(limit)
+    finally:
+        await redis.aclose()
+    if as_json:
+        echo_json([letter.model_dump(mode="json") for letter in letters])
+        return
+    rows: list[dict[str, object]] = [
+        {
+            "offset": "-" if letter.offset is None else letter.offset,
+            "at": _iso(letter.at),
+            "reason": letter.reason[:80],
+            "raw": letter.raw[:60],
+        }
+        for letter in letters
+    ]
+    click.echo(table(rows, ["offset", "at", "reason", "raw"]))
+
+
+async def _replay(name: str, offset: int, as_json: bool) -> None:
+    import redis.asyncio as aioredis
+
+    from core.broker_client import InvalidTradeEvent
+    from core.keys import RedisKeys
+    from core.temporal import connect
+    from feeds.deadletters import DeadLetterNotFound, DeadLetters
+    from feeds.delivery import signal_workflows
+
+    settings = Settings()
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        letters = DeadLetters(redis, RedisKeys(settings.redis_prefix), name)
+        # The broker listener's own callback: a signal to the order's workflow (or a reconcile).
+        deliver = signal_workflows(await connect(settings), settings)
+        try:
+            event = await letters.replay(offset, deliver)
+        except DeadLetterNotFound as exc:
+            raise UserError(str(exc)) from None
+        except InvalidTradeEvent as exc:
+            raise UserError(f"event {offset} still refused: {exc}") from None
+    finally:
+        await redis.aclose()
+    if as_json:
+        echo_json({"replayed": offset, "client_order_id": event.order.client_order_id})
+    else:
+        click.echo(f"event {offset} delivered ({event.order.client_order_id}) and removed")
+
+
+def _iso(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def register_broker_group(cli: click.Group) -> None:
+    @cli.group()
+    def broker() -> None:
+        """The broker listener's dead letters."""
+
+    @broker.command("dead-letters")
+    @click.option("--name", default="default", show_default=True, help="The listener's name.")
+    @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+    @click.option(
+        "--replay",
+        "replay_offset",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Parse the event at this offset again and deliver it (needs Temporal).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def dead_letters(name: str, limit: int, replay_offset: int | None, as_json: bool) -> None:
+        """List the events the listener set aside (newest first), or replay one."""
+        if replay_offset is None:
+            run(_dead_letters(name, limit, as_json))
+        else:
+            run(_replay(name, replay_offset, as_json))

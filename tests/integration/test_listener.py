@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -90,7 +91,11 @@ async def trade(sim: BrokerSim, client: BrokerClient, orders: int) -> int:
     for _ in range(orders):
         await client.submit_order("AAPL", Decimal(1), "buy", client_order_id=uuid.uuid4().hex)
     await sim.admin("POST", "/admin/tick")
-    return (await client.events_since(0, limit=10_000))[-1].offset
+    return int((await stored_events(sim))[-1]["offset"])
+
+
+async def stored_events(sim: BrokerSim) -> list[Any]:
+    return list(await sim.admin("GET", "/v2/events/trade_updates?stream=false&limit=10000"))
 
 
 def name() -> str:
@@ -207,3 +212,75 @@ async def test_a_restart_after_unsaved_events_replays_them(
     await eventually(lambda: len(replayed.offsets) == last - 1, "unsaved events replayed")
     await again.close()
     assert replayed.offsets == list(range(2, last + 1))
+
+
+def poison_cases(order: dict[str, object]) -> list[dict[str, object]]:
+    """Admin bodies for events that must be set aside, each built from a real order's JSON."""
+
+    def event(**order_changes: object) -> dict[str, object]:
+        return {
+            "event": {"event": "fill", "execution_id": "x", "order": {**order, **order_changes}}
+        }
+
+    return [
+        event(filled_qty="NaN"),
+        event(filled_qty="2"),  # above the order's qty of 1
+        event(filled_qty="-1"),
+        event(filled_notional="-190"),
+        event(filled_notional="Infinity"),
+        event(status="filled_twice"),
+        event(id=""),
+        {"raw": "{not json"},
+        {"event": {"event": "fill", "order": "not an order"}},
+    ]
+
+
+async def test_poison_events_are_dead_lettered_and_later_events_delivered(
+    sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    seen, listener_name = Collector(), name()
+    first = await trade(sim, client, 1)
+    order_json = (await stored_events(sim))[-1]["order"]
+    running = Running(new_listener(client, redis_client, redis_keys, seen, listener_name))
+    await eventually(lambda: len(seen.offsets) == first, "connected and live")
+    poisons = [
+        (await sim.admin("POST", "/admin/events", c))["offset"] for c in poison_cases(order_json)
+    ]
+    last = await trade(sim, client, 1)
+    await eventually(lambda: len(seen.offsets) == last - len(poisons), "the events after")
+    await running.close()
+
+    good = [o for o in range(1, last + 1) if o not in poisons]
+    assert seen.offsets == good
+    assert running.listener.dead_lettered == len(poisons)
+    assert await redis_client.get(redis_keys.listener_offset(listener_name)) == str(last)
+    letters = await running.listener.dead_letters.recent()
+    assert [letter.offset for letter in letters] == poisons[::-1]  # newest first
+    assert all(letter.reason and letter.raw for letter in letters)
+    assert "NaN" in letters[-1].raw and "filled_qty" in letters[-1].reason
+    assert letters[1].raw == "{not json"
+
+
+async def test_a_poison_event_in_a_backfilled_gap_is_dead_lettered(
+    sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    seen, listener_name = Collector(), name()
+    first = await trade(sim, client, 1)
+    order_json = (await stored_events(sim))[-1]["order"]
+    running = Running(new_listener(client, redis_client, redis_keys, seen, listener_name))
+    await eventually(lambda: len(seen.offsets) == first, "the first order")
+    # Dropped on the live stream: the poison and an order's events reach the listener only
+    # through the gap fill, which the raw garbage after them (live, with its id) sets off.
+    await sim.admin("PUT", "/admin/faults", {"seed": 1, "event_drop_prob": 1.0})
+    poison = (await sim.admin("POST", "/admin/events", poison_cases(order_json)[0]))["offset"]
+    await trade(sim, client, 1)
+    await sim.admin("PUT", "/admin/faults", {"event_drop_prob": 0.0})
+    garbage = (await sim.admin("POST", "/admin/events", {"raw": "garbage"}))["offset"]
+    final = await trade(sim, client, 1)
+    await eventually(lambda: len(seen.offsets) == final - 2, "all the good events")
+    await running.close()
+    assert seen.offsets == [o for o in range(1, final + 1) if o not in (poison, garbage)]
+    assert running.listener.backfilled >= 3
+    letters = await running.listener.dead_letters.recent()
+    assert (letters[0].offset, letters[0].raw) == (garbage, "garbage")
+    assert [letter.offset for letter in letters] == [garbage, poison]

@@ -84,3 +84,43 @@ async def test_feed_keeps_polling_through_broker_errors(
         stop.set()
         await asyncio.wait_for(task, 5)
     assert await redis_client.get(redis_keys.quote("TSLA")) is not None
+
+
+BAD_BROKER_QUOTES: dict[str, object] = {
+    "NVDA": {"ap": "NaN", "bp": "129.99", "as": 1, "bs": 1, "t": "2026-11-25T14:30:00Z"},
+    "AMZN": {"ap": "garbage", "bp": 1, "t": "2026-11-25T14:30:00Z"},
+    "GOOGL": {"ap": -5, "bp": -6, "t": "2026-11-25T14:30:00Z"},
+    "META": {"ap": 500.123456, "bp": 500.1, "t": "2026-11-25T14:30:00Z"},
+    "NFLX": {"ap": 650.01, "bp": 649.99},  # no timestamp
+    "AMD": "not a quote",
+}
+
+
+async def test_feed_skips_bad_broker_quotes_and_keeps_writing_good_ones(
+    sim: BrokerSim, client: BrokerClient, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    bad = sorted(BAD_BROKER_QUOTES)
+    await sim.admin("PUT", "/admin/quote_overrides", BAD_BROKER_QUOTES)
+    # A JSON NaN literal too (json.dumps writes one; the simulator sends it on as it is).
+    nan_quote = {"ap": float("nan"), "bp": 1, "t": "2026-11-25T14:30:00Z"}
+    await sim.admin("PUT", "/admin/quote_overrides", {"INTC": nan_quote})
+    feed = MarketDataFeed(client, redis_client, redis_keys, ["AAPL", "INTC", *bad], interval_s=0.02)
+    stop = asyncio.Event()
+    task = asyncio.create_task(feed.run(stop))
+    try:
+        await eventually(lambda: feed.polls >= 3, "three polls")
+        assert not task.done()
+        assert feed.errors == 0
+        assert feed.skipped >= 3 * (len(bad) + 1)
+        for symbol in [*bad, "INTC"]:
+            assert await redis_client.get(redis_keys.quote(symbol)) is None, symbol
+        reader = MarketDataActivities(redis_client, redis_keys, max_age_s=10)
+        assert (await reader.get_quote(GetQuoteInput(symbol="AAPL"))).fresh
+        # The broker heals: the same feed, still running, writes the symbol again.
+        await sim.admin("PUT", "/admin/quote_overrides", {"NVDA": None})
+        await eventually(lambda: feed.polls >= 6, "three more polls")
+        assert (await reader.get_quote(GetQuoteInput(symbol="NVDA"))).fresh
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await sim.admin("PUT", "/admin/quote_overrides", {s: None for s in [*bad, "INTC"]})

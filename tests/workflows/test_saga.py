@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 
 import pytest
+from temporalio.client import WorkflowExecutionStatus
 
 from core.errors import UserError
 from core.money import commission, round_cash
@@ -82,6 +84,37 @@ async def test_no_fresh_quote_is_refused(saga: SagaStack) -> None:
     placed = await saga.place(acct, symbol="ZZZZ", side="buy", qty="1")
     assert placed.status == OrderStatus.REJECTED
     assert placed.reason and placed.reason.startswith("no price")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "{not json",
+        '{"symbol": "INTC", "bid": "NaN", "ask": "NaN", "timestamp": "2026-11-25T14:30:00Z", '
+        '"received_at": NOW}',
+        # Stamped an hour ahead: before, it stayed fresh for ever.
+        '{"symbol": "INTC", "bid": "29.99", "ask": "30.01", "timestamp": "2026-11-25T14:30:00Z", '
+        '"received_at": AHEAD}',
+    ],
+    ids=["not-json", "nan", "future"],
+)
+async def test_a_bad_quote_refuses_the_order_and_the_workflow_completes(
+    saga: SagaStack, record: str
+) -> None:
+    acct = await saga.funded_account("1000")
+    # INTC is not polled by the stack's feed, so the record stays as written.
+    await saga.redis.set(
+        saga.keys.quote("INTC"),
+        record.replace("NOW", str(time.time())).replace("AHEAD", str(time.time() + 3600)),
+    )
+    placed = await saga.place(acct, symbol="INTC", side="buy", qty="1")
+    assert placed.status == OrderStatus.REJECTED
+    assert placed.reason and placed.reason.startswith("no price")
+    row = await saga.orders._store.get_order(acct, placed.order_id)
+    assert row is not None and row.status == "REJECTED"
+    handle = saga.temporal.get_workflow_handle(f"order/{acct}/{placed.order_id}")
+    await handle.result()
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
 
 
 async def test_broker_rejection_voids_the_hold(saga: SagaStack) -> None:
