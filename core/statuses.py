@@ -18,6 +18,9 @@ class OrderStatus(StrEnum):
     SUBMITTED = "SUBMITTED"  # the broker has it
     PARTIALLY_FILLED = "PARTIALLY_FILLED"
     CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    # Past the pivot a step could not go on (reason says which); the hold stays until an
+    # operator resumes the order. Never terminal.
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"
     SETTLED = "SETTLED"
     CANCELED = "CANCELED"
     EXPIRED = "EXPIRED"
@@ -42,3 +45,19 @@ BROKER_FINAL: dict[str, OrderStatus] = {
     "rejected": OrderStatus.REJECTED,
 }
 BROKER_TERMINAL_STATUSES = frozenset(BROKER_FINAL)
+# Every status Alpaca's Order entity may carry; a report with any other is not booked.
+BROKER_STATUSES = BROKER_TERMINAL_STATUSES | {
+    "new",
+    "partially_filled",
+    "done_for_day",
+    "replaced",
+    "pending_cancel",
+    "pending_replace",
+    "pending_new",
+    "accepted",
+    "accepted_for_bidding",
+    "stopped",
+    "suspended",
+    "calculated",
+    "held",
+}
