@@ -18,6 +18,9 @@ class OrderStatus(StrEnum):
     SUBMITTED = "SUBMITTED"  # the broker has it
     PARTIALLY_FILLED = "PARTIALLY_FILLED"
     CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    # Past the pivot a step could not go on (reason says which); the hold stays until an
+    # operator resumes the order. Never terminal.
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"
     SETTLED = "SETTLED"
     CANCELED = "CANCELED"
     EXPIRED = "EXPIRED"
@@ -45,7 +48,8 @@ BROKER_TERMINAL_STATUSES = frozenset(BROKER_FINAL)
 
 # Every order status Alpaca documents (the simulator uses a subset). The adapter treats a status
 # outside BROKER_TERMINAL_STATUSES as open; a trade event carrying a status outside this set is
-# refused by the listener (core/broker_client.parse_trade_event).
+# refused by the listener (core/broker_client.parse_trade_event), and a broker answer
+# carrying one is not booked by the saga.
 BROKER_STATUSES = frozenset(
     {
         "new",

@@ -203,6 +203,20 @@ class OrderClient:
                 raise UserError(f"order is already {state.status.value}") from None
             raise
 
+    async def resume_order(self, account_id: str, order_id: str) -> CancelResult:
+        """Resume an order parked in NEEDS_ATTENTION once its cause is fixed (an operator's
+        call): the step that could not go on is tried again."""
+        handle = self.temporal.get_workflow_handle(_key(account_id, order_id).workflow_id)
+        try:
+            return await handle.execute_update(OrderWorkflow.resume)
+        except WorkflowUpdateFailedError as err:
+            raise UserError(_failure_message(err)) from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                state = await self.get_order(account_id, order_id)
+                raise UserError(f"order is already {state.status.value}") from None
+            raise
+
     async def wait(self, account_id: str, order_id: str, timeout_s: float = 300) -> OrderState:
         handle = self.temporal.get_workflow_handle_for(
             OrderWorkflow.run, _key(account_id, order_id).workflow_id

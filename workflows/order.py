@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.broker import (
@@ -46,9 +46,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.orders import OrderStoreActivities, RecordOrderInput, UpdateOrderInput
     from core import errors
     from core.broker_client import BrokerOrder
-    from core.money import round_cash
+    from core.money import MAX_AMOUNT, SHARE_QUANTUM, round_cash
     from core.settings import SagaConfig
-    from core.statuses import BROKER_FINAL, OrderStatus
+    from core.statuses import BROKER_FINAL, BROKER_STATUSES, OrderStatus
     from workflows.models import (
         BrokerReport,
         CancelResult,
@@ -80,6 +80,11 @@ LOCAL_STEPS_PATCH = "local-steps-v1"
 # Runs started from this version on take the saga's settings from their worker (a local
 # activity), never from the input; runs started before read the input's, as they did.
 WORKER_SETTINGS_PATCH = "worker-settings-v1"
+# Runs started from this version on book only the broker's own answers (a signalled report makes
+# them ask the broker), check those answers against the order, and park the order instead of
+# failing when a step past the pivot cannot go on.
+TRUST_BOUNDARY_PATCH = "trust-boundary-v1"
+ORDER_NOT_PARKED = "OrderNotParked"
 
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
@@ -116,6 +121,10 @@ def _error_type(err: BaseException) -> str | None:
     return cause.type if isinstance(cause, ApplicationError) else None
 
 
+def _step_name(method: Callable[..., Any]) -> str:
+    return getattr(method, "__name__", "a step")
+
+
 def _error_message(err: BaseException, default: str) -> str:
     cause = err.cause if isinstance(err, ActivityError) else err
     return cause.message if isinstance(cause, ApplicationError) else default
@@ -135,6 +144,10 @@ class OrderWorkflow:
         self._reports: list[BrokerReport] = []
         self._compensations: list[Callable[[], Awaitable[None]]] = []
         self._local = False
+        self._guarded = False  # TRUST_BOUNDARY_PATCH: evidence rules and parking
+        self._past_accept = carried is not None
+        self._parking = False
+        self._resume = False
 
     # ------------------------------------------------------------------ handlers
 
@@ -172,6 +185,22 @@ class OrderWorkflow:
                 f"order is already {self._state.status.value}", type=ORDER_TERMINAL
             )
 
+    @workflow.update
+    async def resume(self) -> CancelResult:
+        """An operator fixed what parked the order: try the step that could not go on again."""
+        self._resume = True
+        self._note("resume requested")
+        return CancelResult(
+            accepted=True, status=self._state.status, detail="the failed step is tried again"
+        )
+
+    @resume.validator
+    def _validate_resume(self) -> None:
+        if self._state.status != OrderStatus.NEEDS_ATTENTION:
+            raise ApplicationError(
+                f"order is {self._state.status.value}, not parked", type=ORDER_NOT_PARKED
+            )
+
     @workflow.signal
     def broker_update(self, report: BrokerReport) -> None:
         self._reports.append(report)
@@ -193,13 +222,16 @@ class OrderWorkflow:
             )
         else:  # started before the worker owned them: replays with what it was given
             self._cfg = SagaConfig.model_validate(inp.config or {})
+        self._guarded = workflow.patched(TRUST_BOUNDARY_PATCH)
         self._upsert_search_attributes()
         if inp.carried is None:
             try:
                 await self._accept()
-            except (Exception, asyncio.CancelledError):
-                # Before the pivot every step has a compensation; run them, keep the error.
-                # Not on other BaseExceptions: the worker evicts workflows from its cache with
+            except (FailureError, asyncio.CancelledError):
+                # Before the pivot every step has a compensation; run them, keep the error. Only
+                # on failures that end the workflow: a bug (KeyError, TypeError, ...) fails the
+                # workflow task, which Temporal retries, and must move no money on each attempt.
+                # Never on other BaseExceptions: the worker evicts workflows from its cache with
                 # one, and this run will be replayed elsewhere, compensations and all.
                 await self._compensate()
                 raise
@@ -217,6 +249,7 @@ class OrderWorkflow:
         Temporal delivers to the workflow's main task only) is recorded as the customer's cancel:
         the follow loop sends it to the broker, and the order ends when the broker says so.
         """
+        self._past_accept = True
         steps = asyncio.create_task(self._execute())
         while True:
             try:
@@ -392,6 +425,7 @@ class OrderWorkflow:
                 ),
                 retry=BROKER_SUBMIT_RETRY,
                 schedule_to_close=timedelta(seconds=self._cfg.submit_schedule_to_close_s),
+                park=False,
             )
         except ActivityError as err:
             if _error_type(err) == errors.BROKER_REJECTED:
@@ -463,6 +497,8 @@ class OrderWorkflow:
 
     async def _apply_reports(self, reports: list[BrokerReport]) -> BrokerReport | None:
         """Book the largest cumulative fill among the reports; the final report, if any."""
+        if self._guarded:
+            reports = await self._evidence(reports)
         if not reports:
             return None
         best = max(reports, key=lambda r: r.filled_qty)
@@ -477,6 +513,69 @@ class OrderWorkflow:
         self._state.broker_status = (final or best).status
         await self._book(best)
         return final
+
+    async def _evidence(self, reports: list[BrokerReport]) -> list[BrokerReport]:
+        """The reports that may be booked: only the broker's own answers to our calls.
+
+        A signalled report is anyone's word (the Temporal frontend takes signals from whoever
+        reaches it), so it is never booked: one that brings news (a fill or a status the order
+        has not seen) makes the saga ask the broker at once, and the answer is booked. An answer
+        of the broker's that does not fit the order (``_report_problem``) parks it.
+        """
+        kept: list[BrokerReport] = []
+        news = False
+        for report in reports:
+            if report.source == "event":
+                news = news or self._is_news(report)
+                continue
+            problem = self._report_problem(report)
+            if problem is None:
+                kept.append(report)
+            else:
+                await self._park_for(f"the broker's {report.source} answer: {problem}")
+        if news:
+            view = await self._ask_broker()
+            if view.order is not None:
+                answer = self._report_from(view.order, "poll")
+                problem = self._report_problem(answer)
+                if problem is None:
+                    kept.append(answer)
+                else:
+                    await self._park_for(f"the broker's answer: {problem}")
+        return kept
+
+    def _is_news(self, report: BrokerReport) -> bool:
+        st = self._state
+        return report.filled_qty != st.filled_qty or report.status != st.broker_status
+
+    def _report_problem(self, report: BrokerReport) -> str | None:
+        """Why a report cannot be booked as it is, or None when it fits the order."""
+        st, req = self._state, self._state.request
+        if report.status not in BROKER_STATUSES:
+            return f"unknown status {report.status[:40]!r}"
+        if st.broker_order_id is not None and report.broker_order_id != st.broker_order_id:
+            return f"it names broker order {str(report.broker_order_id)[:64]!r}"
+        qty, notional = report.filled_qty, report.filled_notional
+        if not (qty.is_finite() and notional.is_finite()) or qty < 0 or notional < 0:
+            return "negative or non-finite fills"
+        if qty > req.qty:
+            return f"filled {qty} of an order for {req.qty}"
+        if notional > MAX_AMOUNT or qty != qty.quantize(SHARE_QUANTUM):
+            return "fills out of range or finer than the share's 9 decimals"
+        if (qty == 0) != (notional == 0):
+            return "a notional without a quantity, or the reverse"
+        if qty < st.filled_qty or notional < st.filled_notional:
+            return "cumulative fills went backwards"
+        limit = st.limit_sent
+        if limit is not None and req.side == "buy" and notional > qty * limit:
+            return f"paid more than the limit {limit}"
+        if limit is not None and req.side == "sell" and notional < qty * limit:
+            return f"sold below the limit {limit}"
+        if req.side == "buy":
+            cost = round_cash(notional) + cumulative_fee("buy", notional, self._cfg)
+            if cost > st.held:
+                return f"costs {cost} with fees, more than the {st.held} held"
+        return None
 
     async def _book(self, report: BrokerReport) -> None:
         """Post the increase of the broker's cumulative fill (booked once, whoever reports it)."""
@@ -533,17 +632,26 @@ class OrderWorkflow:
         *,
         retry: RetryPolicy,
         schedule_to_close: timedelta | None = None,
+        park: bool = True,
     ) -> Out:
         """A broker call: an ordinary activity on the broker queue (the bulkhead), each attempt
-        bounded by the submit timeout."""
-        return await workflow.execute_activity_method(
-            method,
-            arg,
-            task_queue=self._cfg.broker_task_queue,
-            start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
-            schedule_to_close_timeout=schedule_to_close,
-            retry_policy=retry,
-        )
+        bounded by the submit timeout. Past the pivot one that fails for good (wrong keys, say)
+        parks the order, unless ``park`` is off (the submit reads its own failures)."""
+        while True:
+            try:
+                return await workflow.execute_activity_method(
+                    method,
+                    arg,
+                    task_queue=self._cfg.broker_task_queue,
+                    start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
+                    schedule_to_close_timeout=schedule_to_close,
+                    retry_policy=retry,
+                )
+            except ActivityError as err:
+                if not (park and self._parks()):
+                    raise
+                reason = _error_message(err, str(err))
+                await self._park_for(f"{_step_name(method)} at the broker: {reason}")
 
     @staticmethod
     def _report_from(order: BrokerOrder, source: str) -> BrokerReport:
@@ -555,6 +663,37 @@ class OrderWorkflow:
             filled_notional=order.filled_notional,
             terminal=order.status in BROKER_FINAL,
         )
+
+    # ------------------------------------------------------------------ parking
+
+    async def _park_for(self, reason: str) -> None:
+        """Stop here, visibly, until an operator resumes the order (the ``resume`` update).
+
+        Past the pivot the broker may hold the order, so no step may end it by failing: the
+        hold stays, reports keep arriving (they are applied once resumed), and the order is
+        listed under ``OrderStatus = 'NEEDS_ATTENTION'`` with its reason.
+        """
+        st = self._state
+        before, reason_before = st.status, st.reason
+        st.reason = reason
+        self._set_status(OrderStatus.NEEDS_ATTENTION, reason)
+        self._resume = False
+        if not self._parking:
+            self._parking = True
+            try:
+                await self._store(OrderStatus.NEEDS_ATTENTION)
+            except STEP_ERRORS:
+                self._note("the orders row could not be updated")
+            finally:
+                self._parking = False
+        await workflow.wait_condition(lambda: self._resume)
+        self._resume = False
+        st.reason = reason_before
+        self._set_status(before, "resumed")
+
+    def _parks(self) -> bool:
+        """Whether a failed step parks the order rather than failing the workflow."""
+        return self._guarded and self._past_accept and not self._parking
 
     # ------------------------------------------------------------------ endings
 
@@ -641,13 +780,19 @@ class OrderWorkflow:
         (idempotency keys, the lock's owner token, compare-and-set). Broker calls stay ordinary
         activities on the broker queue, where a slow broker cannot hold these steps up.
         """
-        if self._local:
-            return await workflow.execute_local_activity_method(
-                method, arg, start_to_close_timeout=start_to_close, retry_policy=retry
-            )
-        return await workflow.execute_activity_method(
-            method, arg, start_to_close_timeout=start_to_close, retry_policy=retry
-        )
+        while True:
+            try:
+                if self._local:
+                    return await workflow.execute_local_activity_method(
+                        method, arg, start_to_close_timeout=start_to_close, retry_policy=retry
+                    )
+                return await workflow.execute_activity_method(
+                    method, arg, start_to_close_timeout=start_to_close, retry_policy=retry
+                )
+            except STEP_ERRORS as err:
+                if not self._parks():
+                    raise
+                await self._park_for(f"{_step_name(method)}: {_error_message(err, str(err))}")
 
     async def _ledger(self, method: Callable[[Any, In], Awaitable[Out]], arg: In) -> Out:
         return await self._step(

@@ -134,6 +134,18 @@ def register(cli: click.Group) -> None:
         else:
             click.echo(f"cancel accepted: {res.status.value}; {res.detail}")
 
+    @order.command("resume")
+    @click.option("--account", "account_id", required=True)
+    @click.argument("order_id")
+    @click.option("--json", "as_json", is_flag=True)
+    def resume(account_id: str, order_id: str, as_json: bool) -> None:
+        """Resume an order parked in NEEDS_ATTENTION once its cause is fixed."""
+        res = run(_with_client(lambda oc: oc.resume_order(account_id, order_id)))
+        if as_json:
+            echo_json(res.model_dump(mode="json"))
+        else:
+            click.echo(f"resumed: {res.detail}")
+
     @order.command("list")
     @click.option("--account", "account_id", default=None)
     @click.option("--status", default=None)

@@ -3,16 +3,20 @@ costs or where its broker calls go."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
+from core.errors import UserError
 from core.money import commission, round_cash
+from core.orderkey import OrderKey
 from core.settings import SagaConfig
 from core.statuses import OrderStatus
 from tests.support.saga import SagaStack
-from workflows.models import OrderInput, OrderRequest
+from workflows.models import BrokerReport, OrderInput, OrderRequest, OrderState
 from workflows.order import OrderWorkflow
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
@@ -47,3 +51,128 @@ async def test_a_callers_own_saga_settings_are_ignored(saga: SagaStack) -> None:
     assert final.limit_sent is not None and final.limit_sent > final.filled_notional
     assert len(await saga.broker_orders(req.key)) == 1
     assert (await handle.describe()).status is not None
+
+
+async def _resting_buy(saga: SagaStack, acct: str, symbol: str = "AMZN") -> tuple[str, Decimal]:
+    """A one-share limit buy far below the market: it rests at the broker. Its id and limit."""
+    quote = await saga.sim.admin("GET", f"/v2/stocks/{symbol}/quotes/latest")
+    low = (Decimal(str(quote["quote"]["ap"])) * Decimal("0.7")).quantize(Decimal("0.01"))
+    placed = await saga.place(
+        acct,
+        symbol=symbol,
+        side="buy",
+        qty="1",
+        order_type="limit",
+        limit_price=low,
+        time_in_force="gtc",
+    )
+    assert placed.accepted
+    await until(saga, acct, placed.order_id, lambda s: s.broker_order_id is not None)
+    return placed.order_id, low
+
+
+async def until(
+    saga: SagaStack, acct: str, order_id: str, pred: Any, timeout_s: float = 30
+) -> OrderState:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        state = await saga.orders.get_order(acct, order_id)
+        if pred(state):
+            return state
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not reached; state {state.status} {state.reason}")
+        await asyncio.sleep(0.2)
+
+
+async def until_asked(handle: Any, timeout_s: float = 15) -> None:
+    """Until the workflow has asked the broker about the order after the last signal."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        events = (await handle.fetch_history()).events
+        last_signal = max(
+            i
+            for i, e in enumerate(events)
+            if e.HasField("workflow_execution_signaled_event_attributes")
+        )
+        if any(
+            e.activity_task_completed_event_attributes.scheduled_event_id
+            and events[
+                e.activity_task_completed_event_attributes.scheduled_event_id - 1
+            ].activity_task_scheduled_event_attributes.activity_type.name
+            == "reconcile_order"
+            for e in events[last_signal:]
+            if e.HasField("activity_task_completed_event_attributes")
+        ):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the broker was not asked after the signals")
+
+
+async def test_forged_broker_reports_move_no_money(saga: SagaStack) -> None:
+    """Signals sent straight to the frontend, one naming another broker order with 1,000 shares
+    for $1, one naming the order's own broker order, filled at $1: neither is booked; the broker,
+    asked, says the order rests, and it ends as the broker says."""
+    acct = await saga.funded_account("10000")
+    order_id, _ = await _resting_buy(saga, acct)
+    before = await saga.orders.get_order(acct, order_id)
+    handle = saga.temporal.get_workflow_handle(OrderKey.of(acct, order_id).workflow_id)
+    for forged in (
+        BrokerReport(
+            source="event",
+            broker_order_id="someone-elses",
+            status="filled",
+            filled_qty=Decimal(1000),
+            filled_notional=Decimal("1.00"),
+            terminal=True,
+        ),
+        BrokerReport(
+            source="event",
+            broker_order_id=before.broker_order_id,
+            status="filled",
+            filled_qty=Decimal(1),
+            filled_notional=Decimal("1.00"),
+            terminal=True,
+        ),
+    ):
+        await handle.signal(OrderWorkflow.broker_update, forged)
+    # the signals made the saga ask the broker, which says the order rests: nothing booked
+    await until_asked(handle)
+    state = await saga.orders.get_order(acct, order_id)
+    assert state.status == OrderStatus.SUBMITTED and state.filled_qty == 0
+    bal = (await saga.orders.balance(acct)).balances
+    assert [(b.asset, b.held > 0) for b in bal] == [("USD", True)]
+    await saga.orders.cancel_order(acct, order_id)
+    final = await saga.wait(acct, order_id)
+    assert final.status == OrderStatus.CANCELED and final.filled_qty == 0
+    assert [(b.asset, b.available, b.held) for b in (await saga.orders.balance(acct)).balances] == [
+        ("USD", Decimal("10000.00"), Decimal(0))
+    ]
+
+
+async def test_a_step_that_cannot_go_on_parks_the_order_until_resumed(saga: SagaStack) -> None:
+    """Past the pivot the hold is closed behind the saga's back, then the broker fills: the post
+    is refused for good. The order is parked (NEEDS_ATTENTION, its reason, the hold kept, the
+    workflow running), and once an operator reopens the hold and resumes it, it settles."""
+    acct = await saga.funded_account("10000")
+    order_id, low = await _resting_buy(saga, acct, "NVDA")
+    key = OrderKey.of(acct, order_id)
+    await saga.pool.execute("UPDATE holds SET status = 'voided' WHERE order_id = $1", key)
+    await saga.sim.admin("PUT", "/admin/prices", {"NVDA": str(low - 1)})
+    await saga.sim.admin("POST", "/admin/tick")
+    parked = await until(
+        saga, acct, order_id, lambda s: s.status == OrderStatus.NEEDS_ATTENTION, timeout_s=30
+    )
+    assert parked.reason and "post_fill" in parked.reason
+    desc = await saga.temporal.get_workflow_handle(key.workflow_id).describe()
+    assert desc.status is not None and desc.status.name == "RUNNING"
+    row = await saga.orders._store.get(acct, order_id)
+    assert row is not None and row.status == "NEEDS_ATTENTION"
+    with pytest.raises(UserError, match="not parked"):
+        await saga.orders.resume_order(acct, (await _resting_buy(saga, acct, "TSLA"))[0])
+
+    await saga.pool.execute("UPDATE holds SET status = 'open' WHERE order_id = $1", key)
+    await saga.orders.resume_order(acct, order_id)
+    final = await saga.wait(acct, order_id)
+    assert final.status == OrderStatus.SETTLED and final.filled_qty == 1
+    shares = (await saga.orders.balance(acct)).of("NVDA")
+    assert (shares.available, shares.held) == (Decimal(1), Decimal(0))

@@ -53,6 +53,7 @@ from core.broker_client import BrokerOrder
 from core.settings import SagaConfig
 from core.statuses import OrderStatus
 from tests.support.saga import SEARCH_ATTRIBUTES, temporal_binary
+from tests.workflows.planted import PlantedBugOrderWorkflow
 from workflows.models import OrderInput, OrderRequest, OrderState
 from workflows.order import OrderWorkflow
 
@@ -227,7 +228,11 @@ class World:
 
 @contextlib.asynccontextmanager
 async def started(
-    env: WorkflowEnvironment, world: World, config: SagaConfig, **start: Any
+    env: WorkflowEnvironment,
+    world: World,
+    config: SagaConfig,
+    workflow_cls: type = OrderWorkflow,
+    **start: Any,
 ) -> AsyncIterator[WorkflowHandle[Any, Any]]:
     """A limit buy started on its own queue, with a worker running the world's stand-ins."""
     queue = f"ts-{uuid.uuid4().hex[:8]}"
@@ -246,7 +251,7 @@ async def started(
     async with Worker(
         env.client,
         task_queue=queue,
-        workflows=[OrderWorkflow],
+        workflows=[workflow_cls],
         activities=[*world.activities(), settings.saga_config],
     ):
         yield await env.client.start_workflow(
@@ -381,3 +386,25 @@ async def test_a_free_lock_is_taken_by_the_local_try_alone(
 
     assert world.lock_waits == [0]
     assert final.status == OrderStatus.SETTLED
+
+
+async def test_a_bug_retries_the_workflow_task_and_moves_no_money(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    """A KeyError is not a failure of the order: no compensation (no void), the workflow is not
+    failed; its task is retried until the code is fixed."""
+    world = World([broker_order("new", "0")], submit_fails=False)
+    async with started(
+        skipping_env, world, SagaConfig(), workflow_cls=PlantedBugOrderWorkflow
+    ) as handle:
+        deadline = asyncio.get_running_loop().time() + 20
+        while asyncio.get_running_loop().time() < deadline:
+            desc = await handle.describe()
+            attempts = desc.raw_description.pending_workflow_task.attempt
+            if attempts >= 2:
+                break
+            await asyncio.sleep(0.2)
+        assert attempts >= 2, "the workflow task was not retried"
+        assert desc.status is not None and desc.status.name == "RUNNING"
+        assert world.voided_at == []
+        await handle.terminate("test over")

@@ -1,0 +1,24 @@
+"""A workflow with a planted bug, in a module of its own: the sandbox imports it afresh."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.models import OrderInput, OrderState
+    from workflows.order import OrderWorkflow
+
+
+@workflow.defn(name="OrderWorkflow")
+class PlantedBugOrderWorkflow(OrderWorkflow):
+    """The saga with a bug right after the reserve: a plain KeyError, as a typo would raise."""
+
+    @workflow.run
+    async def run(self, inp: OrderInput) -> OrderState:
+        return await super().run(inp)
+
+    async def _reserve_under_lock(self, asset: str, amount: Decimal) -> str | None:
+        await super()._reserve_under_lock(asset, amount)
+        raise KeyError("a bug")
