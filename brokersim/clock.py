@@ -10,6 +10,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 
 MARKET_CLOSE = time(21, 0, tzinfo=UTC)
+# The offset never passes a century: far from datetime's year 9999, so `now` always exists.
+MAX_OFFSET_US = 100 * 366 * 86_400 * 1_000_000
 
 
 def utcnow() -> datetime:
@@ -39,7 +41,10 @@ class SimClock:
     def now(self) -> datetime:
         return self._now_fn() + timedelta(microseconds=self.offset_us)
 
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
+    def advance(self, micros: int) -> None:
+        """Move forward ``micros`` microseconds; ValueError (and no change) if out of range."""
+        if micros < 0:
             raise ValueError("the simulated clock never goes back")
-        self.offset_us += round(seconds * 1_000_000)
+        if self.offset_us + micros > MAX_OFFSET_US:
+            raise ValueError("the simulated clock may run at most 100 years ahead")
+        self.offset_us += micros

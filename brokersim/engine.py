@@ -16,19 +16,13 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from brokersim import inputs
 from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
-from brokersim.orders import (
-    TERMINAL,
-    ApiError,
-    Order,
-    fill_parts,
-    invalid,
-    parse_order_request,
-)
+from brokersim.inputs import ApiError, Parts, TickMillis, bad_request, invalid, shown
+from brokersim.orders import TERMINAL, Order, fill_parts, parse_order_request
 from brokersim.store import Store
-from core.money import InvalidAmount, parse_decimal
 
 CENT = Decimal("0.01")
 M = TypeVar("M", bound=BaseModel)
@@ -61,8 +55,8 @@ class FillModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["instant", "partial"] = "instant"
-    parts: int = Field(default=3, ge=1, le=1000)
-    tick_ms: int = Field(default=50, ge=1)
+    parts: Parts = 3
+    tick_ms: TickMillis = 50
     auto: bool = True
     # Extension: walk=false freezes prices so tests can make limit orders cross exactly.
     walk: bool = True
@@ -71,7 +65,7 @@ class FillModel(BaseModel):
 def merge_model(model: M, patch: object) -> M:
     """``model`` with the fields of ``patch`` replaced; 422 on unknown or bad fields."""
     if not isinstance(patch, dict):
-        raise ApiError(400, 40010000, "request body must be a JSON object")
+        raise bad_request("request body must be a JSON object")
     try:
         return type(model).model_validate({**model.model_dump(), **patch})
     except ValidationError as exc:
@@ -319,10 +313,10 @@ class Engine:
 
     # -- admin ----------------------------------------------------------------------------
 
-    def advance_clock(self, seconds: float) -> int:
+    def advance_clock(self, seconds: Decimal) -> int:
         """Move the simulated clock forward and expire the day orders whose close passed."""
         try:
-            self.clock.advance(seconds)
+            self.clock.advance(int(seconds * 1_000_000))
         except ValueError as exc:
             raise invalid(str(exc)) from None
         batch = _Batch(meta={"clock_offset_us": self.clock.offset_us})
@@ -332,18 +326,13 @@ class Engine:
 
     def set_prices(self, body: object) -> dict[str, str]:
         if not isinstance(body, dict):
-            raise ApiError(400, 40010000, "request body must be a JSON object")
+            raise bad_request("request body must be a JSON object")
         updates: dict[str, Decimal] = {}
         for symbol, value in body.items():
             if symbol.upper() not in self.prices:
-                raise invalid(f'asset "{symbol}" not found')
-            try:
-                price = parse_decimal(value, f"price of {symbol}")
-            except InvalidAmount as exc:
-                raise invalid(str(exc)) from None
-            if price <= 0:
-                raise invalid(f"price of {symbol} must be > 0")
-            updates[symbol.upper()] = price.quantize(CENT, rounding=ROUND_HALF_UP)
+                raise invalid(f'asset "{shown(symbol)[1:-1]}" not found')
+            # Quotes are whole cents: a finer price is refused, not rounded.
+            updates[symbol.upper()] = inputs.price(value, f"price of {symbol}", places=2)
         self.prices.update(updates)
         self.price_time = self.clock.now()
         self.save_meta(**self._price_meta())

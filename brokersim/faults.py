@@ -8,29 +8,28 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-Probability = Field(default=0.0, ge=0.0, le=1.0)
-Millis = Field(default=0, ge=0)
+from brokersim.inputs import Millis, Probability, Seed
 
 
 class FaultConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = 0
-    latency_ms: int = Millis
-    jitter_ms: int = Millis
-    spike_prob: float = Probability
-    spike_ms: int = Millis
-    hang_prob: float = Probability
+    seed: Seed = 0
+    latency_ms: Millis = 0
+    jitter_ms: Millis = 0
+    spike_prob: Probability = 0.0
+    spike_ms: Millis = 0
+    hang_prob: Probability = 0.0
     # Longer than any client timeout: a hung request is one the client gives up on.
-    hang_ms: int = Field(default=600_000, ge=0)
-    error_5xx_prob: float = Probability
-    drop_reply_prob: float = Probability
-    late_prob: float = Probability
-    late_ms: int = Millis
-    event_drop_prob: float = Probability
-    event_dup_prob: float = Probability
+    hang_ms: Millis = 600_000
+    error_5xx_prob: Probability = 0.0
+    drop_reply_prob: Probability = 0.0
+    late_prob: Probability = 0.0
+    late_ms: Millis = 0
+    event_drop_prob: Probability = 0.0
+    event_dup_prob: Probability = 0.0
     unreachable: bool = False
 
 

@@ -8,8 +8,9 @@ from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
+from brokersim import inputs
 from brokersim.clock import parse_rfc3339, rfc3339
-from core.money import InvalidAmount, parse_decimal, validate_amount
+from brokersim.inputs import invalid, shown
 
 OPEN = ("new", "accepted", "partially_filled", "pending_cancel")
 TERMINAL = ("filled", "canceled", "expired", "rejected")
@@ -23,23 +24,9 @@ MAX_CLIENT_ORDER_ID = 128
 ZERO = Decimal(0)
 
 
-class ApiError(Exception):
-    """An HTTP error answer: status, Alpaca-style numeric code and message."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 def plain(d: Decimal) -> Decimal:
     """Drop trailing zeros without switching to exponent notation ("100", not "1E+2")."""
     return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
-
-
-def invalid(message: str) -> ApiError:
-    return ApiError(422, 40010001, message)
 
 
 def _ts(dt: datetime | None) -> str | None:
@@ -187,17 +174,8 @@ class OrderRequest:
 def _choice(body: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
     value = body.get(name)
     if not isinstance(value, str) or value.lower() not in allowed:
-        raise invalid(f"invalid {name}: {value!r} (expected one of {', '.join(allowed)})")
+        raise invalid(f"invalid {name}: {shown(value)} (expected one of {', '.join(allowed)})")
     return value.lower()
-
-
-def _qty(value: object) -> Decimal:
-    if value is None:
-        raise invalid("qty is required")
-    try:
-        return plain(validate_amount(value, "SHARES", "qty"))
-    except InvalidAmount as exc:
-        raise invalid(str(exc)) from None
 
 
 def _limit_price(body: dict[str, Any], order_type: str) -> Decimal | None:
@@ -206,21 +184,13 @@ def _limit_price(body: dict[str, Any], order_type: str) -> Decimal | None:
         return None
     if value is None:
         raise invalid("limit_price is required for limit orders")
-    try:
-        price = parse_decimal(value, "limit_price")
-    except InvalidAmount as exc:
-        raise invalid(str(exc)) from None
-    if price <= 0:
-        raise invalid(f"limit_price must be > 0, got {price}")
-    return price
+    return plain(inputs.price(value))
 
 
 def _client_order_id(value: object) -> str:
     if value is None or value == "":
         return str(uuid.uuid4())
-    if not isinstance(value, str) or len(value) > MAX_CLIENT_ORDER_ID:
-        raise invalid(f"client_order_id must be a string of at most {MAX_CLIENT_ORDER_ID} chars")
-    return value
+    return inputs.text(value, "client_order_id", MAX_CLIENT_ORDER_ID)
 
 
 def parse_order_request(body: dict[str, Any], symbols: set[str]) -> OrderRequest:
@@ -228,8 +198,9 @@ def parse_order_request(body: dict[str, Any], symbols: set[str]) -> OrderRequest
     raw_symbol = body.get("symbol")
     symbol = raw_symbol.upper() if isinstance(raw_symbol, str) else ""
     if symbol not in symbols:
-        raise invalid(f'asset "{raw_symbol}" not found')
-    qty = _qty(body.get("qty"))
+        name = raw_symbol if isinstance(raw_symbol, str) else shown(raw_symbol)
+        raise invalid(f'asset "{name[:40]}" not found')
+    qty = plain(inputs.qty(body.get("qty")))
     side = _choice(body, "side", SIDES)
     order_type = _choice(body, "type", TYPES)
     tif = _choice(body, "time_in_force", TIFS)

@@ -3,6 +3,11 @@
 Faults are applied here, around the handlers, so the engine never knows about them: latency,
 hangs, 5xx, late execution and dropped replies for trading requests; latency, 5xx and
 unreachable for quotes; dropped and duplicated live events on the stream. Never for /admin.
+
+Every refusal is a 4xx with Alpaca's body ``{"code", "message"}``: inputs are read strictly
+(``inputs.py``), and aiohttp's own answers (404, 405, 413) are rewritten into that shape. An
+exception nothing foresaw is logged and answered 500 ``{"code": 50000000}``, a last line of
+defence that the hostile-input tests make sure is never reached.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,18 @@ from pydantic import ValidationError
 from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
 from brokersim.engine import Engine
 from brokersim.faults import FaultConfig, Faults
-from brokersim.orders import ApiError, invalid
+from brokersim.inputs import (
+    MAX_ADVANCE_S,
+    MAX_BODY_BYTES,
+    MAX_SYMBOLS,
+    SYMBOL,
+    ApiError,
+    invalid,
+    number,
+    read_json_object,
+    shown,
+    whole,
+)
 from brokersim.store import Store
 
 log = logging.getLogger("brokersim")
@@ -43,28 +58,20 @@ def _error(exc: ApiError) -> web.Response:
     return _json({"code": exc.code, "message": exc.message}, status=exc.status)
 
 
-async def _body(request: web.Request, *, decimals: bool = True) -> dict[str, Any]:
-    text = await request.text()
-    try:
-        data = json.loads(text, parse_float=Decimal) if decimals else json.loads(text)
-    except ValueError:
-        raise ApiError(400, 40010000, "malformed JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, 40010000, "request body must be a JSON object")
-    return data
+def _http_error(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own refusal (404, 405, 413, ...) in Alpaca's shape: 404 -> 40410000."""
+    response = _json({"code": exc.status * 100_000 + 10_000, "message": exc.reason.lower()})
+    response.set_status(exc.status)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
 
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid(f"{name} must be an integer") from None
-    if value < 0:
-        raise invalid(f"{name} must be >= 0")
-    return min(value, maximum)
+    return min(whole(raw, name, 0, 2**62), maximum)
 
 
 def _gone(request: web.Request) -> bool:
@@ -113,7 +120,7 @@ class BrokerSimServer:
     # -- plumbing -------------------------------------------------------------------------
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY_BYTES)
         r = app.router
         r.add_post("/v2/orders", self.post_order)
         r.add_get("/v2/orders", self.list_orders)
@@ -139,14 +146,30 @@ class BrokerSimServer:
         return app
 
     def _authorized(self, request: web.Request) -> bool:
-        key = request.headers.get("APCA-API-KEY-ID", "")
-        secret = request.headers.get("APCA-API-SECRET-KEY", "")
-        return hmac.compare_digest(key, self._key_id) and hmac.compare_digest(
-            secret, self._secret_key
-        )
+        # Compared as bytes: compare_digest refuses non-ASCII str (a TypeError, so a 500), and
+        # aiohttp hands header bytes above 0x7f over as surrogates, which "surrogatepass" keeps.
+        def raw(name: str) -> bytes:
+            return request.headers.get(name, "").encode("utf-8", "surrogatepass")
+
+        key_ok = hmac.compare_digest(raw("APCA-API-KEY-ID"), self._key_id.encode())
+        secret_ok = hmac.compare_digest(raw("APCA-API-SECRET-KEY"), self._secret_key.encode())
+        return key_ok and secret_ok
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await self._guarded(request, handler)
+        except ApiError as exc:
+            return _error(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _http_error(exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return _json({"code": 50000000, "message": "internal error"}, status=500)
+
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         kind = _route_kind(request.path)
         if kind is None:
             return await handler(request)
@@ -154,6 +177,8 @@ class BrokerSimServer:
             return _drop_connection(request)
         if not self._authorized(request):
             return _json({"code": 40110000, "message": "request is not authorized"}, status=401)
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
         if kind == "trading":
             return await self._trading_faults(request, handler)
         if kind == "quotes":
@@ -198,7 +223,7 @@ class BrokerSimServer:
     # -- trading --------------------------------------------------------------------------
 
     async def post_order(self, request: web.Request) -> web.Response:
-        order = self.engine.submit(await _body(request))
+        order = self.engine.submit(await read_json_object(request))
         return _json(order.to_json())
 
     async def get_order(self, request: web.Request) -> web.Response:
@@ -212,15 +237,15 @@ class BrokerSimServer:
         status = request.query.get("status", "open")
         direction = request.query.get("direction", "desc")
         if status not in ("open", "closed", "all"):
-            raise invalid(f"invalid status: {status!r}")
+            raise invalid(f"invalid status: {shown(status)}")
         if direction not in ("asc", "desc"):
-            raise invalid(f"invalid direction: {direction!r}")
+            raise invalid(f"invalid direction: {shown(direction)}")
         limit = _int_param(request, "limit", 50, MAX_LIST_LIMIT)
         after_raw = request.query.get("after")
         try:
             after = parse_rfc3339(after_raw) if after_raw else None
         except ValueError:
-            raise invalid(f"invalid after: {after_raw!r}") from None
+            raise invalid(f"invalid after: {shown(after_raw)}") from None
         orders = self.engine.list_orders(status, limit, after, direction)
         return _json([o.to_json() for o in orders])
 
@@ -235,6 +260,10 @@ class BrokerSimServer:
         symbols = [s for s in symbols if s]
         if not symbols:
             raise invalid("symbols is required")
+        if len(symbols) > MAX_SYMBOLS:
+            raise invalid(f"at most {MAX_SYMBOLS} symbols")
+        if malformed := [s for s in symbols if not SYMBOL.fullmatch(s)]:
+            raise invalid(f"invalid symbol: {shown(malformed[0])}")
         found = {s: q for s in symbols if (q := self.engine.quote(s)) is not None}
         return _json({"quotes": found})
 
@@ -242,7 +271,7 @@ class BrokerSimServer:
         symbol = request.match_info["symbol"].upper()
         found = self.engine.quote(symbol)
         if found is None:
-            raise ApiError(404, 40410000, f'asset "{symbol}" not found')
+            raise ApiError(404, 40410000, f'asset "{shown(symbol)[1:-1]}" not found')
         return _json({"symbol": symbol, "quote": found})
 
     # -- events ---------------------------------------------------------------------------
@@ -298,7 +327,7 @@ class BrokerSimServer:
         return _json(self.faults.config.model_dump())
 
     async def put_faults(self, request: web.Request) -> web.Response:
-        patch = await _body(request, decimals=False)
+        patch = await read_json_object(request)
         try:
             config = self.faults.update(patch)
         except ValidationError as exc:
@@ -316,17 +345,16 @@ class BrokerSimServer:
         return _json(self._clock_info())
 
     async def advance_clock(self, request: web.Request) -> web.Response:
-        seconds = (await _body(request, decimals=False)).get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise invalid("seconds must be a number")
-        expired = self.engine.advance_clock(float(seconds))
+        raw = (await read_json_object(request)).get("seconds")
+        seconds = number(raw, "seconds", places=6, maximum=MAX_ADVANCE_S)
+        expired = self.engine.advance_clock(seconds)
         return _json({**self._clock_info(), "expired": expired})
 
     async def get_prices(self, request: web.Request) -> web.Response:
         return _json({s: str(p) for s, p in sorted(self.engine.prices.items())})
 
     async def put_prices(self, request: web.Request) -> web.Response:
-        return _json(self.engine.set_prices(await _body(request)))
+        return _json(self.engine.set_prices(await read_json_object(request)))
 
     async def tick(self, request: web.Request) -> web.Response:
         return _json(self.engine.tick())
@@ -341,7 +369,7 @@ class BrokerSimServer:
         return _json(self.engine.fill_model.model_dump())
 
     async def put_fill_model(self, request: web.Request) -> web.Response:
-        model = self.engine.set_fill_model(await _body(request, decimals=False))
+        model = self.engine.set_fill_model(await read_json_object(request))
         return _json(model.model_dump())
 
     async def health(self, request: web.Request) -> web.Response:

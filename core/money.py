@@ -15,7 +15,18 @@ This module is pure (no I/O, no clock) so workflow code may import it.
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import (
+    ROUND_CEILING,
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    Underflow,
+    localcontext,
+)
 
 CASH_ASSET = "USD"
 CASH_PLACES = 2
@@ -25,6 +36,15 @@ SHARE_QUANTUM = Decimal(1).scaleb(-SHARE_PLACES)
 
 # Absurd-amount guard: no single operation moves more than this (cash or shares).
 MAX_AMOUNT = Decimal("1000000000000")  # 1e12
+# Longer text is not a number anyone means: refused before Decimal() sees it.
+MAX_NUMBER_CHARS = 100
+# What a bounded amount may look like as text: ASCII digits, no "_", "NaN", "Infinity" or "0x".
+_NUMBER_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# Bounded amounts are computed here, never in the caller's context: enough digits for any
+# accepted value, and any rounding or overflow is an error rather than a silent change.
+_BOUNDED = Context(
+    prec=60, Emax=99, Emin=-99, traps=[InvalidOperation, Overflow, Inexact, Underflow]
+)
 
 
 class InvalidAmount(ValueError):
@@ -55,20 +75,60 @@ def parse_decimal(value: object, what: str = "amount") -> Decimal:
     return d
 
 
+def parse_bounded(
+    value: object,
+    what: str,
+    *,
+    places: int,
+    maximum: Decimal,
+    allow_zero: bool = False,
+    unit: str = "",
+) -> Decimal:
+    """A finite number in (0, maximum] ([0, maximum] with ``allow_zero``) with at most
+    ``places`` decimals, refused (InvalidAmount) rather than rounded.
+
+    The exponent is checked before any arithmetic, so 1e-1000030 or 1E+999999999 are refused
+    instead of becoming 0 or raising decimal.Overflow; the result is quantized to ``places``.
+    """
+    if isinstance(value, str):
+        if len(value) > MAX_NUMBER_CHARS:
+            raise InvalidAmount(f"{what} is not a number: {value[:20]!r}... is too long")
+        if not _NUMBER_TEXT.fullmatch(value.strip()):
+            raise InvalidAmount(f"{what} is not a number: {value!r}")
+    d = parse_decimal(value, what)
+    sign, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)  # finite: parse_decimal refused the rest
+    if len(digits) > MAX_NUMBER_CHARS:
+        raise InvalidAmount(f"{what} has too many digits")
+    if not any(digits):
+        if allow_zero:
+            return Decimal(0).quantize(Decimal(1).scaleb(-places))
+        raise InvalidAmount(f"{what} must be > 0, got {d}")
+    if sign:
+        raise InvalidAmount(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {d}")
+    # Plain tuple arithmetic only: trailing zeros do not count as decimals.
+    trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    if exponent + trailing < -places:
+        suffix = f" for {unit}" if unit else ""
+        raise InvalidAmount(f"{what} {d} has more than {places} decimals{suffix}")
+    if d.adjusted() > maximum.adjusted() or d > maximum:
+        raise InvalidAmount(f"{what} {d} exceeds the maximum of {maximum}")
+    with localcontext(_BOUNDED):
+        return d.quantize(Decimal(1).scaleb(-places))
+
+
 def validate_amount(
     value: object, asset: str, what: str = "amount", *, allow_zero: bool = False
 ) -> Decimal:
     """A positive amount of ``asset`` with no more decimals than the asset allows."""
-    d = parse_decimal(value, what)
-    if d < 0 or (d == 0 and not allow_zero):
-        raise InvalidAmount(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {d}")
-    if abs(d) > MAX_AMOUNT:
-        raise InvalidAmount(f"{what} {d} exceeds the maximum of {MAX_AMOUNT}")
-    places = places_for(asset)
-    exponent = d.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and -exponent > places:
-        raise InvalidAmount(f"{what} {d} has more than {places} decimals for {asset}")
-    return d.quantize(quantum_for(asset))
+    return parse_bounded(
+        value,
+        what,
+        places=places_for(asset),
+        maximum=MAX_AMOUNT,
+        allow_zero=allow_zero,
+        unit=asset,
+    )
 
 
 def round_cash(amount: Decimal) -> Decimal:
