@@ -76,11 +76,17 @@ def _depth(data: object) -> int:
     return deepest
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """A request body: UTF-8 JSON, an object, numbers as Decimal; 400 for anything else."""
+def parse_json_object(raw: bytes, *, exact: bool = True) -> dict[str, Any]:
+    """A request body: UTF-8 JSON, an object, numbers as Decimal; 400 for anything else.
+
+    ``exact=False`` keeps JSON's own numbers (floats, NaN): only for the admin hooks that plant
+    malformed quotes and events on purpose, so tests can send what a broken broker would."""
     try:
         text = raw.decode("utf-8")
-        data = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        if exact:
+            data = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        else:
+            data = json.loads(text)
     except ValueError:  # also UnicodeDecodeError, and ints of more than 4300 digits
         raise bad_request("malformed JSON") from None
     except RecursionError:
@@ -92,9 +98,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
+async def read_json_object(request: web.Request, *, exact: bool = True) -> dict[str, Any]:
     """The request's body (the app refuses more than MAX_BODY_BYTES with 413)."""
-    return parse_json_object(await request.read())
+    return parse_json_object(await request.read(), exact=exact)
 
 
 def number(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -360,10 +359,12 @@ class BrokerSimServer:
         return _json(self.engine.tick())
 
     async def put_quote_overrides(self, request: web.Request) -> web.Response:
-        return _json(self.engine.set_quote_overrides(await _body(request, decimals=False)))
+        return _json(self.engine.set_quote_overrides(await read_json_object(request, exact=False)))
 
     async def post_event(self, request: web.Request) -> web.Response:
-        return _json({"offset": self.engine.append_raw_event(await _body(request, decimals=False))})
+        return _json(
+            {"offset": self.engine.append_raw_event(await read_json_object(request, exact=False))}
+        )
 
     async def get_fill_model(self, request: web.Request) -> web.Response:
         return _json(self.engine.fill_model.model_dump())
