@@ -30,10 +30,12 @@ import redis.asyncio as aioredis
 
 from core.db import drop_database, ensure_database, migrate, with_database
 from core.keys import RedisKeys
+from core.orderkey import OrderKey
 from core.statuses import OrderStatus
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import SagaStack, saga_settings, saga_stack, start_dev_server
-from workflows.models import OrderState
+from workflows.models import BrokerReport, OrderState
+from workflows.order import OrderWorkflow
 
 SERVER_DSN = os.environ.get(
     "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -127,6 +129,53 @@ async def refused_for_funds(saga: SagaStack) -> OrderState:
     return await saga.wait(acct, placed.order_id)
 
 
+async def forged_signal_checked(saga: SagaStack) -> OrderState:
+    """A signal no broker sent (a fill at $1) makes the saga ask the broker; then a cancel."""
+    acct = await saga.funded_account("10000")
+    low = (await _price(saga, "AAPL") * Decimal("0.7")).quantize(Decimal("0.01"))
+    placed = await saga.place(
+        acct, symbol="AAPL", side="buy", qty="1", order_type="limit", limit_price=low,
+        time_in_force="gtc",
+    )  # fmt: skip
+    await _until_at_broker(saga, acct, placed.order_id)
+    state = await saga.orders.get_order(acct, placed.order_id)
+    handle = saga.temporal.get_workflow_handle(state.workflow_id)
+    forged = BrokerReport(
+        source="event",
+        broker_order_id=state.broker_order_id,
+        status="filled",
+        filled_qty=Decimal(1),
+        filled_notional=Decimal("1.00"),
+        terminal=True,
+    )
+    await handle.signal(OrderWorkflow.broker_update, forged)
+    await asyncio.sleep(2)
+    await saga.orders.cancel_order(acct, placed.order_id)
+    return await saga.wait(acct, placed.order_id)
+
+
+async def parked_then_resumed(saga: SagaStack) -> OrderState:
+    """The hold is closed behind the saga's back before a fill: parked, reopened, resumed."""
+    acct = await saga.funded_account("10000")
+    low = (await _price(saga, "NVDA") * Decimal("0.7")).quantize(Decimal("0.01"))
+    placed = await saga.place(
+        acct, symbol="NVDA", side="buy", qty="1", order_type="limit", limit_price=low,
+        time_in_force="gtc",
+    )  # fmt: skip
+    await _until_at_broker(saga, acct, placed.order_id)
+    key = OrderKey.of(acct, placed.order_id)
+    await saga.pool.execute("UPDATE holds SET status = 'voided' WHERE order_id = $1", key)
+    await saga.sim.admin("PUT", "/admin/prices", {"NVDA": str(low - 1)})
+    await saga.sim.admin("POST", "/admin/tick")
+    for _ in range(300):
+        if (await saga.orders.get_order(acct, placed.order_id)).status == "NEEDS_ATTENTION":
+            break
+        await asyncio.sleep(0.1)
+    await saga.pool.execute("UPDATE holds SET status = 'open' WHERE order_id = $1", key)
+    await saga.orders.resume_order(acct, placed.order_id)
+    return await saga.wait(acct, placed.order_id)
+
+
 SCENARIOS: dict[str, tuple[Scenario, OrderStatus]] = {
     "cancel_resting_limit": (cancel_resting_limit, OrderStatus.CANCELED),
     "partial_fills_buy": (partial_fills_buy, OrderStatus.SETTLED),
@@ -136,6 +185,8 @@ SCENARIOS: dict[str, tuple[Scenario, OrderStatus]] = {
     "submit_retries_after_5xx": (submit_retries_after_5xx, OrderStatus.SETTLED),
     "day_order_expires": (day_order_expires, OrderStatus.EXPIRED),
     "refused_for_funds": (refused_for_funds, OrderStatus.REJECTED),
+    "forged_signal_checked": (forged_signal_checked, OrderStatus.CANCELED),
+    "parked_then_resumed": (parked_then_resumed, OrderStatus.SETTLED),
 }
 
 

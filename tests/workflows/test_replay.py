@@ -5,26 +5,47 @@ partial fills, unknown submit outcomes reconciled with the broker, submit retrie
 refusal. A workflow change that would break a running order fails here. Re-record only for an
 intended change that running workflows can never meet (or one guarded by workflow.patched).
 
-tests/histories/ordinary-steps/ holds the same paths recorded before the quote, lock, ledger and
-orders-table steps became local activities (``LOCAL_STEPS_PATCH``): orders started then must
-still finish on today's code, so both sets replay.
+Each set was recorded by the code of its time, and orders started then must still finish on
+today's code, so every set replays:
+- tests/histories/: today's (every patch: local steps, the worker's settings, the trust
+  boundary), with two more paths: a forged signal checked with the broker, a parked order resumed;
+- tests/histories/local-steps/: before the worker owned the saga's settings and before the trust
+  boundary (``WORKER_SETTINGS_PATCH``, ``TRUST_BOUNDARY_PATCH``);
+- tests/histories/ordinary-steps/: before the quote, lock, ledger and orders-table steps became
+  local activities (``LOCAL_STEPS_PATCH``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from workflows.order import OrderWorkflow
+from workflows.order import (
+    LOCAL_STEPS_PATCH,
+    TRUST_BOUNDARY_PATCH,
+    WORKER_SETTINGS_PATCH,
+    OrderWorkflow,
+)
 from workflows.reconcile import ReconcileWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+LOCAL_STEPS = HISTORIES / "local-steps"
 BEFORE_LOCAL_STEPS = HISTORIES / "ordinary-steps"
+SETS = [HISTORIES, LOCAL_STEPS, BEFORE_LOCAL_STEPS]
+SET_IDS = ["current", "local", "before"]
+# The patches each set's runs took.
+PATCHES = {
+    HISTORIES: {LOCAL_STEPS_PATCH, WORKER_SETTINGS_PATCH, TRUST_BOUNDARY_PATCH},
+    LOCAL_STEPS: {LOCAL_STEPS_PATCH},
+    BEFORE_LOCAL_STEPS: set(),
+}
 RECORDED = sorted(HISTORIES.rglob("*.json"))
 # The paths a change is most likely to break; each must keep a recorded history.
 REQUIRED = {
@@ -54,31 +75,32 @@ def _history(path: Path, tamper: bool = False) -> WorkflowHistory:
     return WorkflowHistory.from_json(path.stem, data)
 
 
-@pytest.mark.parametrize("directory", [HISTORIES, BEFORE_LOCAL_STEPS], ids=["local", "before"])
+@pytest.mark.parametrize("directory", SETS, ids=SET_IDS)
 def test_the_required_histories_are_recorded(directory: Path) -> None:
     assert REQUIRED <= {p.stem for p in directory.glob("*.json")}
 
 
-@pytest.mark.parametrize("directory", [HISTORIES, BEFORE_LOCAL_STEPS], ids=["local", "before"])
+def _patches(events: list[dict[str, Any]]) -> set[str]:
+    found = set()
+    for e in events:
+        marker = e.get("markerRecordedEventAttributes", {})
+        if marker.get("markerName") == "core_patch":
+            payload = marker["details"]["patch-data"]["payloads"][0]["data"]
+            found.add(json.loads(base64.b64decode(payload))["id"])
+    return found
+
+
+@pytest.mark.parametrize("directory", SETS, ids=SET_IDS)
 def test_each_set_ran_its_steps_the_way_its_name_says(directory: Path) -> None:
     for path in directory.glob("*.json"):
         events = json.loads(path.read_text())["events"]
-        markers = {
-            e["markerRecordedEventAttributes"]["markerName"]
-            for e in events
-            if "markerRecordedEventAttributes" in e
-        }
         scheduled = {
             e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
             for e in events
             if "activityTaskScheduledEventAttributes" in e
         }
-        if directory == HISTORIES:
-            assert {"core_patch", "core_local_activity"} <= markers, path.name
-            assert "reserve_funds" not in scheduled, path.name
-        else:
-            assert not markers, path.name
-            assert "reserve_funds" in scheduled, path.name
+        assert _patches(events) == PATCHES[directory], path.name
+        assert ("reserve_funds" in scheduled) == (directory == BEFORE_LOCAL_STEPS), path.name
 
 
 @pytest.mark.asyncio(loop_scope="session")

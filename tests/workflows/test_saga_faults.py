@@ -108,8 +108,9 @@ async def test_late_execution_after_we_gave_up_lands_in_the_error_account(
             )
         )
 
-    await wait_for(lambda: saga.broker_orders(key), timeout_s=40)  # type: ignore[arg-type]
-    await wait_for(booked_to_error, timeout_s=40)
+    # Deadlines, not timings: generous, since a loaded 2-core machine runs the reconciler late.
+    await wait_for(lambda: saga.broker_orders(key), timeout_s=90)  # type: ignore[arg-type]
+    await wait_for(booked_to_error, timeout_s=90)
     [broker_order] = await saga.broker_orders(key)
     error_qty = await saga.pool.fetchval(
         "SELECT posted_qty FROM error_positions WHERE client_order_id = $1", key
