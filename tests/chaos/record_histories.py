@@ -9,9 +9,10 @@ never found), submit retries after 5xx, and a day order the broker expires. Each
 written as ``<name>.json`` (``WorkflowHistory.to_json()``); the file name is the replay's
 workflow id.
 Re-record after an intended, versioned change to the workflow; never to make a replay pass.
-``tests/histories/ordinary-steps/`` keeps the histories recorded before the quote, lock, ledger
-and orders-table steps became local activities; they are never re-recorded, since orders started
-then must still replay.
+``tests/histories/local-steps/`` keeps the histories recorded before the worker owned the saga's
+settings and before the trust boundary, ``tests/histories/ordinary-steps/`` those recorded before
+the quote, lock, ledger and orders-table steps became local activities; neither is ever
+re-recorded, since orders started then must still replay.
 """
 
 from __future__ import annotations
