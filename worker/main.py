@@ -22,6 +22,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.broker import BrokerActivities
 from activities.config import ConfigActivities
@@ -39,6 +40,13 @@ from workflows.order import OrderWorkflow
 from workflows.reconcile import ReconcileWorkflow
 
 log = logging.getLogger("ordersaga.worker")
+# Modules the workflow sandbox must never import afresh: the workflows import them passed through,
+# but a client object's __del__ (a pool collected inside a workflow run) imports lazily, and the
+# sandbox would then re-import the whole library in the middle of a run.
+PASSTHROUGH = ("redis", "asyncpg", "aiohttp", "pydantic_settings")
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+)
 QUEUES = ("orders", "broker")
 WORKFLOWS = (OrderWorkflow, ReconcileWorkflow)
 
@@ -109,6 +117,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                 client,
                 task_queue=s.orders_task_queue,
                 workflows=list(WORKFLOWS),
+                workflow_runner=WORKFLOW_RUNNER,
                 activities=[
                     lock.acquire_lock,
                     lock.release_lock,

@@ -77,3 +77,9 @@ def test_an_unwritable_cache_is_not_an_error(
     monkeypatch.setattr("sys.pycache_prefix", str(blocker / "cache"))
     cache_workflow_bytecode()  # nothing can be written there; nothing is raised
     assert blocker.is_file()
+
+
+def test_the_orders_worker_passes_the_client_libraries_through_the_sandbox() -> None:
+    made = specs(Settings())
+    runner = made[Settings().orders_task_queue]["workflow_runner"]
+    assert {"redis", "asyncpg", "aiohttp"} <= set(runner.restrictions.passthrough_modules)
