@@ -19,36 +19,23 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.broker import (
-        BrokerActivities,
-        CancelOrderInput,
-        ReconcileOrderInput,
-        ReconcileOrderResult,
-        SubmitOrderInput,
-    )
     from activities.config import ConfigActivities, SagaConfigInput
     from activities.ledger import (
         LedgerActivities,
-        OrderRecord,
-        PostFillInput,
         ReserveInput,
-        VoidInput,
     )
     from activities.lock import AcquireLockInput, LockActivities, ReleaseLockInput
     from activities.marketdata import GetQuoteInput, MarketDataActivities
-    from activities.orders import OrderStoreActivities, RecordOrderInput, UpdateOrderInput
     from core import errors
-    from core.broker_client import BrokerOrder
-    from core.money import MAX_AMOUNT, SHARE_QUANTUM, round_cash
     from core.settings import SagaConfig
-    from core.statuses import BROKER_FINAL, BROKER_STATUSES, OrderStatus
+    from core.statuses import OrderStatus
+    from workflows.following import FollowBroker
     from workflows.models import (
         BrokerReport,
         CancelResult,
@@ -56,82 +43,34 @@ with workflow.unsafe.imports_passed_through():
         OrderRequest,
         OrderState,
         PlaceResult,
-        TimelineEntry,
         place_result,
         validate_request,
     )
-    from workflows.pricing import Hold, cumulative_fee, hold_for
+    from workflows.pricing import Hold, hold_for
+    from workflows.saga_base import (  # the patches and names others import from here
+        LOCAL_STEPS_PATCH,
+        LOCK_RETRY,
+        MAX_FENCE_RETRIES,
+        ORDER_CONFLICT_REASON,
+        ORDER_NOT_PARKED,
+        ORDER_TERMINAL,
+        STEP_ERRORS,
+        TRUST_BOUNDARY_PATCH,
+        WORKER_SETTINGS_PATCH,
+        error_message,
+        error_type,
+    )
 
-ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
-ACCOUNT_ID = SearchAttributeKey.for_keyword("AccountId")
-SYMBOL = SearchAttributeKey.for_keyword("Symbol")
-
-ORDER_TERMINAL = "OrderTerminal"
-ORDER_CONFLICT_REASON = "order id already used with other parameters"
-
-In = TypeVar("In")
-Out = TypeVar("Out")
-MAX_TIMELINE = 60
-MAX_FENCE_RETRIES = 5
-# Runs started from this version on take their quote, lock (when free), ledger and orders-table
-# steps as local activities; runs started before replay as they ran, with ordinary activities
-# (see _step and _acquire_lock).
-LOCAL_STEPS_PATCH = "local-steps-v1"
-# Runs started from this version on take the saga's settings from their worker (a local
-# activity), never from the input; runs started before read the input's, as they did.
-WORKER_SETTINGS_PATCH = "worker-settings-v1"
-# Runs started from this version on book only the broker's own answers (a signalled report makes
-# them ask the broker), check those answers against the order, and park the order instead of
-# failing when a step past the pivot cannot go on.
-TRUST_BOUNDARY_PATCH = "trust-boundary-v1"
-ORDER_NOT_PARKED = "OrderNotParked"
-
-LEDGER_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=10),
-    non_retryable_error_types=errors.NON_RETRYABLE_LEDGER,
-)
-LOCK_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=100),
-    maximum_interval=timedelta(seconds=2),
-    non_retryable_error_types=[errors.LOCK_LOST],
-)
-# Asking the broker about an order is retried until the broker answers: nothing after the pivot
-# is decided without its word.
-BROKER_ASK_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=[errors.BROKER_REJECTED],
-)
-# A submit is retried within the submit's total timeout; its outcome is then asked for.
-BROKER_SUBMIT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=10),
-    non_retryable_error_types=[errors.BROKER_REJECTED],
-)
-
-
-# What a failed step raises: an ordinary activity's failure arrives as an ActivityError around
-# the activity's ApplicationError, a local activity's as the ApplicationError itself.
-STEP_ERRORS = (ActivityError, ApplicationError)
-
-
-def _error_type(err: BaseException) -> str | None:
-    cause = err.cause if isinstance(err, ActivityError) else err
-    return cause.type if isinstance(cause, ApplicationError) else None
-
-
-def _step_name(method: Callable[..., Any]) -> str:
-    return getattr(method, "__name__", "a step")
-
-
-def _error_message(err: BaseException, default: str) -> str:
-    cause = err.cause if isinstance(err, ActivityError) else err
-    return cause.message if isinstance(cause, ApplicationError) else default
+__all__ = [
+    "LOCAL_STEPS_PATCH",
+    "TRUST_BOUNDARY_PATCH",
+    "WORKER_SETTINGS_PATCH",
+    "OrderWorkflow",
+]
 
 
 @workflow.defn
-class OrderWorkflow:
+class OrderWorkflow(FollowBroker):
     @workflow.init
     def __init__(self, inp: OrderInput) -> None:
         self._cfg = SagaConfig()  # the worker's, read first thing in run()
@@ -148,8 +87,6 @@ class OrderWorkflow:
         self._past_accept = carried is not None
         self._parking = False
         self._resume = False
-
-    # ------------------------------------------------------------------ handlers
 
     @workflow.update
     async def place(self, request: OrderRequest) -> PlaceResult:
@@ -208,8 +145,6 @@ class OrderWorkflow:
     @workflow.query
     def status(self) -> OrderState:
         return self._state
-
-    # ------------------------------------------------------------------ the saga
 
     @workflow.run
     async def run(self, inp: OrderInput) -> OrderState:
@@ -334,12 +269,12 @@ class OrderWorkflow:
                 )
                 return None
             except STEP_ERRORS as err:
-                kind = _error_type(err)
+                kind = error_type(err)
                 if kind == errors.STALE_FENCE:
                     self._note("lock expired under the reserve; locking again")
                     continue
                 if kind == errors.INSUFFICIENT_FUNDS:
-                    return f"insufficient funds: {_error_message(err, str(err))}"
+                    return f"insufficient funds: {error_message(err, str(err))}"
                 if kind == errors.UNKNOWN_ACCOUNT:
                     return f"unknown account {req.account_id}"
                 if kind == errors.ORDER_CONFLICT:
@@ -405,446 +340,3 @@ class OrderWorkflow:
             if not await self._submit():
                 return
         await self._follow()
-
-    async def _submit(self) -> bool:
-        """Send the order; False when it ended here (rejected, or never reached the broker)."""
-        req = self._state.request
-        self._pivoted = True
-        self._compensations.clear()  # from here on nothing is compensated blindly
-        try:
-            res = await self._broker(
-                BrokerActivities.submit_order,
-                SubmitOrderInput(
-                    client_order_id=req.key,
-                    symbol=req.symbol,
-                    qty=req.qty,
-                    side=req.side,
-                    order_type="limit" if self._state.limit_sent is not None else "market",
-                    time_in_force=req.time_in_force,
-                    limit_price=self._state.limit_sent,
-                ),
-                retry=BROKER_SUBMIT_RETRY,
-                schedule_to_close=timedelta(seconds=self._cfg.submit_schedule_to_close_s),
-                park=False,
-            )
-        except ActivityError as err:
-            if _error_type(err) == errors.BROKER_REJECTED:
-                reason = _error_message(err, "rejected by the broker")
-                await self._void(f"broker rejected: {reason}")
-                await self._finish(OrderStatus.REJECTED, f"broker rejected: {reason}")
-                return False
-            self._note("submit outcome unknown; asking the broker")
-            return await self._find_after_unknown()
-        self._reports.append(self._report_from(res.order, "submit"))
-        return True
-
-    async def _find_after_unknown(self) -> bool:
-        """After an unknown submit outcome: does the broker have the order?
-
-        It is voided only once it has stayed absent longer than any request can remain in flight.
-        """
-        gave_up_at = workflow.now()
-        while True:
-            view = await self._ask_broker()
-            if view.order is not None:  # open or terminal: the broker has it
-                self._reports.append(self._report_from(view.order, "poll"))
-                return True
-            waited = (workflow.now() - gave_up_at).total_seconds()
-            if waited >= self._cfg.absent_grace_s:
-                reason = "the broker never received the order"
-                await self._void(reason)
-                ended = (
-                    OrderStatus.CANCELED if self._state.cancel_requested else OrderStatus.REJECTED
-                )
-                await self._finish(ended, reason)
-                return False
-            await workflow.sleep(min(self._cfg.fill_poll_interval_s, self._cfg.absent_grace_s))
-
-    async def _follow(self) -> None:
-        """Book fills until the broker says the order is final, then finish it."""
-        final: BrokerReport | None = None
-        while final is None:
-            if self._state.cancel_requested and not self._state.cancel_sent:
-                await self._send_cancel()
-            await self._wait_for_reports()
-            reports, self._reports = self._reports, []
-            final = await self._apply_reports(reports)
-            if final is None and self._should_continue_as_new():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                if not self._reports:
-                    self._note("continued as new (history is long); fills carried over")
-                    workflow.continue_as_new(
-                        OrderInput(request=self._state.request, carried=self._state)
-                    )
-        status = BROKER_FINAL[final.status]
-        await self._void(f"broker says {final.status}")
-        await self._finish(status, f"broker: {final.status}")
-
-    async def _wait_for_reports(self) -> None:
-        try:
-            await workflow.wait_condition(
-                lambda: (
-                    bool(self._reports)
-                    or (self._state.cancel_requested and not self._state.cancel_sent)
-                ),
-                timeout=timedelta(seconds=self._cfg.fill_poll_interval_s),
-            )
-        except TimeoutError:
-            # Events stopped (lost, or the listener is down): ask the broker ourselves.
-            view = await self._ask_broker()
-            if view.order is not None:
-                self._reports.append(self._report_from(view.order, "poll"))
-
-    async def _apply_reports(self, reports: list[BrokerReport]) -> BrokerReport | None:
-        """Book the largest cumulative fill among the reports; the final report, if any."""
-        if self._guarded:
-            reports = await self._evidence(reports)
-        if not reports:
-            return None
-        best = max(reports, key=lambda r: r.filled_qty)
-        final = next((r for r in reports if r.status in BROKER_FINAL), None)
-        if best.broker_order_id and not self._state.broker_order_id:
-            self._state.broker_order_id = best.broker_order_id
-            if self._state.status == OrderStatus.ACCEPTED:
-                self._set_status(OrderStatus.SUBMITTED, f"broker order {best.broker_order_id}")
-            await self._store(self._state.status)
-        if final is not None and final.filled_qty > best.filled_qty:
-            best = final
-        self._state.broker_status = (final or best).status
-        await self._book(best)
-        return final
-
-    async def _evidence(self, reports: list[BrokerReport]) -> list[BrokerReport]:
-        """The reports that may be booked: only the broker's own answers to our calls.
-
-        A signalled report is anyone's word (the Temporal frontend takes signals from whoever
-        reaches it), so it is never booked: one that brings news (a fill or a status the order
-        has not seen) makes the saga ask the broker at once, and the answer is booked. An answer
-        of the broker's that does not fit the order (``_report_problem``) parks it.
-        """
-        kept: list[BrokerReport] = []
-        news = False
-        for report in reports:
-            if report.source == "event":
-                news = news or self._is_news(report)
-                continue
-            problem = self._report_problem(report)
-            if problem is None:
-                kept.append(report)
-            else:
-                await self._park_for(f"the broker's {report.source} answer: {problem}")
-        if news:
-            view = await self._ask_broker()
-            if view.order is not None:
-                answer = self._report_from(view.order, "poll")
-                problem = self._report_problem(answer)
-                if problem is None:
-                    kept.append(answer)
-                else:
-                    await self._park_for(f"the broker's answer: {problem}")
-        return kept
-
-    def _is_news(self, report: BrokerReport) -> bool:
-        st = self._state
-        return report.filled_qty != st.filled_qty or report.status != st.broker_status
-
-    def _report_problem(self, report: BrokerReport) -> str | None:
-        """Why a report cannot be booked as it is, or None when it fits the order."""
-        st, req = self._state, self._state.request
-        if report.status not in BROKER_STATUSES:
-            return f"unknown status {report.status[:40]!r}"
-        if st.broker_order_id is not None and report.broker_order_id != st.broker_order_id:
-            return f"it names broker order {str(report.broker_order_id)[:64]!r}"
-        qty, notional = report.filled_qty, report.filled_notional
-        if not (qty.is_finite() and notional.is_finite()) or qty < 0 or notional < 0:
-            return "negative or non-finite fills"
-        if qty > req.qty:
-            return f"filled {qty} of an order for {req.qty}"
-        if notional > MAX_AMOUNT or qty != qty.quantize(SHARE_QUANTUM):
-            return "fills out of range or finer than the share's 9 decimals"
-        if (qty == 0) != (notional == 0):
-            return "a notional without a quantity, or the reverse"
-        if qty < st.filled_qty or notional < st.filled_notional:
-            return "cumulative fills went backwards"
-        limit = st.limit_sent
-        if limit is not None and req.side == "buy" and notional > qty * limit:
-            return f"paid more than the limit {limit}"
-        if limit is not None and req.side == "sell" and notional < qty * limit:
-            return f"sold below the limit {limit}"
-        if req.side == "buy":
-            cost = round_cash(notional) + cumulative_fee("buy", notional, self._cfg)
-            if cost > st.held:
-                return f"costs {cost} with fees, more than the {st.held} held"
-        return None
-
-    async def _book(self, report: BrokerReport) -> None:
-        """Post the increase of the broker's cumulative fill (booked once, whoever reports it)."""
-        st, req = self._state, self._state.request
-        if report.filled_qty <= st.filled_qty:
-            return
-        cum_cash = round_cash(report.filled_notional)
-        cum_fee = cumulative_fee(req.side, report.filled_notional, self._cfg)
-        res = await self._ledger(
-            LedgerActivities.post_fill,
-            PostFillInput(
-                order_key=req.key,
-                cum_qty=report.filled_qty,
-                cum_notional=report.filled_notional,
-                cum_fee=cum_fee,
-            ),
-        )
-        st.filled_qty, st.filled_notional, st.fees = (
-            report.filled_qty,
-            report.filled_notional,
-            cum_fee,
-        )
-        st.posted_cash = res.posted_cash
-        if st.filled_qty < req.qty and st.status != OrderStatus.CANCEL_REQUESTED:
-            self._set_status(OrderStatus.PARTIALLY_FILLED, f"filled {st.filled_qty}/{req.qty}")
-        else:
-            self._note(f"filled {st.filled_qty}/{req.qty} for {cum_cash} USD")
-        await self._store(st.status)
-
-    async def _send_cancel(self) -> None:
-        self._state.cancel_sent = True
-        res = await self._broker(
-            BrokerActivities.cancel_order,
-            CancelOrderInput(
-                client_order_id=self._state.request.key,
-                broker_order_id=self._state.broker_order_id,
-            ),
-            retry=BROKER_ASK_RETRY,
-        )
-        if res.order is not None:
-            self._reports.append(self._report_from(res.order, "cancel"))
-
-    async def _ask_broker(self) -> ReconcileOrderResult:
-        return await self._broker(
-            BrokerActivities.reconcile_order,
-            ReconcileOrderInput(client_order_id=self._state.request.key),
-            retry=BROKER_ASK_RETRY,
-        )
-
-    async def _broker(
-        self,
-        method: Callable[[Any, In], Awaitable[Out]],
-        arg: In,
-        *,
-        retry: RetryPolicy,
-        schedule_to_close: timedelta | None = None,
-        park: bool = True,
-    ) -> Out:
-        """A broker call: an ordinary activity on the broker queue (the bulkhead), each attempt
-        bounded by the submit timeout. Past the pivot one that fails for good (wrong keys, say)
-        parks the order, unless ``park`` is off (the submit reads its own failures)."""
-        while True:
-            try:
-                return await workflow.execute_activity_method(
-                    method,
-                    arg,
-                    task_queue=self._cfg.broker_task_queue,
-                    start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
-                    schedule_to_close_timeout=schedule_to_close,
-                    retry_policy=retry,
-                )
-            except ActivityError as err:
-                if not (park and self._parks()):
-                    raise
-                reason = _error_message(err, str(err))
-                await self._park_for(f"{_step_name(method)} at the broker: {reason}")
-
-    @staticmethod
-    def _report_from(order: BrokerOrder, source: str) -> BrokerReport:
-        return BrokerReport(
-            source=source,  # type: ignore[arg-type]
-            broker_order_id=order.id,
-            status=order.status,
-            filled_qty=order.filled_qty,
-            filled_notional=order.filled_notional,
-            terminal=order.status in BROKER_FINAL,
-        )
-
-    # ------------------------------------------------------------------ parking
-
-    async def _park_for(self, reason: str) -> None:
-        """Stop here, visibly, until an operator resumes the order (the ``resume`` update).
-
-        Past the pivot the broker may hold the order, so no step may end it by failing: the
-        hold stays, reports keep arriving (they are applied once resumed), and the order is
-        listed under ``OrderStatus = 'NEEDS_ATTENTION'`` with its reason.
-        """
-        st = self._state
-        before, reason_before = st.status, st.reason
-        st.reason = reason
-        self._set_status(OrderStatus.NEEDS_ATTENTION, reason)
-        self._resume = False
-        if not self._parking:
-            self._parking = True
-            try:
-                await self._store(OrderStatus.NEEDS_ATTENTION)
-            except STEP_ERRORS:
-                self._note("the orders row could not be updated")
-            finally:
-                self._parking = False
-        await workflow.wait_condition(lambda: self._resume)
-        self._resume = False
-        st.reason = reason_before
-        self._set_status(before, "resumed")
-
-    def _parks(self) -> bool:
-        """Whether a failed step parks the order rather than failing the workflow."""
-        return self._guarded and self._past_accept and not self._parking
-
-    # ------------------------------------------------------------------ endings
-
-    async def _void_before_pivot(self) -> None:
-        await self._void("compensating")
-        await self._finish(OrderStatus.CANCELED, "compensated before reaching the broker")
-
-    async def _compensate(self) -> None:
-        while self._compensations:
-            step = self._compensations.pop()
-            await step()
-
-    async def _void(self, why: str) -> None:
-        req = self._state.request
-        res = await self._ledger(
-            LedgerActivities.void_funds,
-            VoidInput(order_key=req.key, idempotency_key=f"{req.key}:void"),
-        )
-        self._state.released = Decimal(res.released)
-        self._note(f"released {res.released} {self._state.hold_asset or ''} ({why})".strip())
-
-    async def _refuse(self, reason: str, *, recorded: bool) -> None:
-        """End the order before anything is held; `recorded`: its row exists already."""
-        self._state.reason = reason
-        self._set_status(OrderStatus.REJECTED, reason)
-        if recorded:
-            self._decided = True
-            return
-        # The permanent record first: the customer's answer must not outrun it.
-        await self._step(
-            OrderStoreActivities.record_order,
-            RecordOrderInput(record=self._order_record(), status="REJECTED", reason=reason),
-            start_to_close=timedelta(seconds=10),
-            retry=LEDGER_RETRY,
-        )
-        self._decided = True
-
-    async def _finish(self, status: OrderStatus, reason: str) -> None:
-        if status != OrderStatus.SETTLED:
-            self._state.reason = self._state.reason or reason
-        self._set_status(status, reason)
-        self._decided = True
-        await self._store(status)
-
-    async def _store(self, status: OrderStatus) -> None:
-        st, req = self._state, self._state.request
-        await self._step(
-            OrderStoreActivities.update_order,
-            UpdateOrderInput(
-                account_id=req.account_id,
-                order_id=req.order_id,
-                status=status.value,
-                reason=st.reason,
-                broker_order_id=st.broker_order_id,
-                filled_qty=st.filled_qty,
-                filled_notional=st.filled_notional,
-                fees=st.fees,
-            ),
-            start_to_close=timedelta(seconds=10),
-            retry=LEDGER_RETRY,
-        )
-
-    # ------------------------------------------------------------------ helpers
-
-    def _use_local_steps(self) -> bool:
-        return workflow.patched(LOCAL_STEPS_PATCH)
-
-    async def _step(
-        self,
-        method: Callable[[Any, In], Awaitable[Out]],
-        arg: In,
-        *,
-        start_to_close: timedelta,
-        retry: RetryPolicy,
-    ) -> Out:
-        """A quote, unlock, ledger or orders-table step: Postgres or Redis work of milliseconds.
-
-        It runs as a local activity, in this worker and inside the workflow task: no task-queue
-        round trip and no activity events, which is most of what Temporal costs per step (the
-        saga settles about 1.2 times as many orders per second; docs/PERFORMANCE.md). Nothing
-        is weakened: a local activity is retried by this worker with the same policy (by
-        timers once retries outlast a minute), and if the worker dies before its result is
-        recorded the step runs again, as an ordinary activity's would; every step is idempotent
-        (idempotency keys, the lock's owner token, compare-and-set). Broker calls stay ordinary
-        activities on the broker queue, where a slow broker cannot hold these steps up.
-        """
-        while True:
-            try:
-                if self._local:
-                    return await workflow.execute_local_activity_method(
-                        method, arg, start_to_close_timeout=start_to_close, retry_policy=retry
-                    )
-                return await workflow.execute_activity_method(
-                    method, arg, start_to_close_timeout=start_to_close, retry_policy=retry
-                )
-            except STEP_ERRORS as err:
-                if not self._parks():
-                    raise
-                await self._park_for(f"{_step_name(method)}: {_error_message(err, str(err))}")
-
-    async def _ledger(self, method: Callable[[Any, In], Awaitable[Out]], arg: In) -> Out:
-        return await self._step(
-            method, arg, start_to_close=timedelta(seconds=30), retry=LEDGER_RETRY
-        )
-
-    def _order_record(self) -> OrderRecord:
-        req = self._state.request
-        return OrderRecord(
-            account_id=req.account_id,
-            order_id=req.order_id,
-            workflow_id=self._state.workflow_id,
-            symbol=req.symbol,
-            side=req.side,
-            order_type=req.order_type,
-            time_in_force=req.time_in_force,
-            qty=req.qty,
-            limit_price=req.limit_price,
-            params_hash=req.params_hash(),
-        )
-
-    def _should_continue_as_new(self) -> bool:
-        info = workflow.info()
-        return (
-            info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > self._cfg.max_history_events
-        )
-
-    def _set_status(self, status: OrderStatus, detail: str) -> None:
-        self._state.status = status
-        self._note(f"{status.value}: {detail}" if detail else status.value)
-        self._upsert_search_attributes()
-
-    def _note(self, text: str) -> None:
-        timeline = self._state.timeline
-        timeline.append(TimelineEntry(at=workflow.now(), event=text))
-        if len(timeline) > MAX_TIMELINE:
-            del timeline[: len(timeline) - MAX_TIMELINE]
-
-    def _upsert_search_attributes(self) -> None:
-        st, req = self._state, self._state.request
-        workflow.upsert_search_attributes(
-            [
-                ORDER_STATUS.value_set(st.status.value),
-                ACCOUNT_ID.value_set(req.account_id),
-                SYMBOL.value_set(req.symbol),
-            ]
-        )
-        filled = f"filled {st.filled_qty}/{req.qty}"
-        workflow.set_current_details(
-            f"**{st.status.value}** {req.side} {req.qty} {req.symbol} "
-            f"({req.order_type}, {req.time_in_force}) for {req.account_id}; {filled}; "
-            f"held {st.held} {st.hold_asset or ''}; fees {st.fees}"
-            + (f"; reason: {st.reason}" if st.reason else "")
-        )

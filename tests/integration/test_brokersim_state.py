@@ -120,6 +120,7 @@ async def test_clock_advance_expires_day_orders_but_not_gtc(brokersim) -> None: 
 
 
 async def test_quotes_serve_known_symbols_as_numbers(brokersim) -> None:  # noqa: F811
+    await brokersim.admin("PUT", "/admin/fill_model", {"walk": False})  # prices hold still
     await brokersim.admin("PUT", "/admin/prices", {"AAPL": "190.12", "TSLA": "250"})
     body = await brokersim.admin("GET", "/v2/stocks/quotes/latest?symbols=AAPL,XYZ,TSLA")
     assert set(body["quotes"]) == {"AAPL", "TSLA"}

@@ -1,0 +1,246 @@
+"""The saga past the pivot: submit, find an order whose submit outcome is unknown, follow the
+broker (signals make it ask, polls when they stop), book what the broker's answers show, end when
+the broker says the order is final.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.broker import (
+        BrokerActivities,
+        CancelOrderInput,
+        ReconcileOrderInput,
+        ReconcileOrderResult,
+        SubmitOrderInput,
+    )
+    from activities.ledger import (
+        LedgerActivities,
+        PostFillInput,
+    )
+    from core import errors
+    from core.broker_client import BrokerOrder
+    from core.money import round_cash
+    from core.statuses import BROKER_FINAL, OrderStatus
+    from workflows.evidence import report_problem
+    from workflows.models import (
+        BrokerReport,
+        OrderInput,
+    )
+    from workflows.pricing import cumulative_fee
+    from workflows.saga_base import (
+        BROKER_ASK_RETRY,
+        BROKER_SUBMIT_RETRY,
+        SagaBase,
+        error_message,
+        error_type,
+    )
+
+
+class FollowBroker(SagaBase):
+    """Submit and follow: the phases from the pivot on."""
+
+    async def _submit(self) -> bool:
+        """Send the order; False when it ended here (rejected, or never reached the broker)."""
+        req = self._state.request
+        self._pivoted = True
+        self._compensations.clear()  # from here on nothing is compensated blindly
+        try:
+            res = await self._broker(
+                BrokerActivities.submit_order,
+                SubmitOrderInput(
+                    client_order_id=req.key,
+                    symbol=req.symbol,
+                    qty=req.qty,
+                    side=req.side,
+                    order_type="limit" if self._state.limit_sent is not None else "market",
+                    time_in_force=req.time_in_force,
+                    limit_price=self._state.limit_sent,
+                ),
+                retry=BROKER_SUBMIT_RETRY,
+                schedule_to_close=timedelta(seconds=self._cfg.submit_schedule_to_close_s),
+                park=False,
+            )
+        except ActivityError as err:
+            if error_type(err) == errors.BROKER_REJECTED:
+                reason = error_message(err, "rejected by the broker")
+                await self._void(f"broker rejected: {reason}")
+                await self._finish(OrderStatus.REJECTED, f"broker rejected: {reason}")
+                return False
+            self._note("submit outcome unknown; asking the broker")
+            return await self._find_after_unknown()
+        self._reports.append(self._report_from(res.order, "submit"))
+        return True
+
+    async def _find_after_unknown(self) -> bool:
+        """After an unknown submit outcome: does the broker have the order?
+
+        It is voided only once it has stayed absent longer than any request can remain in flight.
+        """
+        gave_up_at = workflow.now()
+        while True:
+            view = await self._ask_broker()
+            if view.order is not None:  # open or terminal: the broker has it
+                self._reports.append(self._report_from(view.order, "poll"))
+                return True
+            waited = (workflow.now() - gave_up_at).total_seconds()
+            if waited >= self._cfg.absent_grace_s:
+                reason = "the broker never received the order"
+                await self._void(reason)
+                ended = (
+                    OrderStatus.CANCELED if self._state.cancel_requested else OrderStatus.REJECTED
+                )
+                await self._finish(ended, reason)
+                return False
+            await workflow.sleep(min(self._cfg.fill_poll_interval_s, self._cfg.absent_grace_s))
+
+    async def _follow(self) -> None:
+        """Book fills until the broker says the order is final, then finish it."""
+        final: BrokerReport | None = None
+        while final is None:
+            if self._state.cancel_requested and not self._state.cancel_sent:
+                await self._send_cancel()
+            await self._wait_for_reports()
+            reports, self._reports = self._reports, []
+            final = await self._apply_reports(reports)
+            if final is None and self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not self._reports:
+                    self._note("continued as new (history is long); fills carried over")
+                    workflow.continue_as_new(
+                        OrderInput(request=self._state.request, carried=self._state)
+                    )
+        status = BROKER_FINAL[final.status]
+        await self._void(f"broker says {final.status}")
+        await self._finish(status, f"broker: {final.status}")
+
+    async def _wait_for_reports(self) -> None:
+        try:
+            await workflow.wait_condition(
+                lambda: (
+                    bool(self._reports)
+                    or (self._state.cancel_requested and not self._state.cancel_sent)
+                ),
+                timeout=timedelta(seconds=self._cfg.fill_poll_interval_s),
+            )
+        except TimeoutError:
+            # Events stopped (lost, or the listener is down): ask the broker ourselves.
+            view = await self._ask_broker()
+            if view.order is not None:
+                self._reports.append(self._report_from(view.order, "poll"))
+
+    async def _apply_reports(self, reports: list[BrokerReport]) -> BrokerReport | None:
+        """Book the largest cumulative fill among the reports; the final report, if any."""
+        if self._guarded:
+            reports = await self._evidence(reports)
+        if not reports:
+            return None
+        best = max(reports, key=lambda r: r.filled_qty)
+        final = next((r for r in reports if r.status in BROKER_FINAL), None)
+        if best.broker_order_id and not self._state.broker_order_id:
+            self._state.broker_order_id = best.broker_order_id
+            if self._state.status == OrderStatus.ACCEPTED:
+                self._set_status(OrderStatus.SUBMITTED, f"broker order {best.broker_order_id}")
+            await self._store(self._state.status)
+        if final is not None and final.filled_qty > best.filled_qty:
+            best = final
+        self._state.broker_status = (final or best).status
+        await self._book(best)
+        return final
+
+    async def _evidence(self, reports: list[BrokerReport]) -> list[BrokerReport]:
+        """The reports that may be booked: only the broker's own answers to our calls.
+
+        A signalled report is anyone's word (the Temporal frontend takes signals from whoever
+        reaches it), so it is never booked: one that brings news (a fill or a status the order
+        has not seen) makes the saga ask the broker at once, and the answer is booked. An answer
+        of the broker's that does not fit the order (``_report_problem``) parks it.
+        """
+        kept: list[BrokerReport] = []
+        news = False
+        for report in reports:
+            if report.source == "event":
+                news = news or self._is_news(report)
+                continue
+            problem = report_problem(self._state, report, self._cfg)
+            if problem is None:
+                kept.append(report)
+            else:
+                await self._park_for(f"the broker's {report.source} answer: {problem}")
+        if news:
+            view = await self._ask_broker()
+            if view.order is not None:
+                answer = self._report_from(view.order, "poll")
+                problem = report_problem(self._state, answer, self._cfg)
+                if problem is None:
+                    kept.append(answer)
+                else:
+                    await self._park_for(f"the broker's answer: {problem}")
+        return kept
+
+    def _is_news(self, report: BrokerReport) -> bool:
+        st = self._state
+        return report.filled_qty != st.filled_qty or report.status != st.broker_status
+
+    async def _book(self, report: BrokerReport) -> None:
+        """Post the increase of the broker's cumulative fill (booked once, whoever reports it)."""
+        st, req = self._state, self._state.request
+        if report.filled_qty <= st.filled_qty:
+            return
+        cum_cash = round_cash(report.filled_notional)
+        cum_fee = cumulative_fee(req.side, report.filled_notional, self._cfg)
+        res = await self._ledger(
+            LedgerActivities.post_fill,
+            PostFillInput(
+                order_key=req.key,
+                cum_qty=report.filled_qty,
+                cum_notional=report.filled_notional,
+                cum_fee=cum_fee,
+            ),
+        )
+        st.filled_qty, st.filled_notional, st.fees = (
+            report.filled_qty,
+            report.filled_notional,
+            cum_fee,
+        )
+        st.posted_cash = res.posted_cash
+        if st.filled_qty < req.qty and st.status != OrderStatus.CANCEL_REQUESTED:
+            self._set_status(OrderStatus.PARTIALLY_FILLED, f"filled {st.filled_qty}/{req.qty}")
+        else:
+            self._note(f"filled {st.filled_qty}/{req.qty} for {cum_cash} USD")
+        await self._store(st.status)
+
+    async def _send_cancel(self) -> None:
+        self._state.cancel_sent = True
+        res = await self._broker(
+            BrokerActivities.cancel_order,
+            CancelOrderInput(
+                client_order_id=self._state.request.key,
+                broker_order_id=self._state.broker_order_id,
+            ),
+            retry=BROKER_ASK_RETRY,
+        )
+        if res.order is not None:
+            self._reports.append(self._report_from(res.order, "cancel"))
+
+    async def _ask_broker(self) -> ReconcileOrderResult:
+        return await self._broker(
+            BrokerActivities.reconcile_order,
+            ReconcileOrderInput(client_order_id=self._state.request.key),
+            retry=BROKER_ASK_RETRY,
+        )
+
+    @staticmethod
+    def _report_from(order: BrokerOrder, source: str) -> BrokerReport:
+        return BrokerReport(
+            source=source,  # type: ignore[arg-type]
+            broker_order_id=order.id,
+            status=order.status,
+            filled_qty=order.filled_qty,
+            filled_notional=order.filled_notional,
+            terminal=order.status in BROKER_FINAL,
+        )
