@@ -112,6 +112,27 @@ def check_account_id(account_id: str) -> str:
     return account_id
 
 
+# A caller-chosen idempotency key (deposits, withdrawals): any text up to this many characters.
+# Keys are per operation, so it may look like anything, a saga step's key included.
+MAX_KEY_LENGTH = 200
+
+
+def check_idempotency_key(key: object) -> str:
+    """A caller's idempotency key: 1 to MAX_KEY_LENGTH characters Postgres can store as text
+    (so no NUL and no lone surrogate); anything else is refused, never retried."""
+    if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and "\x00" not in key:
+        try:
+            key.encode()
+            return key
+        except UnicodeEncodeError:
+            pass
+    raise Refused(
+        f"an idempotency key must be 1 to {MAX_KEY_LENGTH} characters of text"
+        " (no NUL, valid Unicode)",
+        errors.INVALID_REQUEST,
+    )
+
+
 def held_asset(side: str, symbol: str, asset: str) -> str:
     """What an order holds: cash for a buy, the symbol's shares for a sell."""
     expected = CASH_ASSET if side == "buy" else symbol

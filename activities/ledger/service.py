@@ -88,7 +88,8 @@ class Ledger:
         with refusals():
             asset = rules.check_asset(input.asset)
             amount = rules.amount(input.amount, asset)
-        account_id, key = input.account_id, input.idempotency_key
+            key = rules.check_idempotency_key(input.idempotency_key)
+        account_id = input.account_id
         args = store.args_hash(code, {"account_id": account_id, "asset": asset, "amount": amount})
 
         async def body(conn: asyncpg.Connection) -> TransferResult:
@@ -196,7 +197,7 @@ class Ledger:
         args = store.args_hash("post", {"notional": cum_notional, "fee": cum_fee})
 
         async def body(conn: asyncpg.Connection) -> PostFillResult:
-            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key)
+            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key, "post")
             done = store.replay(rec, key, "post", args, PostFillResult)
             if done is not None:
                 return done
@@ -226,7 +227,7 @@ class Ledger:
 
         async def body(conn: asyncpg.Connection) -> VoidResult:
             await store.lock_order(conn, order_key)
-            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key)
+            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key, "void")
             done = store.replay(rec, key, "void", args, VoidResult)
             if done is not None:
                 return done

@@ -248,10 +248,94 @@ async def test_deposit_and_withdraw_apply_once(ledger: LedgerUnderTest) -> None:
     assert await usd(ledger, account) == (D("20.00"), D("0.00"))
     other = dep.model_copy(update={"amount": D("26.00")})
     assert (await refused(ledger.deposit(other))).type == errors.IDEMPOTENCY_MISMATCH
-    assert (await refused(ledger.withdraw(WithdrawInput(**dep.model_dump())))).type == (
-        errors.IDEMPOTENCY_MISMATCH
-    )
     assert await usd(ledger, account) == (D("20.00"), D("0.00"))
+
+
+async def test_a_deposit_keyed_like_an_order_step_cannot_block_the_void(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    """Issue 11: a deposit keyed ``alice/o1:void`` made the order's void fail with
+    IdempotencyMismatch (the workflow failed with $9.92 frozen). User keys and the saga's step
+    keys are separate namespaces: the void releases the hold."""
+    account = await open_funded(ledger, "20.00")
+    order = f"{account}/o1"
+    await ledger.reserve_funds(buy(account, order, "9.92"))
+    dep = DepositInput(account_id=account, amount=D("1.00"), idempotency_key=f"{order}:void")
+    await ledger.deposit(dep)
+    void = await ledger.void_funds(VoidInput(order_key=order, idempotency_key=f"{order}:void"))
+    assert void.found and void.released == D("9.92")
+    assert await usd(ledger, account) == (D("21.00"), D("0.00"))
+    assert (await ledger.deposit(dep)).amount == D("1.00")  # still replays as the deposit
+    assert await usd(ledger, account) == (D("21.00"), D("0.00"))
+    await assert_ledger_clean(ledger_pool)
+
+
+async def test_user_keys_never_collide_with_any_saga_step(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    """Deposits and withdrawals taking every key an order's steps (and the reconciler) will use
+    first: the order still reserves, posts, voids, and a stray broker order still books."""
+    account = await open_funded(ledger, "1000.00")
+    order, broker_id = f"{account}/o1", f"b-{uuid4()}"
+    saga_keys = [
+        f"{order}:reserve",
+        f"{order}:fill:1",
+        f"{order}:void",
+        f"error:{broker_id}:fill:1",
+    ]
+    for key in saga_keys:
+        await ledger.deposit(DepositInput(account_id=account, amount=D(2), idempotency_key=key))
+        await ledger.withdraw(WithdrawInput(account_id=account, amount=D(1), idempotency_key=key))
+    await ledger.reserve_funds(buy(account, order, "110.00"))
+    fill = PostFillInput(order_key=order, cum_qty=D(1), cum_notional=D("100"), cum_fee=D(1))
+    assert (await ledger.post_fill(fill)).applied
+    void = await ledger.void_funds(VoidInput(order_key=order, idempotency_key=f"{order}:void"))
+    assert void.released == D("9.00")
+    stray = ErrorFillInput(
+        broker_order_id=broker_id,
+        client_order_id="c1",
+        symbol="AAPL",
+        side="buy",
+        cum_qty=D(1),
+        cum_notional=D(100),
+    )
+    assert (await ledger.book_error_fill(stray)).applied
+    assert await usd(ledger, account) == (D("903.00"), D("0.00"))
+    await assert_ledger_clean(ledger_pool)
+
+
+async def test_the_same_user_key_for_a_deposit_and_a_withdrawal_is_two_operations(
+    ledger: LedgerUnderTest,
+) -> None:
+    """Keys are per operation: a withdrawal never replays (or is refused by) a deposit's key."""
+    account = await open_funded(ledger, "10.00")
+    key = uuid4()
+    await ledger.deposit(DepositInput(account_id=account, amount=D(5), idempotency_key=key))
+    wd = WithdrawInput(account_id=account, amount=D(3), idempotency_key=key)
+    assert await ledger.withdraw(wd) == await ledger.withdraw(wd)
+    assert await usd(ledger, account) == (D("12.00"), D("0.00"))
+
+
+@pytest.mark.parametrize("key", ["x" * 200, "any/thing:void:fill:1 \t\u00e9\u2603", "error:b:f"])
+async def test_a_user_key_may_contain_anything(ledger: LedgerUnderTest, key: str) -> None:
+    account = await open_funded(ledger)
+    dep = DepositInput(account_id=account, amount=D(1), idempotency_key=(account + key)[:200])
+    assert await ledger.deposit(dep) == await ledger.deposit(dep)
+    assert await usd(ledger, account) == (D("1.00"), D("0.00"))
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "nul\x00byte", "lone\ud800surrogate"])
+async def test_a_user_key_too_long_or_unstorable_is_refused(
+    ledger: LedgerUnderTest, key: str
+) -> None:
+    account = await open_funded(ledger)
+    for call in (ledger.deposit, ledger.withdraw):
+        exc = await refused(
+            call(WithdrawInput(account_id=account, amount=D(1), idempotency_key=key))
+        )
+        assert exc.type == errors.INVALID_REQUEST and exc.non_retryable
+        assert "idempotency key" in str(exc)
+    assert await usd(ledger, account) == (D("0.00"), D("0.00"))
 
 
 async def test_open_account_is_idempotent(ledger: LedgerUnderTest) -> None:

@@ -221,10 +221,20 @@ def test_firm_shards_are_stable_and_keep_their_kind() -> None:
         (rules.check_symbol, ("USD!",)),
         (rules.check_account_id, ("bad id",)),
         (rules.held_asset, ("sell", "AAPL", "USD")),
+        (rules.check_idempotency_key, ("",)),
+        (rules.check_idempotency_key, ("k" * (rules.MAX_KEY_LENGTH + 1),)),
+        (rules.check_idempotency_key, ("a\x00b",)),
+        (rules.check_idempotency_key, ("\udc80",)),
+        (rules.check_idempotency_key, (None,)),
     ],
 )
 def test_validation_refusals(call: object, args: tuple[object, ...]) -> None:
     assert refusal(call, *args).error_type in (errors.INVALID_AMOUNT, errors.INVALID_REQUEST)
+
+
+@pytest.mark.parametrize("key", ["k", "k" * rules.MAX_KEY_LENGTH, "a/o:void", "error:b:fill:1 é"])
+def test_a_caller_key_may_be_any_text_up_to_the_limit(key: str) -> None:
+    assert rules.check_idempotency_key(key) == key
 
 
 # ------------------------------------------------------------------ properties
