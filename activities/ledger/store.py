@@ -31,6 +31,7 @@ from activities.ledger.postings import (
     Refused,
     Row,
     balances_after,
+    beyond_bounds,
     check_not_negative,
     firm_kind,
     stale_fence,
@@ -100,7 +101,7 @@ ADVANCE_CUSTOMER_FENCE = (
 _HOLD_COLS = (
     "h.id, h.order_id, h.owner, h.ledger_account_id, h.asset, h.amount, h.held_remaining,"
     " h.posted_qty, h.posted_notional, h.posted_cash, h.posted_fee, h.side, h.symbol, h.status,"
-    " h.version"
+    " h.version, h.qty, h.limit_price"
 )
 _HOLD_FIELDS = tuple(Hold.__dataclass_fields__)
 # The stored result of operation $3 under key $1 and the order's hold ($2), each possibly absent.
@@ -128,8 +129,15 @@ CAS_HOLD = (
 )
 INSERT_HOLD = (
     "INSERT INTO holds (order_id, owner, ledger_account_id, asset, amount, held_remaining,"
-    " side, symbol) VALUES ($1, $2, $3, $4, $5, $5, $6, $7) RETURNING id"
+    " side, symbol, qty, limit_price) VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9) RETURNING id"
 )
+# The CHECKs on holds that keep its posts within the order (migrations/0005_hold_bounds.sql),
+# with the bound each names.
+HOLD_BOUNDS = {
+    "hold_within_qty": "quantity",
+    "hold_buy_within_limit": "limit",
+    "hold_sell_within_limit": "limit",
+}
 INSERT_TOMBSTONE = "INSERT INTO hold_tombstones (order_id) VALUES ($1) ON CONFLICT DO NOTHING"
 # Serializes a reserve and a void of the same order (see ``lock_order``).
 LOCK_ORDER = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
@@ -365,18 +373,28 @@ def hold_of(rec: asyncpg.Record) -> Hold | None:
 
 
 async def cas_hold(conn: asyncpg.Connection, rec: asyncpg.Record, after: Hold) -> None:
-    """Write the hold's new figures on the version read (``rec``)."""
-    status = await conn.execute(
-        CAS_HOLD,
-        rec["id"],
-        after.held_remaining,
-        after.posted_qty,
-        after.posted_notional,
-        after.posted_cash,
-        after.posted_fee,
-        after.status,
-        rec["version"],
-    )
+    """Write the hold's new figures on the version read (``rec``). Figures beyond the order's
+    quantity or price bound are refused by the database itself (HoldState), whatever the
+    caller checked."""
+    try:
+        status = await conn.execute(
+            CAS_HOLD,
+            rec["id"],
+            after.held_remaining,
+            after.posted_qty,
+            after.posted_notional,
+            after.posted_cash,
+            after.posted_fee,
+            after.status,
+            rec["version"],
+        )
+    except asyncpg.exceptions.CheckViolationError as exc:
+        bound = HOLD_BOUNDS.get(exc.constraint_name or "")
+        if bound is None:
+            raise
+        raise beyond_bounds(
+            after.order_id, f"refused by the database ({exc.constraint_name}: the order's {bound})"
+        ) from None
     if status != "UPDATE 1":
         raise Conflict
 

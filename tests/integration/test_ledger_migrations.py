@@ -18,9 +18,22 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from activities.ledger import DepositInput, OpenAccountInput, ReserveInput, VoidInput
+from activities.ledger import (
+    DepositInput,
+    OpenAccountInput,
+    PostFillInput,
+    ReserveInput,
+    VoidInput,
+)
 from activities.ledger.store import args_hash
-from core.db import MIGRATIONS_DIR, drop_database, ensure_database, migrate, with_database
+from core.db import (
+    MIGRATIONS_DIR,
+    drop_database,
+    ensure_database,
+    load_migrations,
+    migrate,
+    with_database,
+)
 from tests.conftest import SERVER_DSN, unique_name
 from tests.support.ledger import LedgerUnderTest
 
@@ -43,11 +56,11 @@ class Scratch:
 
 
 @asynccontextmanager
-async def migrated_up_to(last: str, directory: Path) -> AsyncIterator[Scratch]:
-    """A scratch database with the migrations up to and including ``last`` applied."""
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if path.name <= last:
-            shutil.copy(path, directory / path.name)
+async def migrated_before(version: int, directory: Path) -> AsyncIterator[Scratch]:
+    """A scratch database with the migrations numbered below ``version`` applied."""
+    for mig in load_migrations():
+        if mig.version < version:
+            shutil.copy(MIGRATIONS_DIR / f"{mig.name}.sql", directory)
     dsn = with_database(SERVER_DSN, unique_name("migrate"))
     await ensure_database(dsn)
     await migrate(dsn, directory)
@@ -64,7 +77,7 @@ async def migrated_up_to(last: str, directory: Path) -> AsyncIterator[Scratch]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def before_0003(tmp_path: Path) -> AsyncIterator[Scratch]:
     """A database at migration 0002 (before keys were per operation)."""
-    async with migrated_up_to("0002_orders.sql", tmp_path) as scratch:
+    async with migrated_before(3, tmp_path) as scratch:
         yield scratch
 
 
@@ -144,3 +157,31 @@ async def test_operations_recorded_before_0003_still_replay(before_0003: Scratch
         "SELECT code FROM journal_entries WHERE idempotency_key = 'a/o2:void' ORDER BY id"
     )
     assert [r["code"] for r in codes] == ["deposit", "void"]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def before_0005(tmp_path: Path) -> AsyncIterator[Scratch]:
+    """A database before migration 0005 (holds without their order's bounds)."""
+    async with migrated_before(5, tmp_path) as scratch:
+        yield scratch
+
+
+async def test_a_hold_made_before_0005_has_no_bounds_and_still_posts(before_0005: Scratch) -> None:
+    conn = before_0005.conn
+    await conn.execute("INSERT INTO customers (account_id) VALUES ('a')")
+    row_id = await conn.fetchval(
+        "INSERT INTO ledger_accounts (owner, kind, asset, held) VALUES ('a', 'customer', 'USD',"
+        " 500) RETURNING id"
+    )
+    await conn.execute(
+        "INSERT INTO holds (order_id, owner, ledger_account_id, asset, amount, held_remaining,"
+        " side, symbol, posted_qty, posted_notional, posted_cash)"
+        " VALUES ('a/o1', 'a', $1, 'USD', 600, 500, 'buy', 'AAPL', 1, 100, 100)",
+        row_id,
+    )
+    ledger = await before_0005.finish()
+    bounds = await ledger.pool.fetchrow("SELECT qty, limit_price FROM holds")
+    assert (bounds["qty"], bounds["limit_price"]) == (None, None)
+    fill = PostFillInput(order_key="a/o1", cum_qty=D(5), cum_notional=D(400))
+    assert (await ledger.post_fill(fill)).applied  # within the hold; no order bounds known
+    assert await ledger.pool.fetchval("SELECT held_remaining FROM holds") == D(200)
