@@ -110,7 +110,7 @@ async def test_a_bad_quote_refuses_the_order_and_the_workflow_completes(
     placed = await saga.place(acct, symbol="INTC", side="buy", qty="1")
     assert placed.status == OrderStatus.REJECTED
     assert placed.reason and placed.reason.startswith("no price")
-    row = await saga.orders._store.get_order(acct, placed.order_id)
+    row = await saga.orders._store.get(acct, placed.order_id)
     assert row is not None and row.status == "REJECTED"
     handle = saga.temporal.get_workflow_handle(f"order/{acct}/{placed.order_id}")
     await handle.result()
