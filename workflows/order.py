@@ -265,6 +265,7 @@ class OrderWorkflow(FollowBroker):
                         side=req.side,
                         symbol=req.symbol,
                         order=self._order_record(),
+                        price_bound=self._state.limit_sent,  # a market buy's cap
                     ),
                 )
                 return None

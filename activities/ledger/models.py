@@ -85,6 +85,11 @@ class ReserveInput(BaseModel):
     side: Side
     symbol: str
     order: OrderRecord | None = None
+    # The most a buy may pay (the least a sell may receive) per share, when it is not the
+    # order's own limit: a market buy's cap. The hold records it and the database refuses a post
+    # beyond it; without it the hold takes ``order.limit_price``. Optional, so inputs of
+    # workflows started before it decode, and left out of the idempotency hash.
+    price_bound: AnyDecimal | None = None
 
 
 class ReserveResult(BaseModel):

@@ -106,10 +106,42 @@ def check_symbol(symbol: str) -> str:
     return symbol
 
 
+def price_bound(value: object) -> Decimal:
+    """An order's price bound per share: positive and finite, exact (no rounding)."""
+    try:
+        d = parse_decimal(value, "price bound")
+    except InvalidAmount as exc:
+        raise Refused(str(exc), errors.INVALID_AMOUNT) from None
+    if not 0 < d <= MAX_AMOUNT:
+        raise Refused(f"price bound must be in (0, {MAX_AMOUNT}], got {d}", errors.INVALID_AMOUNT)
+    return d
+
+
 def check_account_id(account_id: str) -> str:
     if not is_id(account_id):
         raise Refused(f"invalid account id {account_id!r}", errors.INVALID_REQUEST)
     return account_id
+
+
+# A caller-chosen idempotency key (deposits, withdrawals): any text up to this many characters.
+# Keys are per operation, so it may look like anything, a saga step's key included.
+MAX_KEY_LENGTH = 200
+
+
+def check_idempotency_key(key: object) -> str:
+    """A caller's idempotency key: 1 to MAX_KEY_LENGTH characters Postgres can store as text
+    (so no NUL and no lone surrogate); anything else is refused, never retried."""
+    if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and "\x00" not in key:
+        try:
+            key.encode()
+            return key
+        except UnicodeEncodeError:
+            pass
+    raise Refused(
+        f"an idempotency key must be 1 to {MAX_KEY_LENGTH} characters of text"
+        " (no NUL, valid Unicode)",
+        errors.INVALID_REQUEST,
+    )
 
 
 def held_asset(side: str, symbol: str, asset: str) -> str:
@@ -164,6 +196,11 @@ class Hold:
     posted_notional: Decimal = ZERO
     posted_cash: Decimal = ZERO
     posted_fee: Decimal = ZERO
+    # The order's bounds (migrations/0005_hold_bounds.sql): its quantity, and the most a buy may
+    # pay (the least a sell may receive) per share. None: not known (a hold made before them, a
+    # reserve without an order) or no price bound (a market sell).
+    qty: Decimal | None = None
+    limit_price: Decimal | None = None
 
 
 def moves(*wanted: tuple[Row, Bucket, Decimal]) -> list[Move]:
@@ -295,6 +332,7 @@ def fill(hold: Hold, cum_qty: Decimal, cum_notional: Decimal, cum_fee: Decimal) 
         raise Refused(
             f"cumulative figures of order {hold.order_id!r} went backwards", errors.HOLD_STATE
         )
+    check_within_bounds(hold, cum_qty, cum_notional)
     if post.held_used > hold.held_remaining:
         raise Refused(
             f"fill of order {hold.order_id!r} needs {post.held_used} {hold.asset} "
@@ -303,6 +341,25 @@ def fill(hold: Hold, cum_qty: Decimal, cum_notional: Decimal, cum_fee: Decimal) 
             {"needed": str(post.held_used), "held": str(hold.held_remaining)},
         )
     return post
+
+
+def check_within_bounds(hold: Hold, cum_qty: Decimal, cum_notional: Decimal) -> None:
+    """A fill stays within its order: at most its quantity, and (when the hold knows a price
+    bound) a buy's notional at most ``cum_qty * limit``, a sell's at least. The database's
+    CHECKs on holds say the same; this says why."""
+    if hold.qty is not None and cum_qty > hold.qty:
+        raise beyond_bounds(hold.order_id, f"filled {cum_qty} of the order's quantity {hold.qty}")
+    limit = hold.limit_price
+    if limit is None:
+        return
+    if hold.side == "buy" and cum_notional > cum_qty * limit:
+        raise beyond_bounds(hold.order_id, f"paid {cum_notional} for {cum_qty}, above its limit")
+    if hold.side == "sell" and cum_notional < cum_qty * limit:
+        raise beyond_bounds(hold.order_id, f"got {cum_notional} for {cum_qty}, below its limit")
+
+
+def beyond_bounds(order_key: str, why: str) -> Refused:
+    return Refused(f"fill of order {order_key!r} is beyond the order: {why}", errors.HOLD_STATE)
 
 
 def fill_rows(hold: Hold) -> list[tuple[str, str]]:

@@ -88,7 +88,8 @@ class Ledger:
         with refusals():
             asset = rules.check_asset(input.asset)
             amount = rules.amount(input.amount, asset)
-        account_id, key = input.account_id, input.idempotency_key
+            key = rules.check_idempotency_key(input.idempotency_key)
+        account_id = input.account_id
         args = store.args_hash(code, {"account_id": account_id, "asset": asset, "amount": amount})
 
         async def body(conn: asyncpg.Connection) -> TransferResult:
@@ -125,6 +126,7 @@ class Ledger:
             symbol = rules.check_symbol(input.symbol)
             asset = rules.held_asset(input.side, symbol, input.asset)
             amount = rules.amount(input.amount, asset)
+            qty, limit_price = hold_bounds(input, symbol)
         order_key, key, fence = input.order_key, input.idempotency_key, input.fence
         args = reserve_args_hash(input, asset=asset, amount=amount, symbol=symbol)
 
@@ -168,6 +170,8 @@ class Ledger:
                 amount,
                 input.side,
                 symbol,
+                qty,
+                limit_price,
             )
             _, available_after, _ = rules.balances_after(moves)[row.id]
             result = ReserveResult(
@@ -196,7 +200,7 @@ class Ledger:
         args = store.args_hash("post", {"notional": cum_notional, "fee": cum_fee})
 
         async def body(conn: asyncpg.Connection) -> PostFillResult:
-            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key)
+            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key, "post")
             done = store.replay(rec, key, "post", args, PostFillResult)
             if done is not None:
                 return done
@@ -226,7 +230,7 @@ class Ledger:
 
         async def body(conn: asyncpg.Connection) -> VoidResult:
             await store.lock_order(conn, order_key)
-            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key)
+            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key, "void")
             done = store.replay(rec, key, "void", args, VoidResult)
             if done is not None:
                 return done
@@ -303,10 +307,23 @@ class Ledger:
             return await self._transact(body)
 
 
+def hold_bounds(input: ReserveInput, symbol: str) -> tuple[Decimal | None, Decimal | None]:
+    """The order's quantity and price bound the hold records (None: not known). The bound is the
+    one the saga sends (a market buy's cap), else the order's limit (None for a market sell)."""
+    order = input.order
+    qty = rules.amount(order.qty, symbol, "order qty") if order is not None else None
+    bound = input.price_bound
+    if bound is None and order is not None:
+        bound = order.limit_price
+    return qty, rules.price_bound(bound) if bound is not None else None
+
+
 def reserve_args_hash(input: ReserveInput, *, asset: str, amount: Decimal, symbol: str) -> str:
     """The reserve's idempotency hash. The fence is left out: a retry after a lost answer may
-    carry a newer token. The order key is hashed under its old name, ``order_id``, so a retry of
-    a reserve recorded before the rename still matches."""
+    carry a newer token. So is the price bound: a reserve first tried by a worker that did not
+    send it must still match its retry from one that does (the saga derives it from the same
+    quote and request as the amount, which is hashed). The order key is hashed under its old
+    name, ``order_id``, so a retry of a reserve recorded before the rename still matches."""
     return store.args_hash(
         "reserve",
         {

@@ -31,6 +31,7 @@ from activities.ledger.postings import (
     Refused,
     Row,
     balances_after,
+    beyond_bounds,
     check_not_negative,
     firm_kind,
     stale_fence,
@@ -43,11 +44,15 @@ M = TypeVar("M", bound=BaseModel)
 
 # An operation's stored result, under the names ``replay`` reads; the combined reads below put
 # it beside the rows the operation needs, so a first call and a repeat both cost one round trip.
+# A key is unique per operation (migrations/0003_operation_keys.sql): every read names both, so a
+# key a caller chose for one operation (a deposit) is never another's (the saga's void).
 _OPERATION_COLS = "o.operation AS op_operation, o.args_hash AS op_args_hash, o.result AS op_result"
-SELECT_OPERATION = f"SELECT {_OPERATION_COLS} FROM ledger_operations o WHERE o.key = $1"
+SELECT_OPERATION = (
+    f"SELECT {_OPERATION_COLS} FROM ledger_operations o WHERE o.key = $1 AND o.operation = $2"
+)
 INSERT_OPERATION = (
     "INSERT INTO ledger_operations (key, operation, args_hash, result) VALUES ($1, $2, $3, $4)"
-    " ON CONFLICT (key) DO NOTHING RETURNING key"
+    " ON CONFLICT (key, operation) DO NOTHING RETURNING key"
 )
 _ROW_COLS = "a.id, a.owner, a.kind, a.asset, a.available, a.held, a.version, a.last_fence"
 _ROW_FIELDS = tuple(Row.__dataclass_fields__)
@@ -96,13 +101,14 @@ ADVANCE_CUSTOMER_FENCE = (
 _HOLD_COLS = (
     "h.id, h.order_id, h.owner, h.ledger_account_id, h.asset, h.amount, h.held_remaining,"
     " h.posted_qty, h.posted_notional, h.posted_cash, h.posted_fee, h.side, h.symbol, h.status,"
-    " h.version"
+    " h.version, h.qty, h.limit_price"
 )
 _HOLD_FIELDS = tuple(Hold.__dataclass_fields__)
-# The operation's stored result ($1) and the order's hold ($2), each possibly absent.
+# The stored result of operation $3 under key $1 and the order's hold ($2), each possibly absent.
 SELECT_OPERATION_AND_HOLD = (
     f"SELECT {_OPERATION_COLS}, {_HOLD_COLS} FROM (SELECT 1) AS one"
-    " LEFT JOIN ledger_operations o ON o.key = $1 LEFT JOIN holds h ON h.order_id = $2"
+    " LEFT JOIN ledger_operations o ON o.key = $1 AND o.operation = $3"
+    " LEFT JOIN holds h ON h.order_id = $2"
 )
 # Everything a reserve decides on, read after its order lock: the stored result ($1), whether
 # the order ($2) was voided or already holds, the customer ($3) and its row for the asset ($4).
@@ -112,7 +118,7 @@ RESERVE_VIEW = (
     " EXISTS (SELECT 1 FROM holds h WHERE h.order_id = $2) AS has_hold,"
     f" c.account_id IS NOT NULL AS customer_exists, c.last_fence AS customer_fence, {_ROW_COLS}"
     " FROM (SELECT 1) AS one"
-    " LEFT JOIN ledger_operations o ON o.key = $1"
+    " LEFT JOIN ledger_operations o ON o.key = $1 AND o.operation = 'reserve'"
     " LEFT JOIN customers c ON c.account_id = $3"
     " LEFT JOIN ledger_accounts a ON a.owner = $3 AND a.asset = $4"
 )
@@ -123,8 +129,15 @@ CAS_HOLD = (
 )
 INSERT_HOLD = (
     "INSERT INTO holds (order_id, owner, ledger_account_id, asset, amount, held_remaining,"
-    " side, symbol) VALUES ($1, $2, $3, $4, $5, $5, $6, $7) RETURNING id"
+    " side, symbol, qty, limit_price) VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9) RETURNING id"
 )
+# The CHECKs on holds that keep its posts within the order (migrations/0005_hold_bounds.sql),
+# with the bound each names.
+HOLD_BOUNDS = {
+    "hold_within_qty": "quantity",
+    "hold_buy_within_limit": "limit",
+    "hold_sell_within_limit": "limit",
+}
 INSERT_TOMBSTONE = "INSERT INTO hold_tombstones (order_id) VALUES ($1) ON CONFLICT DO NOTHING"
 # Serializes a reserve and a void of the same order (see ``lock_order``).
 LOCK_ORDER = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
@@ -298,20 +311,23 @@ def args_hash(operation: str, args: dict[str, Any]) -> str:
 async def recorded(
     conn: asyncpg.Connection, key: str, operation: str, hashed: str, model: type[M]
 ) -> M | None:
-    """The first result stored under ``key``; refuse the key reused with other arguments."""
-    return replay(await conn.fetchrow(SELECT_OPERATION, key), key, operation, hashed, model)
+    """The first result of ``operation`` stored under ``key``; refuse the key reused for the
+    same operation with other arguments."""
+    rec = await conn.fetchrow(SELECT_OPERATION, key, operation)
+    return replay(rec, key, operation, hashed, model)
 
 
 def replay(
     rec: asyncpg.Record | None, key: str, operation: str, hashed: str, model: type[M]
 ) -> M | None:
-    """``recorded`` on a row already read (with the operation columns)."""
+    """``recorded`` on a row already read (with the operation columns, joined on the key and
+    the operation)."""
     if rec is None or rec["op_operation"] is None:
         return None
-    if rec["op_operation"] != operation or rec["op_args_hash"] != hashed:
+    assert rec["op_operation"] == operation, "the read joins on the operation"
+    if rec["op_args_hash"] != hashed:
         raise Refused(
-            f"idempotency key {key!r} was already used by {rec['op_operation']}"
-            " with other arguments",
+            f"idempotency key {key!r} was already used by another {operation} with other arguments",
             errors.IDEMPOTENCY_MISMATCH,
         )
     return model.model_validate(json.loads(rec["op_result"]))
@@ -357,18 +373,28 @@ def hold_of(rec: asyncpg.Record) -> Hold | None:
 
 
 async def cas_hold(conn: asyncpg.Connection, rec: asyncpg.Record, after: Hold) -> None:
-    """Write the hold's new figures on the version read (``rec``)."""
-    status = await conn.execute(
-        CAS_HOLD,
-        rec["id"],
-        after.held_remaining,
-        after.posted_qty,
-        after.posted_notional,
-        after.posted_cash,
-        after.posted_fee,
-        after.status,
-        rec["version"],
-    )
+    """Write the hold's new figures on the version read (``rec``). Figures beyond the order's
+    quantity or price bound are refused by the database itself (HoldState), whatever the
+    caller checked."""
+    try:
+        status = await conn.execute(
+            CAS_HOLD,
+            rec["id"],
+            after.held_remaining,
+            after.posted_qty,
+            after.posted_notional,
+            after.posted_cash,
+            after.posted_fee,
+            after.status,
+            rec["version"],
+        )
+    except asyncpg.exceptions.CheckViolationError as exc:
+        bound = HOLD_BOUNDS.get(exc.constraint_name or "")
+        if bound is None:
+            raise
+        raise beyond_bounds(
+            after.order_id, f"refused by the database ({exc.constraint_name}: the order's {bound})"
+        ) from None
     if status != "UPDATE 1":
         raise Conflict
 

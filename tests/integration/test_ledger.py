@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +26,9 @@ from activities.ledger import (
     VoidInput,
     WithdrawInput,
     check_ledger,
+    store,
 )
+from activities.ledger.postings import Refused
 from core import errors
 from tests.conftest import scratch_database
 from tests.support.ledger import LedgerUnderTest
@@ -248,10 +251,94 @@ async def test_deposit_and_withdraw_apply_once(ledger: LedgerUnderTest) -> None:
     assert await usd(ledger, account) == (D("20.00"), D("0.00"))
     other = dep.model_copy(update={"amount": D("26.00")})
     assert (await refused(ledger.deposit(other))).type == errors.IDEMPOTENCY_MISMATCH
-    assert (await refused(ledger.withdraw(WithdrawInput(**dep.model_dump())))).type == (
-        errors.IDEMPOTENCY_MISMATCH
-    )
     assert await usd(ledger, account) == (D("20.00"), D("0.00"))
+
+
+async def test_a_deposit_keyed_like_an_order_step_cannot_block_the_void(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    """Issue 11: a deposit keyed ``alice/o1:void`` made the order's void fail with
+    IdempotencyMismatch (the workflow failed with $9.92 frozen). User keys and the saga's step
+    keys are separate namespaces: the void releases the hold."""
+    account = await open_funded(ledger, "20.00")
+    order = f"{account}/o1"
+    await ledger.reserve_funds(buy(account, order, "9.92"))
+    dep = DepositInput(account_id=account, amount=D("1.00"), idempotency_key=f"{order}:void")
+    await ledger.deposit(dep)
+    void = await ledger.void_funds(VoidInput(order_key=order, idempotency_key=f"{order}:void"))
+    assert void.found and void.released == D("9.92")
+    assert await usd(ledger, account) == (D("21.00"), D("0.00"))
+    assert (await ledger.deposit(dep)).amount == D("1.00")  # still replays as the deposit
+    assert await usd(ledger, account) == (D("21.00"), D("0.00"))
+    await assert_ledger_clean(ledger_pool)
+
+
+async def test_user_keys_never_collide_with_any_saga_step(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    """Deposits and withdrawals taking every key an order's steps (and the reconciler) will use
+    first: the order still reserves, posts, voids, and a stray broker order still books."""
+    account = await open_funded(ledger, "1000.00")
+    order, broker_id = f"{account}/o1", f"b-{uuid4()}"
+    saga_keys = [
+        f"{order}:reserve",
+        f"{order}:fill:1",
+        f"{order}:void",
+        f"error:{broker_id}:fill:1",
+    ]
+    for key in saga_keys:
+        await ledger.deposit(DepositInput(account_id=account, amount=D(2), idempotency_key=key))
+        await ledger.withdraw(WithdrawInput(account_id=account, amount=D(1), idempotency_key=key))
+    await ledger.reserve_funds(buy(account, order, "110.00"))
+    fill = PostFillInput(order_key=order, cum_qty=D(1), cum_notional=D("100"), cum_fee=D(1))
+    assert (await ledger.post_fill(fill)).applied
+    void = await ledger.void_funds(VoidInput(order_key=order, idempotency_key=f"{order}:void"))
+    assert void.released == D("9.00")
+    stray = ErrorFillInput(
+        broker_order_id=broker_id,
+        client_order_id="c1",
+        symbol="AAPL",
+        side="buy",
+        cum_qty=D(1),
+        cum_notional=D(100),
+    )
+    assert (await ledger.book_error_fill(stray)).applied
+    assert await usd(ledger, account) == (D("903.00"), D("0.00"))
+    await assert_ledger_clean(ledger_pool)
+
+
+async def test_the_same_user_key_for_a_deposit_and_a_withdrawal_is_two_operations(
+    ledger: LedgerUnderTest,
+) -> None:
+    """Keys are per operation: a withdrawal never replays (or is refused by) a deposit's key."""
+    account = await open_funded(ledger, "10.00")
+    key = uuid4()
+    await ledger.deposit(DepositInput(account_id=account, amount=D(5), idempotency_key=key))
+    wd = WithdrawInput(account_id=account, amount=D(3), idempotency_key=key)
+    assert await ledger.withdraw(wd) == await ledger.withdraw(wd)
+    assert await usd(ledger, account) == (D("12.00"), D("0.00"))
+
+
+@pytest.mark.parametrize("key", ["x" * 200, "any/thing:void:fill:1 \t\u00e9\u2603", "error:b:f"])
+async def test_a_user_key_may_contain_anything(ledger: LedgerUnderTest, key: str) -> None:
+    account = await open_funded(ledger)
+    dep = DepositInput(account_id=account, amount=D(1), idempotency_key=(account + key)[:200])
+    assert await ledger.deposit(dep) == await ledger.deposit(dep)
+    assert await usd(ledger, account) == (D("1.00"), D("0.00"))
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "nul\x00byte", "lone\ud800surrogate"])
+async def test_a_user_key_too_long_or_unstorable_is_refused(
+    ledger: LedgerUnderTest, key: str
+) -> None:
+    account = await open_funded(ledger)
+    for call in (ledger.deposit, ledger.withdraw):
+        exc = await refused(
+            call(WithdrawInput(account_id=account, amount=D(1), idempotency_key=key))
+        )
+        assert exc.type == errors.INVALID_REQUEST and exc.non_retryable
+        assert "idempotency key" in str(exc)
+    assert await usd(ledger, account) == (D("0.00"), D("0.00"))
 
 
 async def test_open_account_is_idempotent(ledger: LedgerUnderTest) -> None:
@@ -513,6 +600,109 @@ async def test_firm_counterparty_rows_are_sharded_and_still_conserve(
     assert {r["owner"].split("~")[0] for r in shards} == {"$external"}
     assert len(accounts) == 24
     await assert_ledger_clean(ledger.pool)
+
+
+# ------------------------------------------------------------------ the hold's bounds
+
+
+def record(
+    account: str, order: str, side: str = "buy", qty: str = "2", limit: str = ""
+) -> OrderRecord:
+    """The orders row a reserve carries: a limit order if ``limit`` is given, else a market one."""
+    return OrderRecord(
+        account_id=account,
+        order_id=order.split("/", 1)[1],
+        workflow_id=f"order/{order}",
+        symbol="AAPL",
+        side=side,  # type: ignore[arg-type]
+        order_type="limit" if limit else "market",
+        time_in_force="day",
+        qty=D(qty),
+        limit_price=D(limit) if limit else None,
+        params_hash=f"h-{order}",
+    )
+
+
+def sell(account: str, order: str, qty: str, limit: str = "") -> ReserveInput:
+    return ReserveInput(
+        account_id=account,
+        order_key=order,
+        asset="AAPL",
+        amount=D(qty),
+        fence=1,
+        idempotency_key=f"{order}:reserve",
+        side="sell",
+        symbol="AAPL",
+        order=record(account, order, "sell", qty, limit),
+    )
+
+
+async def post(ledger: LedgerUnderTest, order: str, qty: str, notional: str) -> bool:
+    fill = PostFillInput(order_key=order, cum_qty=D(qty), cum_notional=D(notional))
+    return (await ledger.post_fill(fill)).applied
+
+
+async def refused_post(ledger: LedgerUnderTest, order: str, qty: str, notional: str) -> str:
+    """A post the ledger refuses twice: through the service (its rules), and when the hold's
+    figures are written straight through the store, past the rules (the database's CHECKs)."""
+    exc = await refused(
+        ledger.post_fill(PostFillInput(order_key=order, cum_qty=D(qty), cum_notional=D(notional)))
+    )
+    assert exc.type == errors.HOLD_STATE and exc.non_retryable
+    with pytest.raises(Refused) as info:
+        async with ledger.pool.acquire() as conn, conn.transaction():
+            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, "-", order, "post")
+            hold = store.hold_of(rec)
+            assert hold is not None
+            after = dataclasses.replace(hold, posted_qty=D(qty), posted_notional=D(notional))
+            await store.cas_hold(conn, rec, after)
+    assert info.value.error_type == errors.HOLD_STATE
+    return info.value.message
+
+
+async def test_the_database_refuses_a_post_beyond_the_orders_qty_or_limit(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    """Issue 11: the hold knows its order's quantity and limit, and the database refuses a post
+    beyond them whatever the service checks (the hold here is larger than either bound)."""
+    account = await open_funded(ledger, "1000.00")
+    order = f"{account}/lim"
+    await ledger.reserve_funds(
+        buy(account, order, "500.00", order=record(account, order, limit="50"))
+    )
+    assert "quantity" in await refused_post(ledger, order, "3", "150")
+    assert "limit" in await refused_post(ledger, order, "1", "50.01")
+    with pytest.raises(asyncpg.CheckViolationError):
+        await ledger_pool.execute("UPDATE holds SET posted_qty = 3 WHERE order_id = $1", order)
+    assert await post(ledger, order, "1", "49.5")
+    assert await post(ledger, order, "2", "100")  # exactly at both bounds
+    assert await usd(ledger, account) == (D("500.00"), D("400.00"))
+    await assert_ledger_clean(ledger_pool)
+
+
+async def test_a_market_buy_is_bounded_by_its_cap(ledger: LedgerUnderTest) -> None:
+    """A market buy's orders row has no limit; the saga sends its cap as the price bound."""
+    account = await open_funded(ledger, "1000.00")
+    order = f"{account}/mkt"
+    capped = buy(account, order, "300.00", order=record(account, order), price_bound=D("101.01"))
+    await ledger.reserve_funds(capped)
+    assert "limit" in await refused_post(ledger, order, "1", "101.02")
+    assert await post(ledger, order, "1", "101.01")
+    assert "quantity" in await refused_post(ledger, order, "2.000000001", "150")
+
+
+async def test_a_limit_sell_is_bounded_below_and_a_market_sell_is_not(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    account = await open_funded(ledger, "0", AAPL="4")
+    limit_sell, market_sell = f"{account}/ls", f"{account}/ms"
+    await ledger.reserve_funds(sell(account, limit_sell, "2", limit="50"))
+    await ledger.reserve_funds(sell(account, market_sell, "2"))
+    assert "limit" in await refused_post(ledger, limit_sell, "1", "49.99")
+    assert await post(ledger, limit_sell, "1", "50")
+    assert await post(ledger, market_sell, "1", "0.01")
+    assert "quantity" in await refused_post(ledger, market_sell, "3", "300")
+    await assert_ledger_clean(ledger_pool)
 
 
 # ------------------------------------------------------------------ multi-row compare-and-set

@@ -7,6 +7,7 @@ reserve through any sequence of fill reports to its void.
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal as D
 
 import pytest
@@ -176,6 +177,21 @@ def test_fill_refusals() -> None:
     assert rules.fill(closed, D(1), D(50), D("0.50")) is None  # a repeat still answers
 
 
+def test_a_fill_beyond_the_orders_quantity_or_price_bound_is_refused() -> None:
+    buy = Hold(order_id=KEY, owner=ACCOUNT, asset="USD", held_remaining=D(1000), side="buy",
+               symbol="AAPL", qty=D(2), limit_price=D(50))  # fmt: skip
+    assert rules.fill(buy, D(2), D(100), D(1)) is not None  # exactly at both bounds
+    assert "quantity" in refusal(rules.fill, buy, D("2.000000001"), D(100), D(1)).message
+    above = refusal(rules.fill, buy, D(1), D("50.01"), D(1))
+    assert above.error_type == errors.HOLD_STATE and "above its limit" in above.message
+    sell = Hold(order_id=KEY, owner=ACCOUNT, asset="AAPL", held_remaining=D(2), side="sell",
+                symbol="AAPL", qty=D(2), limit_price=D(50))  # fmt: skip
+    assert rules.fill(sell, D(1), D("50.5"), D(1)) is not None
+    assert "below its limit" in refusal(rules.fill, sell, D(1), D("49.99"), D(1)).message
+    market_sell = dataclasses.replace(sell, limit_price=None)
+    assert rules.fill(market_sell, D(1), D("0.01"), D(0)) is not None
+
+
 def test_a_void_releases_the_rest_once() -> None:
     book = Book()
     book.fund(ACCOUNT, "USD", D(10))
@@ -221,10 +237,23 @@ def test_firm_shards_are_stable_and_keep_their_kind() -> None:
         (rules.check_symbol, ("USD!",)),
         (rules.check_account_id, ("bad id",)),
         (rules.held_asset, ("sell", "AAPL", "USD")),
+        (rules.check_idempotency_key, ("",)),
+        (rules.check_idempotency_key, ("k" * (rules.MAX_KEY_LENGTH + 1),)),
+        (rules.check_idempotency_key, ("a\x00b",)),
+        (rules.check_idempotency_key, ("\udc80",)),
+        (rules.check_idempotency_key, (None,)),
+        (rules.price_bound, ("0",)),
+        (rules.price_bound, ("-1",)),
+        (rules.price_bound, ("NaN",)),
     ],
 )
 def test_validation_refusals(call: object, args: tuple[object, ...]) -> None:
     assert refusal(call, *args).error_type in (errors.INVALID_AMOUNT, errors.INVALID_REQUEST)
+
+
+@pytest.mark.parametrize("key", ["k", "k" * rules.MAX_KEY_LENGTH, "a/o:void", "error:b:fill:1 é"])
+def test_a_caller_key_may_be_any_text_up_to_the_limit(key: str) -> None:
+    assert rules.check_idempotency_key(key) == key
 
 
 # ------------------------------------------------------------------ properties
