@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from core import errors
 from core.broker_client import (
@@ -116,7 +116,10 @@ def _app_error(exc: BrokerError) -> ApplicationError:
     if isinstance(exc, OrderNotFound):
         return ApplicationError(str(exc), type=errors.BROKER_ORDER_NOT_FOUND, non_retryable=True)
     if isinstance(exc, BrokerUnavailable):
-        return ApplicationError(str(exc), type=errors.BROKER_UNAVAILABLE)
+        # Certainly not received: an expected retry, logged and counted as benign.
+        return ApplicationError(
+            str(exc), type=errors.BROKER_UNAVAILABLE, category=ApplicationErrorCategory.BENIGN
+        )
     return ApplicationError(str(exc), type=errors.BROKER_OUTCOME_UNKNOWN)
 
 

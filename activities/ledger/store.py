@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from pydantic import BaseModel
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.ledger.postings import (
     FIRM_KINDS,
@@ -196,6 +196,7 @@ async def transact(
         f"ledger write conflicted {attempts} times; retry",
         type=errors.LEDGER_CONFLICT,
         non_retryable=False,
+        category=ApplicationErrorCategory.BENIGN,  # an expected retry, not a failure to log
     )
 
 

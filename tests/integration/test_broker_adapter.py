@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.broker import (
     BrokerActivities,
@@ -268,6 +268,7 @@ async def test_submit_while_broker_down_then_restarted(
         sim.restart()
     assert info.value.type == errors.BROKER_UNAVAILABLE
     assert not info.value.non_retryable
+    assert info.value.category == ApplicationErrorCategory.BENIGN  # an expected retry
     result = await acts.submit_order(market_buy(order_id))
     assert [o["id"] for o in await orders_for(sim, order_id)] == [result.broker_order_id]
 

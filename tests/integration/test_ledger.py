@@ -13,7 +13,7 @@ from typing import TypeVar
 import asyncpg
 import pytest
 import pytest_asyncio
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.ledger import (
     OMNIBUS,
@@ -155,6 +155,7 @@ async def test_conflicts_running_out_raise_retryable_conflict(ledger_pool: async
     for exc in failures:
         assert isinstance(exc, ApplicationError)
         assert exc.type == errors.LEDGER_CONFLICT and not exc.non_retryable
+        assert exc.category == ApplicationErrorCategory.BENIGN
     assert (await usd(ledger, account))[1] == D(20 - len(failures))
 
 
