@@ -125,6 +125,14 @@ def _step_name(method: Callable[..., Any]) -> str:
     return getattr(method, "__name__", "a step")
 
 
+def _fence_seen(err: BaseException) -> int:
+    """The newest fence a StaleFence refusal says the ledger has seen (0 if it does not say)."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    details = cause.details if isinstance(cause, ApplicationError) else ()
+    seen = details[0].get("last_fence") if details and isinstance(details[0], dict) else None
+    return seen if isinstance(seen, int) and seen > 0 else 0
+
+
 def _error_message(err: BaseException, default: str) -> str:
     cause = err.cause if isinstance(err, ActivityError) else err
     return cause.message if isinstance(cause, ApplicationError) else default
@@ -310,13 +318,16 @@ class OrderWorkflow:
     async def _reserve_under_lock(self, asset: str, amount: Decimal) -> str | None:
         """Lock, reserve, unlock; a refusal reason, or None once held.
 
-        A stale-fence refusal means our lock expired and someone else wrote since: lock again and
-        retry the same reserve (same idempotency key, same amount).
+        A stale-fence refusal means our lock expired and someone else wrote since, or the lock's
+        counter went back and handed our fence out before: lock again, asking for a fence above
+        the newest the ledger has seen, and retry the same reserve (same idempotency key, same
+        amount).
         """
         req = self._state.request
         key = req.key
+        floor = 0
         for _ in range(MAX_FENCE_RETRIES):
-            fence = await self._acquire_lock()
+            fence = await self._acquire_lock(floor)
             try:
                 await self._ledger(
                     LedgerActivities.reserve_funds,
@@ -336,6 +347,7 @@ class OrderWorkflow:
             except STEP_ERRORS as err:
                 kind = _error_type(err)
                 if kind == errors.STALE_FENCE:
+                    floor = max(floor, _fence_seen(err))
                     self._note("lock expired under the reserve; locking again")
                     continue
                 if kind == errors.INSUFFICIENT_FUNDS:
@@ -349,8 +361,8 @@ class OrderWorkflow:
                 await self._release_lock()
         raise ApplicationError("reserve kept losing its lock", type=errors.LOCK_LOST)
 
-    async def _acquire_lock(self) -> int:
-        """The account lock's fencing token.
+    async def _acquire_lock(self, floor: int = 0) -> int:
+        """The account lock's fencing token, above ``floor`` (the ledger's newest fence).
 
         First one local try that does not wait: an account no other order is using (the common
         case) is locked with no round trip. If the lock is busy, or the try fails at all, an
@@ -366,6 +378,7 @@ class OrderWorkflow:
             owner=req.key,
             ttl_ms=self._cfg.lock_ttl_ms,
             wait_ms=self._cfg.lock_wait_ms,
+            floor=floor,
         )
         if self._local:
             try:
