@@ -5,10 +5,12 @@ acquire retried after its first answer was lost finds its own value and holds th
 instead of waiting out its own TTL. The fence is a per-account counter that only grows; a reserve
 made under the lock passes it, and the database refuses a reserve older than the last it saw.
 
-The counter must keep growing across a Redis restart that loses it. A missing counter is never
-re-created at 1: the acquire script answers "need a floor", the caller asks the ledger for the
-highest fence it has recorded for the account, and the script seeds the counter above it. See
-docs/LOCK.md.
+The counter must keep growing across a Redis restart that loses it or rolls it back. A missing
+counter is never re-created at 1: the acquire script answers "need a floor", the caller asks the
+ledger for the highest fence it has recorded for the account, and the script seeds the counter
+above it. A counter that went back (a lost write, a restore, a lagging replica) is caught by the
+ledger, whose StaleFence answer names the newest fence it has seen; the caller passes that as the
+next acquire's floor, and every acquire hands out ``max(counter, floor) + 1``. See docs/LOCK.md.
 """
 
 from __future__ import annotations
@@ -29,25 +31,29 @@ from core.keys import RedisKeys
 
 FenceFloor = Callable[[str], Awaitable[int]]
 
-# KEYS[1] lock key, KEYS[2] fence counter; ARGV[1] owner, ARGV[2] ttl ms, ARGV[3] floor or "".
+# KEYS[1] lock key, KEYS[2] fence counter; ARGV[1] owner, ARGV[2] ttl ms, ARGV[3] floor (the
+# fence must be above it), ARGV[4] "1" when the floor already includes the ledger's max fence.
 # Returns {status, fence}: status 1 = acquired, 2 = already ours (re-acquired), 0 = busy,
-# -1 = the counter is missing and no floor was passed (call again with one).
+# -1 = the counter is missing and the ledger was not asked yet (call again with its floor).
+# Our own lock whose fence is not above the floor (the ledger refused it) takes a new fence.
 _ACQUIRE_LUA = """
+local floor = tonumber(ARGV[3])
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local holder, fence = string.match(cur, '^(.*)|(%d+)$')
-  if holder == ARGV[1] then
+  if holder ~= ARGV[1] then
+    return {0, 0}
+  end
+  if tonumber(fence) > floor then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return {2, tonumber(fence)}
   end
-  return {0, 0}
 end
 local counter = redis.call('GET', KEYS[2])
-if (not counter) and ARGV[3] == '' then
+if (not counter) and ARGV[4] ~= '1' then
   return {-1, 0}
 end
 local base = tonumber(counter or '0')
-local floor = tonumber(ARGV[3] ~= '' and ARGV[3] or '0')
 if floor > base then base = floor end
 local fence = base + 1
 redis.call('SET', KEYS[2], fence)
@@ -108,27 +114,31 @@ class AccountLock:
         self._release = redis.register_script(_RELEASE_LUA)
         self._extend = redis.register_script(_EXTEND_LUA)
 
-    async def try_acquire(self, account_id: str, owner: str, ttl_ms: int) -> Acquired | None:
-        """One atomic attempt; None when another owner holds the lock."""
+    async def try_acquire(
+        self, account_id: str, owner: str, ttl_ms: int, floor: int = 0
+    ) -> Acquired | None:
+        """One atomic attempt; None when another owner holds the lock. The fence is above
+        ``floor`` (the newest fence the ledger said it has seen) and above the counter."""
         _check_owner(owner)
         _check_ttl(ttl_ms)
+        _check_floor(floor)
         keys = [self._keys.lock(account_id), self._keys.fence(account_id)]
-        status, fence = await self._acquire(keys=keys, args=[owner, ttl_ms, ""])
+        status, fence = await self._acquire(keys=keys, args=[owner, ttl_ms, floor, ""])
         if status == _NEED_FLOOR:
-            floor = int(await self._fence_floor(account_id))
-            status, fence = await self._acquire(keys=keys, args=[owner, ttl_ms, floor])
+            floor = max(floor, int(await self._fence_floor(account_id)))
+            status, fence = await self._acquire(keys=keys, args=[owner, ttl_ms, floor, "1"])
         if status == _BUSY:
             return None
         return Acquired(fence=int(fence), reacquired=status == _REACQUIRED)
 
     async def acquire(
-        self, account_id: str, owner: str, ttl_ms: int, wait_ms: int
+        self, account_id: str, owner: str, ttl_ms: int, wait_ms: int, floor: int = 0
     ) -> Acquired | None:
         """Try until acquired or ``wait_ms`` has passed (at least one attempt); None on timeout."""
         deadline = time.monotonic() + max(wait_ms, 0) / 1000
         delay = BACKOFF_FIRST_S
         while True:
-            got = await self.try_acquire(account_id, owner, ttl_ms)
+            got = await self.try_acquire(account_id, owner, ttl_ms, floor)
             if got is not None:
                 return got
             left = deadline - time.monotonic()
@@ -172,11 +182,19 @@ def _check_owner(owner: str) -> None:
         raise ValueError("lock owner must not be empty")
 
 
+def _check_floor(floor: int) -> None:
+    if floor < 0:
+        raise ValueError(f"fence floor must not be negative, got {floor}")
+
+
 class AcquireLockInput(BaseModel):
     account_id: str
     owner: str
     ttl_ms: int
     wait_ms: int
+    # The newest fence the ledger reported seeing (its StaleFence answer): the fence handed out
+    # is above it even if the counter went back. Optional, so inputs recorded before it decode.
+    floor: int = 0
 
 
 class AcquireLockResult(BaseModel):
@@ -209,11 +227,14 @@ class LockActivities:
 
         Retry-safe: a retry by the same owner while its lock is live returns the same fence
         (``reacquired=True``) and refreshes the TTL; it never waits for itself. If the lock
-        expired between attempts, the retry takes a new, greater fence. Busy past ``wait_ms``
-        raises the retryable ``LockNotAcquired``.
+        expired between attempts, the retry takes a new, greater fence. The fence is always above
+        ``floor``: a lock of ours whose fence is not takes a new one, so a retry with the same
+        floor finds that one. Busy past ``wait_ms`` raises the retryable ``LockNotAcquired``.
         """
         try:
-            got = await self._lock.acquire(data.account_id, data.owner, data.ttl_ms, data.wait_ms)
+            got = await self._lock.acquire(
+                data.account_id, data.owner, data.ttl_ms, data.wait_ms, data.floor
+            )
         except ValueError as exc:
             raise _bad_input(exc) from None
         if got is None:

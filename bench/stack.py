@@ -80,19 +80,21 @@ def counting_ledger(counters: Counters) -> type[Ledger]:
 
 def counting_lock(counters: Counters) -> type[AccountLock]:
     class CountingLock(AccountLock):
-        async def try_acquire(self, account_id: str, owner: str, ttl_ms: int) -> Acquired | None:
-            got = await super().try_acquire(account_id, owner, ttl_ms)
+        async def try_acquire(
+            self, account_id: str, owner: str, ttl_ms: int, floor: int = 0
+        ) -> Acquired | None:
+            got = await super().try_acquire(account_id, owner, ttl_ms, floor)
             if got is None:
                 counters.lock_busy_attempts += 1
             return got
 
         async def acquire(
-            self, account_id: str, owner: str, ttl_ms: int, wait_ms: int
+            self, account_id: str, owner: str, ttl_ms: int, wait_ms: int, floor: int = 0
         ) -> Acquired | None:
             counters.lock_acquires += 1
             busy_before = counters.lock_busy_attempts
             started = time.monotonic()
-            got = await super().acquire(account_id, owner, ttl_ms, wait_ms)
+            got = await super().acquire(account_id, owner, ttl_ms, wait_ms, floor)
             if counters.lock_busy_attempts > busy_before:
                 counters.lock_waited += 1
                 counters.lock_wait_s.append(time.monotonic() - started)

@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         WORKER_SETTINGS_PATCH,
         error_message,
         error_type,
+        fence_seen,
     )
 
 __all__ = [
@@ -245,13 +246,16 @@ class OrderWorkflow(FollowBroker):
     async def _reserve_under_lock(self, asset: str, amount: Decimal) -> str | None:
         """Lock, reserve, unlock; a refusal reason, or None once held.
 
-        A stale-fence refusal means our lock expired and someone else wrote since: lock again and
-        retry the same reserve (same idempotency key, same amount).
+        A stale-fence refusal means our lock expired and someone else wrote since, or the lock's
+        counter went back and handed our fence out before: lock again, asking for a fence above
+        the newest the ledger has seen, and retry the same reserve (same idempotency key, same
+        amount).
         """
         req = self._state.request
         key = req.key
+        floor = 0
         for _ in range(MAX_FENCE_RETRIES):
-            fence = await self._acquire_lock()
+            fence = await self._acquire_lock(floor)
             try:
                 await self._ledger(
                     LedgerActivities.reserve_funds,
@@ -272,6 +276,7 @@ class OrderWorkflow(FollowBroker):
             except STEP_ERRORS as err:
                 kind = error_type(err)
                 if kind == errors.STALE_FENCE:
+                    floor = max(floor, fence_seen(err))
                     self._note("lock expired under the reserve; locking again")
                     continue
                 if kind == errors.INSUFFICIENT_FUNDS:
@@ -285,8 +290,8 @@ class OrderWorkflow(FollowBroker):
                 await self._release_lock()
         raise ApplicationError("reserve kept losing its lock", type=errors.LOCK_LOST)
 
-    async def _acquire_lock(self) -> int:
-        """The account lock's fencing token.
+    async def _acquire_lock(self, floor: int = 0) -> int:
+        """The account lock's fencing token, above ``floor`` (the ledger's newest fence).
 
         First one local try that does not wait: an account no other order is using (the common
         case) is locked with no round trip. If the lock is busy, or the try fails at all, an
@@ -302,6 +307,7 @@ class OrderWorkflow(FollowBroker):
             owner=req.key,
             ttl_ms=self._cfg.lock_ttl_ms,
             wait_ms=self._cfg.lock_wait_ms,
+            floor=floor,
         )
         if self._local:
             try:

@@ -95,6 +95,14 @@ def step_name(method: Callable[..., Any]) -> str:
     return getattr(method, "__name__", "a step")
 
 
+def fence_seen(err: BaseException) -> int:
+    """The newest fence a StaleFence refusal says the ledger has seen (0 if it does not say)."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    details = cause.details if isinstance(cause, ApplicationError) else ()
+    seen = details[0].get("last_fence") if details and isinstance(details[0], dict) else None
+    return seen if isinstance(seen, int) and seen > 0 else 0
+
+
 def error_message(err: BaseException, default: str) -> str:
     cause = err.cause if isinstance(err, ActivityError) else err
     return cause.message if isinstance(cause, ApplicationError) else default

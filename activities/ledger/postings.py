@@ -266,12 +266,29 @@ def transfer(customer: Row, external: Row, value: Decimal, *, into_customer: boo
     return moves((customer, "available", signed), (external, "available", -signed))
 
 
+def fence_is_stale(fence: int, order_key: str, seen: int, seen_owner: str | None) -> bool:
+    """A fence older than the newest one seen, or equal to it but written by another order: two
+    orders holding one fence means the lock's counter went back, so only the order that wrote it
+    (its own retry) may use it again. ``seen_owner`` is None for fences written before owners
+    were recorded: an equal fence is then refused from everyone."""
+    return seen > fence or (seen == fence and seen_owner != order_key)
+
+
 def reserve(
-    row: Row | None, *, account_id: str, asset: str, value: Decimal, fence: int, customer_fence: int
+    row: Row | None,
+    *,
+    account_id: str,
+    asset: str,
+    value: Decimal,
+    fence: int,
+    order_key: str,
+    customer_fence: int,
+    customer_fence_owner: str | None,
 ) -> list[Move]:
     """Hold ``value`` on the customer's row: available -> held, if it is there and the fence is
-    not older than one the account (or the row) has seen."""
-    if customer_fence > fence:
+    not older than one the account (or the row) has seen, nor the account's newest fence written
+    by another order."""
+    if fence_is_stale(fence, order_key, customer_fence, customer_fence_owner):
         raise stale_fence(account_id, fence, customer_fence)
     available = row.available if row is not None else ZERO
     if row is None or available < value:

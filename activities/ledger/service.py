@@ -152,13 +152,24 @@ class Ledger:
                 asset=asset,
                 value=amount,
                 fence=fence,
+                order_key=order_key,
                 customer_fence=view["customer_fence"],
+                customer_fence_owner=view["customer_fence_owner"],
             )
             assert row is not None
-            status = await conn.execute(store.ADVANCE_CUSTOMER_FENCE, input.account_id, fence)
+            status = await conn.execute(
+                store.ADVANCE_CUSTOMER_FENCE, input.account_id, fence, order_key
+            )
             if status != "UPDATE 1":
                 raise store.Conflict  # a newer fence landed meanwhile; the rerun reports it
-            await store.apply(conn, moves, key=key, code="reserve", order_id=order_key, fence=fence)
+            await store.apply(
+                conn,
+                moves,
+                key=key,
+                code="reserve",
+                order_id=order_key,
+                fence=store.Fence(fence, order_key),
+            )
             if input.order is not None:
                 await insert_order(conn, input.order, RESERVED_STATUS)
             hold_id = await conn.fetchval(

@@ -3,10 +3,11 @@ the unit of work that reruns a transaction whose compare-and-set lost a race.
 
 Every balance change is written with a compare-and-set on the row's ``version``: ``fenced_cas``
 for the reserve (it also refuses a writer whose fencing token is older than one the ledger has
-seen), ``unfenced_cas`` for every other write (all the transaction's rows in one statement,
-locked in id order, so two transactions never wait on each other in a cycle). A lost race raises
-``Conflict``; ``transact`` rolls back and runs the whole transaction again, and when its attempts
-are used up raises a *retryable* LedgerConflict, never a false "insufficient funds".
+seen, or the same token from another order), ``unfenced_cas`` for every other write (all the
+transaction's rows in one statement, locked in id order, so two transactions never wait on each
+other in a cycle). A lost race raises ``Conflict``; ``transact`` rolls back and runs the whole
+transaction again, and when its attempts are used up raises a *retryable* LedgerConflict, never
+a false "insufficient funds".
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -33,6 +35,7 @@ from activities.ledger.postings import (
     balances_after,
     beyond_bounds,
     check_not_negative,
+    fence_is_stale,
     firm_kind,
     stale_fence,
 )
@@ -83,20 +86,23 @@ CAS_ROWS = (
     " version = w.version + 1, updated_at = now()"
     " FROM want w WHERE a.id = w.id AND a.version = w.version AND a.id IN (SELECT id FROM locked)"
 )
-# The reserve's compare-and-set also refuses a writer whose fencing token is older than one seen.
+# The reserve's compare-and-set also refuses a writer whose fencing token is older than one seen,
+# or equal to the newest but written by another order (the lock's counter went back and handed
+# one fence out twice); the same order's equal fence is its own retry. It records the writer.
 CAS_ROW_FENCED = (
     "UPDATE ledger_accounts SET available = $2, held = $3, version = $4 + 1, last_fence = $5,"
-    " updated_at = now() WHERE id = $1 AND version = $4 AND last_fence <= $5"
+    " last_fence_owner = $6, updated_at = now() WHERE id = $1 AND version = $4"
+    " AND (last_fence < $5 OR (last_fence = $5 AND last_fence_owner = $6))"
 )
-SELECT_ROW_FENCE = "SELECT last_fence FROM ledger_accounts WHERE id = $1"
+SELECT_ROW_FENCE = "SELECT last_fence, last_fence_owner FROM ledger_accounts WHERE id = $1"
 SELECT_CUSTOMER = "SELECT account_id, currency, last_fence FROM customers WHERE account_id = $1"
 INSERT_CUSTOMER = (
     "INSERT INTO customers (account_id, currency) VALUES ($1, $2)"
     " ON CONFLICT (account_id) DO NOTHING RETURNING true"
 )
 ADVANCE_CUSTOMER_FENCE = (
-    "UPDATE customers SET last_fence = $2, updated_at = now()"
-    " WHERE account_id = $1 AND last_fence <= $2"
+    "UPDATE customers SET last_fence = $2, last_fence_owner = $3, updated_at = now()"
+    " WHERE account_id = $1 AND (last_fence < $2 OR (last_fence = $2 AND last_fence_owner = $3))"
 )
 _HOLD_COLS = (
     "h.id, h.order_id, h.owner, h.ledger_account_id, h.asset, h.amount, h.held_remaining,"
@@ -116,7 +122,8 @@ RESERVE_VIEW = (
     f"SELECT {_OPERATION_COLS},"
     " EXISTS (SELECT 1 FROM hold_tombstones t WHERE t.order_id = $2) AS tombstoned,"
     " EXISTS (SELECT 1 FROM holds h WHERE h.order_id = $2) AS has_hold,"
-    f" c.account_id IS NOT NULL AS customer_exists, c.last_fence AS customer_fence, {_ROW_COLS}"
+    " c.account_id IS NOT NULL AS customer_exists, c.last_fence AS customer_fence,"
+    f" c.last_fence_owner AS customer_fence_owner, {_ROW_COLS}"
     " FROM (SELECT 1) AS one"
     " LEFT JOIN ledger_operations o ON o.key = $1 AND o.operation = 'reserve'"
     " LEFT JOIN customers c ON c.account_id = $3"
@@ -166,6 +173,14 @@ CAS_ERROR_POSITION = (
 
 class Conflict(Exception):
     """A compare-and-set lost a race: roll back and run the whole transaction again."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A lock's fencing token and the order that carries it (the lock's owner, the order key)."""
+
+    token: int
+    owner: str
 
 
 def application_error(exc: Refused) -> ApplicationError:
@@ -227,15 +242,18 @@ async def rows(conn: asyncpg.Connection, *wanted: tuple[str, str]) -> list[Row]:
 
 
 async def fenced_cas(
-    conn: asyncpg.Connection, row: Row, available: Decimal, held: Decimal, fence: int
+    conn: asyncpg.Connection, row: Row, available: Decimal, held: Decimal, fence: Fence
 ) -> None:
-    """Write one row if its version is the one read and no newer fence has written it: a writer
-    whose lock expired is refused by the database (StaleFence), a lost race reruns (Conflict)."""
-    status = await conn.execute(CAS_ROW_FENCED, row.id, available, held, row.version, fence)
+    """Write one row if its version is the one read and no newer fence (nor the same fence from
+    another order) has written it: a writer whose lock expired, or who was handed a fence twice,
+    is refused by the database (StaleFence), a lost race reruns (Conflict)."""
+    status = await conn.execute(
+        CAS_ROW_FENCED, row.id, available, held, row.version, fence.token, fence.owner
+    )
     if status != "UPDATE 1":
-        seen = await conn.fetchval(SELECT_ROW_FENCE, row.id)
-        if seen > fence:
-            raise stale_fence(row.owner, fence, seen)
+        seen = await conn.fetchrow(SELECT_ROW_FENCE, row.id)
+        if fence_is_stale(fence.token, fence.owner, seen["last_fence"], seen["last_fence_owner"]):
+            raise stale_fence(row.owner, fence.token, seen["last_fence"])
         raise Conflict
 
 
@@ -262,7 +280,7 @@ async def apply(
     key: str,
     code: str,
     order_id: str | None,
-    fence: int | None = None,
+    fence: Fence | None = None,
 ) -> int | None:
     """CAS every touched row (in id order), then journal the moves as one entry; the entry's
     id, or None if there were no moves."""

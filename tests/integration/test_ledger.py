@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +36,9 @@ from tests.support.ledger import LedgerUnderTest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 T = TypeVar("T")
+# Fences as the lock hands them out: each reserve carries a greater one than every earlier one (an
+# equal fence is accepted only from the order that wrote it).
+FENCES = itertools.count(1)
 
 
 @asynccontextmanager
@@ -77,13 +81,15 @@ def uuid4() -> str:
     return str(uuid.uuid4())
 
 
-def buy(account: str, order_id: str, amount: str, fence: int = 1, **kw: object) -> ReserveInput:
+def buy(
+    account: str, order_id: str, amount: str, fence: int | None = None, **kw: object
+) -> ReserveInput:
     return ReserveInput(
         account_id=account,
         order_key=order_id,
         asset="USD",
         amount=D(amount),
-        fence=fence,
+        fence=next(FENCES) if fence is None else fence,
         idempotency_key=f"{order_id}:reserve",
         side="buy",
         symbol="AAPL",
@@ -98,12 +104,13 @@ async def refused(call: Awaitable[object]) -> ApplicationError:
 
 
 async def retried(call: Callable[[], Awaitable[T]]) -> T:
-    """Retry as Temporal would: only the retryable LedgerConflict."""
+    """Retry as Temporal and the saga would: the retryable LedgerConflict, and a StaleFence by
+    locking again (``call`` builds its input anew, so ``buy`` draws a greater fence)."""
     while True:
         try:
             return await call()
         except ApplicationError as exc:
-            if exc.type != errors.LEDGER_CONFLICT:
+            if exc.type not in (errors.LEDGER_CONFLICT, errors.STALE_FENCE):
                 raise
 
 
@@ -153,9 +160,13 @@ async def test_conflicts_running_out_raise_retryable_conflict(ledger_pool: async
     failures = [r for r in results if isinstance(r, BaseException)]
     assert failures, "20 racers with one attempt each should conflict"
     for exc in failures:
+        # a racer that read after a greater fence landed is told to lock again (StaleFence)
         assert isinstance(exc, ApplicationError)
-        assert exc.type == errors.LEDGER_CONFLICT and not exc.non_retryable
-        assert exc.category == ApplicationErrorCategory.BENIGN
+        assert exc.type in (errors.LEDGER_CONFLICT, errors.STALE_FENCE)
+        assert exc.non_retryable == (exc.type == errors.STALE_FENCE)
+        if exc.type == errors.LEDGER_CONFLICT:
+            assert exc.category == ApplicationErrorCategory.BENIGN
+    assert any(exc.type == errors.LEDGER_CONFLICT for exc in failures)  # type: ignore[union-attr]
     assert (await usd(ledger, account))[1] == D(20 - len(failures))
 
 
@@ -197,6 +208,77 @@ async def test_reserve_retry_with_newer_fence_returns_first_result(
     again = await ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=9))
     assert again == first
     assert await usd(ledger, account) == (D("90.00"), D("10.00"))
+
+
+async def test_an_equal_fence_is_refused_from_another_order(ledger: LedgerUnderTest) -> None:
+    account = await open_funded(ledger, "100.00")
+    first = await ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=7))
+    # The lock's counter went back and handed fence 7 to a second order as well.
+    exc = await refused(ledger.reserve_funds(buy(account, f"{account}/b", "20.00", fence=7)))
+    assert exc.type == errors.STALE_FENCE and exc.non_retryable
+    assert exc.details == ({"fence": 7, "last_fence": 7},)  # what the saga passes as floor
+    assert await usd(ledger, account) == (D("90.00"), D("10.00"))
+    assert await ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=7)) == first
+    await ledger.reserve_funds(buy(account, f"{account}/b", "20.00", fence=8))
+    assert await usd(ledger, account) == (D("70.00"), D("30.00"))
+
+
+async def plant_fence(
+    pool: asyncpg.Pool, account: str, fence: int, owner: str | None, *, customer: bool = True
+) -> None:
+    """Set the newest fence the ledger has seen, and who wrote it, on the USD row (and the
+    customer): the state a reserve of ``owner`` under ``fence`` leaves behind."""
+    await pool.execute(
+        "UPDATE ledger_accounts SET last_fence = $2, last_fence_owner = $3"
+        " WHERE owner = $1 AND asset = 'USD'",
+        account,
+        fence,
+        owner,
+    )
+    if customer:
+        await pool.execute(
+            "UPDATE customers SET last_fence = $2, last_fence_owner = $3 WHERE account_id = $1",
+            account,
+            fence,
+            owner,
+        )
+
+
+async def test_an_equal_fence_from_the_order_that_wrote_it_is_accepted(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    account = await open_funded(ledger, "100.00")
+    await plant_fence(ledger_pool, account, 7, f"{account}/a")
+    exc = await refused(ledger.reserve_funds(buy(account, f"{account}/b", "20.00", fence=7)))
+    assert exc.type == errors.STALE_FENCE
+    await ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=7))
+    assert await usd(ledger, account) == (D("90.00"), D("10.00"))
+
+
+async def test_the_rows_compare_and_set_refuses_an_equal_fence_from_another_order(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    # Only the row has seen fence 7 (from order x): the customer check passes, the row's fenced
+    # compare-and-set refuses, and the customer's advance rolls back with it.
+    account = await open_funded(ledger, "100.00")
+    await plant_fence(ledger_pool, account, 7, f"{account}/x", customer=False)
+    exc = await refused(ledger.reserve_funds(buy(account, f"{account}/b", "20.00", fence=7)))
+    assert exc.type == errors.STALE_FENCE and exc.details == ({"fence": 7, "last_fence": 7},)
+    fence = await ledger_pool.fetchval(
+        "SELECT last_fence FROM customers WHERE account_id = $1", account
+    )
+    assert fence == 0
+    assert await usd(ledger, account) == (D("100.00"), D("0.00"))
+
+
+async def test_a_fence_recorded_before_owners_were_is_not_reused(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    account = await open_funded(ledger, "100.00")
+    await plant_fence(ledger_pool, account, 7, None)  # written before migration 0004
+    exc = await refused(ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=7)))
+    assert exc.type == errors.STALE_FENCE
+    await ledger.reserve_funds(buy(account, f"{account}/a", "10.00", fence=8))
 
 
 # ------------------------------------------------------------------ refusals
@@ -630,7 +712,7 @@ def sell(account: str, order: str, qty: str, limit: str = "") -> ReserveInput:
         order_key=order,
         asset="AAPL",
         amount=D(qty),
-        fence=1,
+        fence=next(FENCES),
         idempotency_key=f"{order}:reserve",
         side="sell",
         symbol="AAPL",

@@ -75,6 +75,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.balance = {"USD": [D(0), D(0)], SYMBOL: [D(0), D(0)]}  # [available, held]
         self.holds: dict[str, ModelHold] = {}
         self.last_deposit: DepositInput | None = None
+        self.fence = 0  # the lock's counter: each reserve carries a greater fence
 
     async def _pool(self) -> asyncpg.Pool:
         # made inside the loop: asyncpg binds a pool to the event loop current at creation
@@ -121,12 +122,13 @@ class LedgerMachine(RuleBasedStateMachine):
     def reserve(self, side: str, cash: D, shares: D) -> None:
         asset, amount = ("USD", cash) if side == "buy" else (SYMBOL, shares)
         order_id = f"{self.account}/{uuid.uuid4().hex[:8]}"
+        self.fence += 1
         inp = ReserveInput(
             account_id=self.account,
             order_key=order_id,
             asset=asset,
             amount=amount,
-            fence=1,
+            fence=self.fence,
             idempotency_key=f"{order_id}:reserve",
             side=side,  # type: ignore[arg-type]
             symbol=SYMBOL,

@@ -17,6 +17,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.lock import (
     AccountLock,
     AcquireLockInput,
+    AcquireLockResult,
     LockActivities,
     ReleaseLockInput,
 )
@@ -180,6 +181,66 @@ async def test_missing_counter_is_seeded_above_the_floor(
     floor.value = 5
     got = await lock.acquire(account, "order-3", ttl_ms=5_000, wait_ms=0)
     assert got is not None and got.fence == 101
+
+
+# --- a counter that went back: the ledger's newest fence as the floor ----------------------------
+
+
+async def acquire_above(
+    lock: AccountLock, account: str, owner: str, floor: int
+) -> AcquireLockResult:
+    """One acquire as the saga makes it after a StaleFence answer: through the activity."""
+    return await ActivityEnvironment().run(
+        LockActivities(lock).acquire_lock,
+        AcquireLockInput(account_id=account, owner=owner, ttl_ms=5_000, wait_ms=0, floor=floor),
+    )
+
+
+async def test_a_floor_lifts_a_rolled_back_counter(
+    lock: AccountLock, floor: FakeFloor, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    account = new_account()
+    await redis_client.set(redis_keys.fence(account), 3)  # went back: the ledger has seen 50
+    got = await acquire_above(lock, account, "order-1", floor=50)
+    assert (got.fence, got.reacquired) == (51, False)
+    assert int(await redis_client.get(redis_keys.fence(account))) == 51  # raised, not just used
+    assert floor.calls == []  # the counter is there: the ledger is not asked
+    await lock.release(account, "order-1")
+
+    # The next holder without a floor continues above it; a floor below the counter is a no-op.
+    got = await acquire_above(lock, account, "order-2", floor=7)
+    assert got.fence == 52
+
+
+async def test_a_missing_counter_is_seeded_above_both_floors(
+    lock: AccountLock, floor: FakeFloor
+) -> None:
+    floor.value = 5  # what the ledger's max_fence says; the caller's floor is newer
+    account = new_account()
+    got = await acquire_above(lock, account, "order-1", floor=41)
+    assert got.fence == 42 and floor.calls == [account]
+
+    floor.value = 60  # and the other way round
+    other = new_account()
+    got = await acquire_above(lock, other, "order-1", floor=41)
+    assert got.fence == 61
+
+
+async def test_our_own_lock_not_above_the_floor_takes_a_new_fence(lock: AccountLock) -> None:
+    account = new_account()
+    first = await lock.acquire(account, "order-1", ttl_ms=5_000, wait_ms=0)
+    assert first is not None
+    # The ledger refused first.fence (another order was handed it too): the same owner asking
+    # again above it must not get it back, though it still holds the lock.
+    renewed = await acquire_above(lock, account, "order-1", floor=first.fence)
+    assert renewed.fence > first.fence and not renewed.reacquired
+    holder = await lock.holder(account)
+    assert holder is not None and (holder.owner, holder.fence) == ("order-1", renewed.fence)
+    # A retry of that acquire (its answer lost) finds the new fence, as any re-acquire does.
+    retried = await acquire_above(lock, account, "order-1", floor=first.fence)
+    assert (retried.fence, retried.reacquired) == (renewed.fence, True)
+    # Another owner is still kept out whatever its floor.
+    assert await lock.acquire(account, "order-2", ttl_ms=5_000, wait_ms=0, floor=999) is None
 
 
 # --- activities ------------------------------------------------------------------------------

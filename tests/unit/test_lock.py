@@ -44,3 +44,8 @@ async def test_acquire_refuses_non_positive_ttl(lock: AccountLock, ttl: int) -> 
 async def test_acquire_refuses_an_empty_owner(lock: AccountLock) -> None:
     with pytest.raises(ValueError, match="owner"):
         await lock.acquire("acct-1", "", 1_000, 0)
+
+
+async def test_acquire_refuses_a_negative_floor(lock: AccountLock) -> None:
+    with pytest.raises(ValueError, match="floor"):
+        await lock.try_acquire("acct-1", "order-1", 1_000, floor=-1)

@@ -71,7 +71,8 @@ class Book:
 def reserved(book: Book, side: str, value: D, symbol: str = "AAPL") -> Hold:
     asset = "USD" if side == "buy" else symbol
     book.apply(rules.reserve(book.row(ACCOUNT, asset), account_id=ACCOUNT, asset=asset,
-                             value=value, fence=1, customer_fence=0))  # fmt: skip
+                             value=value, fence=1, order_key=KEY, customer_fence=0,
+                             customer_fence_owner=None))  # fmt: skip
     return Hold(order_id=KEY, owner=ACCOUNT, asset=asset, held_remaining=value, side=side,
                 symbol=symbol)  # fmt: skip
 
@@ -117,7 +118,8 @@ def test_a_deposit_and_a_withdrawal_move_between_the_customer_and_external() -> 
 
 def test_a_reserve_is_refused_for_a_stale_fence_before_insufficient_funds() -> None:
     row = Row(1, ACCOUNT, "customer", "USD", D(10), D(0), 3, 5)
-    kw = {"account_id": ACCOUNT, "asset": "USD", "value": D(20)}
+    kw = {"account_id": ACCOUNT, "asset": "USD", "value": D(20), "order_key": KEY,
+          "customer_fence_owner": KEY}  # fmt: skip
     assert refusal(rules.reserve, row, fence=4, customer_fence=5, **kw).error_type == (
         errors.STALE_FENCE
     )
@@ -133,6 +135,24 @@ def test_a_reserve_is_refused_for_a_stale_fence_before_insufficient_funds() -> N
     )
     moves = rules.reserve(row, fence=5, customer_fence=5, **small)
     assert [(m.bucket, m.amount) for m in moves] == [("available", D(-4)), ("held", D(4))]
+
+
+def test_an_equal_fence_is_accepted_only_from_the_order_that_wrote_it() -> None:
+    """Two orders holding one fence means the lock's counter went back: the second is refused
+    with the fence the ledger has seen, which the saga passes to the lock as its floor."""
+    row = Row(1, ACCOUNT, "customer", "USD", D(10), D(0), 3, 5)
+    kw = {"account_id": ACCOUNT, "asset": "USD", "value": D(4), "fence": 5, "customer_fence": 5}
+    moves = rules.reserve(row, order_key=KEY, customer_fence_owner=KEY, **kw)  # its own retry
+    assert [(m.bucket, m.amount) for m in moves] == [("available", D(-4)), ("held", D(4))]
+    other = refusal(rules.reserve, row, order_key=f"{ACCOUNT}/o-2", customer_fence_owner=KEY, **kw)
+    assert other.error_type == errors.STALE_FENCE
+    assert other.details == ({"fence": 5, "last_fence": 5},)
+    # A fence recorded before owners were (NULL): equal is refused from everyone.
+    legacy = refusal(rules.reserve, row, order_key=KEY, customer_fence_owner=None, **kw)
+    assert legacy.error_type == errors.STALE_FENCE
+    # A greater fence needs no owner match.
+    assert rules.reserve(row, **{**kw, "fence": 6}, order_key=f"{ACCOUNT}/o-2",
+                         customer_fence_owner=KEY)  # fmt: skip
 
 
 def test_a_buy_fill_pays_the_omnibus_and_the_fee_from_the_hold() -> None:

@@ -106,6 +106,7 @@ class World:
         reserve_delay_s: float = 0.0,
         submit_delay_s: float = 0.0,
         lock_busy: bool = False,
+        stale_fence_seen: int = 0,
     ) -> None:
         self.broker_script = broker_script
         self.submit_fails = submit_fails
@@ -113,6 +114,9 @@ class World:
         self.submit_delay_s = submit_delay_s
         self.lock_busy = lock_busy
         self.lock_waits: list[int] = []
+        self.stale_fence_seen = stale_fence_seen  # the first reserve is refused: StaleFence
+        self.lock_floors: list[int] = []
+        self.reserve_fences: list[int] = []
         self.reserved = asyncio.Event()
         self.submitting = asyncio.Event()
         self.canceled_at_broker = False
@@ -131,9 +135,10 @@ class World:
         @activity.defn(name="acquire_lock")
         async def acquire_lock(inp: AcquireLockInput) -> AcquireLockResult:
             world.lock_waits.append(inp.wait_ms)
+            world.lock_floors.append(inp.floor)
             if world.lock_busy and inp.wait_ms == 0:
                 raise ApplicationError("busy", type=errors.LOCK_NOT_ACQUIRED)
-            return AcquireLockResult(fence=1, reacquired=False)
+            return AcquireLockResult(fence=inp.floor + 1, reacquired=False)
 
         @activity.defn(name="release_lock")
         async def release_lock(inp: ReleaseLockInput) -> ReleaseLockResult:
@@ -141,6 +146,14 @@ class World:
 
         @activity.defn(name="reserve_funds")
         async def reserve_funds(inp: ReserveInput) -> ReserveResult:
+            world.reserve_fences.append(inp.fence)
+            if world.stale_fence_seen and len(world.reserve_fences) == 1:
+                raise ApplicationError(
+                    "stale fencing token",
+                    {"fence": inp.fence, "last_fence": world.stale_fence_seen},
+                    type=errors.STALE_FENCE,
+                    non_retryable=True,
+                )
             world.reserved.set()
             await asyncio.sleep(world.reserve_delay_s)  # no heartbeat: cannot see a cancel
             return ReserveResult(
@@ -385,6 +398,21 @@ async def test_a_free_lock_is_taken_by_the_local_try_alone(
     final = await run_order(skipping_env, world, SagaConfig(fill_poll_interval_s=60))
 
     assert world.lock_waits == [0]
+    assert final.status == OrderStatus.SETTLED
+
+
+async def test_a_stale_fence_answer_is_the_next_acquires_floor(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    # The ledger has seen fence 41 (the lock's counter went back): the saga locks again above it.
+    world = World(
+        broker_script=[broker_order("filled", "2")], submit_fails=False, stale_fence_seen=41
+    )
+
+    final = await run_order(skipping_env, world, SagaConfig(fill_poll_interval_s=60))
+
+    assert world.lock_floors == [0, 41]
+    assert world.reserve_fences == [1, 42]
     assert final.status == OrderStatus.SETTLED
 
 
