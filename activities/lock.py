@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from core import errors
 from core.keys import RedisKeys
@@ -241,6 +241,7 @@ class LockActivities:
             raise ApplicationError(
                 f"account {data.account_id} is locked by another order (waited {data.wait_ms} ms)",
                 type=errors.LOCK_NOT_ACQUIRED,
+                category=ApplicationErrorCategory.BENIGN,  # busy: an expected retry
             )
         return AcquireLockResult(fence=got.fence, reacquired=got.reacquired)
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.testing import ActivityEnvironment
 
 from activities.lock import (
@@ -288,6 +288,7 @@ async def test_activity_busy_raises_retryable_lock_not_acquired(
         )
     assert info.value.type == errors.LOCK_NOT_ACQUIRED
     assert not info.value.non_retryable
+    assert info.value.category == ApplicationErrorCategory.BENIGN
 
 
 # --- a Redis restart that loses the counter ----------------------------------------------------
