@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga_base import (
         BROKER_ASK_RETRY,
         BROKER_SUBMIT_RETRY,
+        SIGNALS_BEFORE_GIVE_UP_PATCH,
         SagaBase,
         error_message,
         error_type,
@@ -79,9 +80,13 @@ class FollowBroker(SagaBase):
     async def _find_after_unknown(self) -> bool:
         """After an unknown submit outcome: does the broker have the order?
 
-        It is voided only once it has stayed absent longer than any request can remain in flight.
+        It is voided only once it has stayed absent longer than any request can remain in flight,
+        and the signals that arrived meanwhile are read first: one that says the broker has the
+        order (its lookup lagging behind its events) buys one more grace period of asking. Only
+        one: a signal is anyone's word and must not keep the customer's money held for ever.
         """
         gave_up_at = workflow.now()
+        extended = False
         while True:
             view = await self._ask_broker()
             if view.order is not None:  # open or terminal: the broker has it
@@ -89,6 +94,14 @@ class FollowBroker(SagaBase):
                 return True
             waited = (workflow.now() - gave_up_at).total_seconds()
             if waited >= self._cfg.absent_grace_s:
+                if (
+                    not extended
+                    and any(r.source == "event" for r in self._reports)
+                    and workflow.patched(SIGNALS_BEFORE_GIVE_UP_PATCH)
+                ):
+                    extended, gave_up_at = True, workflow.now()
+                    self._note("a signal says the broker has the order; asking a while longer")
+                    continue
                 reason = "the broker never received the order"
                 await self._void(reason)
                 ended = (

@@ -55,6 +55,8 @@ WORKER_SETTINGS_PATCH = "worker-settings-v1"
 # failing when a step past the pivot cannot go on.
 TRUST_BOUNDARY_PATCH = "trust-boundary-v1"
 ORDER_NOT_PARKED = "OrderNotParked"
+# Runs from this version on read the signals that arrived before giving an unknown submit up.
+SIGNALS_BEFORE_GIVE_UP_PATCH = "signals-before-give-up-v1"
 
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),

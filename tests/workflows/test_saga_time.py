@@ -54,7 +54,7 @@ from core.settings import SagaConfig
 from core.statuses import OrderStatus
 from tests.support.saga import SEARCH_ATTRIBUTES, temporal_binary
 from tests.workflows.planted import PlantedBugOrderWorkflow
-from workflows.models import OrderInput, OrderRequest, OrderState
+from workflows.models import BrokerReport, OrderInput, OrderRequest, OrderState
 from workflows.order import OrderWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -436,3 +436,21 @@ async def test_a_bug_retries_the_workflow_task_and_moves_no_money(
         assert desc.status is not None and desc.status.name == "RUNNING"
         assert world.voided_at == []
         await handle.terminate("test over")
+
+
+async def test_a_signal_that_the_broker_has_the_order_defers_giving_it_up_once(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    """The lookup by client id keeps saying absent while an event says the order exists: the
+    saga asks for one more grace period before it voids, and no more."""
+    world = World(broker_script=[None], submit_fails=True)
+    config = SagaConfig(absent_grace_s=DAY, fill_poll_interval_s=6 * 3600)
+    async with started(skipping_env, world, config) as handle:
+        event = BrokerReport(source="event", broker_order_id="b-1", status="new")
+        await handle.signal(OrderWorkflow.broker_update, event)
+        final: OrderState = await handle.result()
+    assert final.status == OrderStatus.REJECTED
+    notes = [e.event for e in final.timeline]
+    assert any("asking a while longer" in n for n in notes), notes
+    [released] = [e.at for e in final.timeline if e.event.startswith("released")]
+    assert (released - world.asked_at[0]).total_seconds() >= 2 * DAY
