@@ -54,6 +54,11 @@ PENDING_KINDS: dict[str, str] = {
     # A fence counter set back makes every reserve on the account stale until the lock gives
     # up: branch fence-floor seeds the counter from the ledger's floor.
     "fence_rollback": "fence-floor",
+    # workflows/models.validate_request lets qty or limit price 1e-1000030 through (normalize()
+    # underflows to 0, so the decimals check passes); the reserve is then refused as
+    # InvalidAmount and the workflow FAILS. A limit price of 1E+999999999 raises
+    # decimal.Overflow. Branch strict-input bounds them (core/money.parse_bounded).
+    "extreme_decimals": "strict-input",
 }
 # Values no amount or price may take: each must be refused by the SDK with a one-line UserError.
 EXTREME_VALUES = (
@@ -102,7 +107,8 @@ class HostileLog:
     counts: Counter[str] = field(default_factory=Counter)
     findings: list[str] = field(default_factory=list)
     caller_orders: list[str] = field(default_factory=list)
-    order_keys: list[str] = field(default_factory=list)  # every order these faults placed
+    # Every order these faults placed (extreme-decimal placements must never start one).
+    order_keys: list[str] = field(default_factory=list)
 
 
 class Hostile:
@@ -157,6 +163,10 @@ class Hostile:
     async def _forged_signal(self, window_s: float) -> None:
         """Reports of source "event" straight to open orders' workflows: never booked."""
         rows = await self._open_orders(4)
+        deadline = time.monotonic() + 10
+        while not rows and time.monotonic() < deadline:  # none open this moment: wait for one
+            await asyncio.sleep(0.5)
+            rows = await self._open_orders(4)
         for i, row in enumerate(rows):
             report = self._forgery(i, row)
             handle = self.temporal.get_workflow_handle(
@@ -355,7 +365,6 @@ class Hostile:
                     account_id=acct, symbol="AAPL", side="sell", qty=value, order_id=order_id
                 ),
             )
-            self.log.order_keys.append(f"{acct}/{order_id}")
             order_id = self._next_id("x")
             await self._expect_refusal(
                 f"limit price {value}",
@@ -369,7 +378,6 @@ class Hostile:
                     order_id=order_id,
                 ),
             )
-            self.log.order_keys.append(f"{acct}/{order_id}")
             await self._expect_refusal(f"deposit {value}", self.oc.deposit(acct, value))
             await self._expect_refusal(
                 f"share deposit {value}", self.oc.deposit(acct, value, asset="AAPL")
