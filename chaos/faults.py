@@ -3,7 +3,9 @@
 Faults run one at a time, in schedule order: a broker fault is a window (set on the simulator
 through PUT /admin/faults, cleared after), a process fault is a SIGKILL followed by a restart,
 a store fault is a restart or a sweep of pg_terminate_backend. Short lock TTLs are a window in
-which new orders carry a lock TTL shorter than their reserve takes.
+which new orders carry a lock TTL shorter than their reserve takes. Hostile faults (lies sent
+through the parts an attacker reaches: forged signals, poison events, bad quotes, the caller's
+settings, absurd numbers) are played by chaos/hostile.py.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 import aiohttp
 
+from chaos.hostile import HOSTILE_KINDS, PENDING_KINDS, Hostile
 from chaos.stack import ChaosStack
+from chaos.workload import SYMBOLS
 
 LATE_LOST_MS = 45_000
 
@@ -68,7 +72,10 @@ FAULT_KINDS: tuple[str, ...] = (
     *PROCESS_FAULTS,
     *RESTART_FAULTS,
     *OTHER_FAULTS,
+    *HOSTILE_KINDS,
 )
+# What ``all`` means: every kind but those waiting for a fix on another branch (PENDING_KINDS).
+DEFAULT_KINDS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k not in PENDING_KINDS)
 
 
 @dataclass(frozen=True)
@@ -79,9 +86,10 @@ class FaultEvent:
 
 
 def parse_kinds(text: str | None) -> list[str]:
-    """``all`` (or nothing) means every kind; else a comma list of :data:`FAULT_KINDS`."""
+    """``all`` (or nothing) means :data:`DEFAULT_KINDS`; else a comma list of
+    :data:`FAULT_KINDS` (pending kinds run only when named)."""
     if not text or text.strip() == "all":
-        return list(FAULT_KINDS)
+        return list(DEFAULT_KINDS)
     if text.strip() == "none":
         return []
     kinds = [k.strip() for k in text.split(",") if k.strip()]
@@ -122,10 +130,18 @@ class FaultLog:
 
 
 class Injector:
-    """Plays a schedule against the stack; ``short_lock_ttl`` flips ``lock_ttl_short``."""
+    """Plays a schedule against the stack; ``short_lock_ttl`` flips ``lock_ttl_short``; hostile
+    kinds go to ``hostile``."""
 
-    def __init__(self, stack: ChaosStack, session: aiohttp.ClientSession, broker_url: str) -> None:
+    def __init__(
+        self,
+        stack: ChaosStack,
+        session: aiohttp.ClientSession,
+        broker_url: str,
+        hostile: Hostile | None = None,
+    ) -> None:
         self.stack = stack
+        self.hostile = hostile
         self.session = session
         self.broker_url = broker_url
         self.log = FaultLog()
@@ -173,6 +189,10 @@ class Injector:
             await self._retrying(lambda: self.stack.restart(RESTART_FAULTS[kind]))
         elif kind == "pg_terminate":
             await self.stack.terminate_pg_backends()
+        elif kind in HOSTILE_KINDS:
+            if self.hostile is None:
+                raise RuntimeError("no hostile injector for a hostile fault")
+            await self.hostile.inject(kind, window)
         elif kind == "short_lock_ttl":
             self.lock_ttl_short = True
             await asyncio.sleep(window)
@@ -200,3 +220,9 @@ class Injector:
             if self.stack.pid_of(name) is None:
                 await self._retrying(lambda n=name: self.stack.restart(n))  # type: ignore[misc]
         await self._retrying(lambda: self._broker_faults(CLEAR))
+        clear_quotes = dict.fromkeys(SYMBOLS)  # a quote fault cut short leaves its override
+        await self._retrying(lambda: self._admin("PUT", "/admin/quote_overrides", clear_quotes))
+
+    async def _admin(self, method: str, path: str, body: object) -> None:
+        async with self.session.request(method, self.broker_url + path, json=body) as resp:
+            resp.raise_for_status()

@@ -21,7 +21,8 @@ from temporalio.client import Client
 
 from activities.broker import BrokerActivities, ListBrokerOrdersInput
 from chaos.faults import Injector, build_schedule, parse_kinds
-from chaos.invariants import check_invariants
+from chaos.hostile import Hostile
+from chaos.invariants import FAILED_ORDER_WORKFLOWS, check_invariants
 from chaos.report import ChaosReport, Progress
 from chaos.stack import ChaosStack, chaos_settings
 from chaos.workload import (
@@ -35,7 +36,7 @@ from chaos.workload import (
 from core.broker_client import BrokerClient, BrokerOrder
 from core.keys import RedisKeys
 from core.settings import Settings
-from core.statuses import TERMINAL_STATUS_NAMES
+from core.statuses import TERMINAL_STATUS_NAMES, OrderStatus
 from core.temporal import connect
 from ordersaga.client import OrderClient
 from ordersaga.schedules import run_reconcile_now
@@ -93,15 +94,19 @@ class _Run:
         prices = await self._prices()
         accounts = await open_accounts(oc, opts.seed, opts.accounts)
         plan = plan_orders(opts.seed, opts.orders, accounts, prices)
-        injector = Injector(self.stack, self.session, s.broker_url)
+        hostile = Hostile(temporal, pool, self.session, s, opts.seed, self._listener_up)
+        await hostile.setup()
+        injector = Injector(self.stack, self.session, s.broker_url, hostile)
         clients = Clients(oc, short, lambda: injector.lock_ttl_short, opts.concurrency)
         started = time.monotonic()
         await self._place(plan, clients, injector, started)
-        await self._settle(pool, plan, started)
+        self._hostile_report(hostile)
+        keys = [p.request.key for p in plan] + hostile.log.order_keys
+        await self._settle(pool, keys, started)
         # Requests held late by the broker must have executed before the reconciler looks.
         await asyncio.sleep(max(0.0, injector.late_until - time.monotonic()))
         await self._reconcile(temporal)
-        await self._check(pool, plan)
+        await self._check(pool, temporal, plan, hostile)
         self.report.total_s = round(time.monotonic() - started, 1)
 
     async def _prices(self) -> dict[str, Decimal]:
@@ -160,16 +165,24 @@ class _Run:
         self.report.client_errors = t.place_errors
         self.report.throughput_orders_per_s = round(t.placed / max(self.report.placing_s, 0.1), 2)
 
+    def _listener_up(self) -> bool:
+        return self.stack.pid_of("broker-listener") is not None
+
+    def _hostile_report(self, hostile: Hostile) -> None:
+        self.report.hostile = dict(sorted(hostile.log.counts.items()))
+        self.report.hostile["orders_placed"] = len(hostile.log.order_keys)
+        self.report.hostile_findings = list(hostile.log.findings)
+
     async def _tick(self, done: Callable[[], int], total: int, injector: Injector) -> None:
         while True:
             faults = sum(injector.log.counts.values())
             self.progress.show("placing", done(), total, f"faults {faults}")
             await asyncio.sleep(1)
 
-    async def _settle(self, pool: asyncpg.Pool, plan: list[PlannedOrder], started: float) -> None:
-        """Wait until every order is terminal; day orders resting at the broker expire at its
-        close (the clock is advanced a day at a time), as only the broker expires orders."""
-        keys = [p.request.key for p in plan]
+    async def _settle(self, pool: asyncpg.Pool, keys: list[str], started: float) -> None:
+        """Wait until every order is terminal or parked (a parked order waits for an operator:
+        the invariants report it); day orders resting at the broker expire at its close (the
+        clock is advanced a day at a time), as only the broker expires orders."""
         deadline = time.monotonic() + self.opts.settle_timeout_s
         settle_started = time.monotonic()
         last_advance = time.monotonic()
@@ -196,7 +209,7 @@ class _Run:
                     "SELECT count(*) FROM orders WHERE account_id || '/' || order_id ="
                     " ANY($1::text[]) AND status <> ALL($2::text[])",
                     keys,
-                    list(TERMINAL_STATUS_NAMES),
+                    [*TERMINAL_STATUS_NAMES, OrderStatus.NEEDS_ATTENTION.value],
                 )
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -223,13 +236,23 @@ class _Run:
             await asyncio.sleep(2)  # a cancel is asynchronous: let the broker finish it
         self.report.reconcile = totals
 
-    async def _check(self, pool: asyncpg.Pool, plan: list[PlannedOrder]) -> None:
+    async def _check(
+        self, pool: asyncpg.Pool, temporal: Client, plan: list[PlannedOrder], hostile: Hostile
+    ) -> None:
         broker_orders = await self._broker_orders()
         self.report.broker_orders = len(broker_orders)
         placed = {p.request.key for p in plan} - {
             e.split(":")[0] for e in self.report.client_errors
         }
-        self.report.invariants = await check_invariants(pool, broker_orders, placed)
+        failed = [wf.id async for wf in temporal.list_workflows(FAILED_ORDER_WORKFLOWS)]
+        self.report.invariants = await check_invariants(
+            pool,
+            broker_orders,
+            placed,
+            failed_workflows=failed,
+            caller_orders=set(hostile.log.caller_orders),
+            saga=self.settings.saga,
+        )
         self.report.late_orders = next(
             r.checked for r in self.report.invariants if r.name == "error_account_holds_late_fills"
         )

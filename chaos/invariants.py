@@ -16,7 +16,9 @@ from pydantic import BaseModel, Field
 from activities.ledger import check_ledger
 from core.broker_client import BrokerOrder
 from core.money import CASH_ASSET, round_cash
-from core.statuses import TERMINAL_STATUS_NAMES
+from core.settings import SagaSettings
+from core.statuses import TERMINAL_STATUS_NAMES, OrderStatus
+from workflows.pricing import cumulative_fee
 
 # Our terminal status -> the broker statuses it may stand beside (None: no broker order).
 AGREES: dict[str, set[str | None]] = {
@@ -34,7 +36,13 @@ INVARIANTS = (
     "status_agrees_with_broker",
     "error_account_holds_late_fills",
     "no_customer_charged_for_late_orders",
+    "no_fill_above_broker",
+    "no_order_workflow_failed",
+    "no_parked_order",
+    "caller_settings_ignored",
 )
+# Temporal visibility's list of order workflows that ended FAILED (invariant 8: never fail open).
+FAILED_ORDER_WORKFLOWS = "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Failed'"
 
 
 class InvariantResult(BaseModel):
@@ -45,8 +53,8 @@ class InvariantResult(BaseModel):
 
 
 _ORDERS = """
-SELECT o.account_id || '/' || o.order_id AS key, o.status, o.broker_order_id,
-       o.filled_qty, o.filled_notional,
+SELECT o.account_id || '/' || o.order_id AS key, o.status, o.reason, o.broker_order_id,
+       o.side, o.filled_qty, o.filled_notional, o.fees,
        h.posted_qty, h.posted_notional, h.status AS hold_status
 FROM orders o LEFT JOIN holds h ON h.order_id = o.account_id || '/' || o.order_id
 """
@@ -59,8 +67,17 @@ SELECT DISTINCT order_id FROM journal_entries WHERE code = 'post' AND order_id =
 
 
 async def check_invariants(
-    pool: asyncpg.Pool, broker_orders: list[BrokerOrder], placed_keys: AbstractSet[str]
+    pool: asyncpg.Pool,
+    broker_orders: list[BrokerOrder],
+    placed_keys: AbstractSet[str],
+    *,
+    failed_workflows: list[str] | None = None,
+    caller_orders: AbstractSet[str] = frozenset(),
+    saga: SagaSettings | None = None,
 ) -> list[InvariantResult]:
+    """Every invariant; ``failed_workflows`` are the ids Temporal lists under
+    :data:`FAILED_ORDER_WORKFLOWS`, ``caller_orders`` the orders started with the caller's own
+    settings, which must have run with the worker's ``saga`` settings."""
     ledger = await check_ledger(pool)
     async with pool.acquire() as conn:
         rows = {r["key"]: r for r in await conn.fetch(_ORDERS)}
@@ -93,6 +110,10 @@ async def check_invariants(
             checked=len(late),
             violations=[f"late order {r['order_id']} posted to a customer" for r in charged],
         ),
+        _no_fill_above_broker(rows, by_client),
+        _no_failed_workflows(failed_workflows or []),
+        _no_parked_order(rows),
+        _caller_settings_ignored(rows, by_client, caller_orders, saga or SagaSettings()),
     ]
     return results
 
@@ -179,4 +200,67 @@ def _error_account(late: list[BrokerOrder], balances: dict[str, Decimal]) -> Inv
             bad.append(f"$error {asset}: holds {have}, late orders account for {want}")
     return InvariantResult(
         name="error_account_holds_late_fills", ok=not bad, checked=len(late), violations=bad
+    )
+
+
+def _no_fill_above_broker(
+    rows: dict[str, asyncpg.Record], by_client: dict[str, list[BrokerOrder]]
+) -> InvariantResult:
+    """Order by order, what we booked (the hold's posted qty, the row's filled qty) is at most
+    what the broker filled: a forged report must never get booked, even in part."""
+    bad: list[str] = []
+    for key, row in rows.items():
+        broker_qty = sum((b.filled_qty for b in by_client.get(key, [])), Decimal(0))
+        posted = row["posted_qty"] or Decimal(0)
+        if posted > broker_qty or row["filled_qty"] > broker_qty:
+            bad.append(
+                f"{key}: posted {posted} (row says {row['filled_qty']}),"
+                f" the broker filled {broker_qty}"
+            )
+    return InvariantResult(
+        name="no_fill_above_broker", ok=not bad, checked=len(rows), violations=bad
+    )
+
+
+def _no_failed_workflows(failed: list[str]) -> InvariantResult:
+    return InvariantResult(
+        name="no_order_workflow_failed",
+        ok=not failed,
+        checked=1,
+        violations=[f"{wf}: workflow FAILED" for wf in failed],
+    )
+
+
+def _no_parked_order(rows: dict[str, asyncpg.Record]) -> InvariantResult:
+    """A parked order must say why; and none of the default fault kinds parks one, so at the
+    end of a run none is left parked."""
+    bad = [
+        f"{key}: parked " + (f"({row['reason']})" if row["reason"] else "WITHOUT A REASON")
+        for key, row in rows.items()
+        if row["status"] == OrderStatus.NEEDS_ATTENTION.value
+    ]
+    return InvariantResult(name="no_parked_order", ok=not bad, checked=len(rows), violations=bad)
+
+
+def _caller_settings_ignored(
+    rows: dict[str, asyncpg.Record],
+    by_client: dict[str, list[BrokerOrder]],
+    caller_orders: AbstractSet[str],
+    saga: SagaSettings,
+) -> InvariantResult:
+    """Orders started with the caller's own settings (no commission, its own broker queue)
+    reached the real broker and paid the worker's commission."""
+    bad: list[str] = []
+    for key in sorted(caller_orders):
+        row = rows.get(key)
+        if row is None:
+            bad.append(f"{key}: no orders row")
+            continue
+        if row["status"] in ("SETTLED", "CANCELED", "EXPIRED") and not by_client.get(key):
+            bad.append(f"{key}: {row['status']} but the broker never had it")
+        want = cumulative_fee(row["side"], row["filled_notional"], saga)
+        if row["fees"] != want:
+            bad.append(f"{key}: paid fees {row['fees']}, the worker's commission is {want}")
+    return InvariantResult(
+        name="caller_settings_ignored", ok=not bad, checked=len(caller_orders), violations=bad
     )

@@ -21,6 +21,10 @@ class ChaosReport(BaseModel):
     faults_by_kind: dict[str, int] = Field(default_factory=dict)
     fault_failures: list[str] = Field(default_factory=list)
     fault_timeline: list[str] = Field(default_factory=list)
+    # What the hostile faults did (signals sent, dead letters, refusals), and hostile input that
+    # got through where it must be refused (each one a violation).
+    hostile: dict[str, int] = Field(default_factory=dict)
+    hostile_findings: list[str] = Field(default_factory=list)
     invariants: list[InvariantResult] = Field(default_factory=list)
     client: dict[str, int] = Field(default_factory=dict)
     client_errors: list[str] = Field(default_factory=list)
@@ -36,6 +40,7 @@ class ChaosReport(BaseModel):
     def violations(self) -> list[str]:
         out = [f"{r.name}: {v}" for r in self.invariants for v in r.violations]
         out += [f"fault not injected: {f}" for f in self.fault_failures]
+        out += [f"hostile input got through: {f}" for f in self.hostile_findings]
         if self.error:
             out.append(self.error)
         return out
@@ -52,6 +57,7 @@ class ChaosReport(BaseModel):
             " reconcile: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reconcile.items())),
             "faults injected: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.faults_by_kind.items())),
+            "hostile: " + ", ".join(f"{k} {v}" for k, v in sorted(self.hostile.items())),
             "",
             "invariants:",
         ]
@@ -62,6 +68,7 @@ class ChaosReport(BaseModel):
             if len(r.violations) > 20:
                 lines.append(f"         ... {len(r.violations) - 20} more")
         lines += [f"  fault not injected: {f}" for f in self.fault_failures]
+        lines += [f"  hostile input got through: {f}" for f in self.hostile_findings[:20]]
         lines += [f"  client error: {e}" for e in self.client_errors[:20]]
         if self.error:
             lines.append(f"  error: {self.error}")

@@ -46,8 +46,8 @@ from activities.ledger import (
 )
 from activities.orders import OrderRow, OrderStore
 from core.db import create_pool
-from core.errors import UserError
-from core.money import parse_decimal
+from core.errors import NON_RETRYABLE_LEDGER, UserError
+from core.money import InvalidAmount, parse_decimal
 from core.orderkey import WORKFLOW_PREFIX, InvalidOrderKey, OrderKey
 from core.settings import Settings
 from core.statuses import OrderStatus
@@ -275,29 +275,45 @@ class OrderClient:
     async def deposit(
         self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
     ) -> TransferResult:
-        return await self._ledger.deposit(
-            DepositInput(
-                account_id=account_id,
-                amount=parse_decimal(amount),
-                asset=asset,
-                idempotency_key=key or f"deposit:{uuid.uuid4().hex}",
+        async with _ledger_refusals():
+            return await self._ledger.deposit(
+                DepositInput(
+                    account_id=account_id,
+                    amount=parse_decimal(amount),
+                    asset=asset,
+                    idempotency_key=key or f"deposit:{uuid.uuid4().hex}",
+                )
             )
-        )
 
     async def withdraw(
         self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
     ) -> TransferResult:
-        return await self._ledger.withdraw(
-            WithdrawInput(
-                account_id=account_id,
-                amount=parse_decimal(amount),
-                asset=asset,
-                idempotency_key=key or f"withdraw:{uuid.uuid4().hex}",
+        async with _ledger_refusals():
+            return await self._ledger.withdraw(
+                WithdrawInput(
+                    account_id=account_id,
+                    amount=parse_decimal(amount),
+                    asset=asset,
+                    idempotency_key=key or f"withdraw:{uuid.uuid4().hex}",
+                )
             )
-        )
 
     async def balance(self, account_id: str) -> AccountBalances:
         return await get_balances(self._pool, account_id)
+
+
+@contextlib.asynccontextmanager
+async def _ledger_refusals() -> AsyncIterator[None]:
+    """A refused amount or a ledger refusal (funds, unknown account, a key used for something
+    else) is the caller's to fix: a one-line UserError, as for orders."""
+    try:
+        yield
+    except InvalidAmount as exc:
+        raise UserError(str(exc)) from None
+    except ApplicationError as exc:
+        if exc.type not in NON_RETRYABLE_LEDGER:
+            raise
+        raise UserError(exc.message) from None
 
 
 def _quote(value: str) -> str:

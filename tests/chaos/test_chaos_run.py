@@ -1,6 +1,6 @@
-"""The short chaos run: about 200 orders under every fault kind, on the harness's own stack
-(embedded Postgres and Redis, own Temporal dev server, simulator, split workers, listener),
-must end with every invariant holding.
+"""The short chaos run: about 200 orders under every default fault kind, accidents and hostile
+input alike, on the harness's own stack (embedded Postgres and Redis, own Temporal dev server,
+simulator, split workers, listener), must end with every invariant holding.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from chaos.faults import FAULT_KINDS
+from chaos.faults import DEFAULT_KINDS
 from chaos.harness import ChaosOptions, run_chaos
 from chaos.report import Progress
 
@@ -26,10 +26,20 @@ async def test_short_chaos_run_has_no_violations() -> None:
 
     assert report.violations() == [], report.render()
     assert report.ok
-    assert set(report.faults_by_kind) == set(FAULT_KINDS), report.faults_by_kind
-    assert sum(report.orders_by_status.values()) == ORDERS, report.orders_by_status
+    assert set(report.faults_by_kind) == set(DEFAULT_KINDS), report.faults_by_kind
+    hostile = report.hostile
+    placed = ORDERS + hostile["orders_placed"]
+    assert sum(report.orders_by_status.values()) == placed, report.orders_by_status
     # The mix reached every ending: fills, cancels, expiries, refusals.
     assert {"SETTLED", "CANCELED", "REJECTED"} <= set(report.orders_by_status)
     # Orders lost to the broker's 45 s late window reached the reconciler and the error account.
     assert report.late_orders >= 1, report.render()
-    assert len(report.invariants) == 8 and all(r.ok for r in report.invariants)
+    assert len(report.invariants) == 12 and all(r.ok for r in report.invariants)
+    # The hostile kinds did something, and none of it got through (no finding, and the
+    # invariants above: no fill above the broker's, no workflow FAILED, none parked, the
+    # caller's settings ignored).
+    assert report.hostile_findings == []
+    assert hostile["signals_sent"] >= 1, hostile
+    assert hostile["dead_letters"] >= 7, hostile
+    assert hostile["refused_no_price"] >= 6, hostile
+    assert hostile["caller_orders_accepted"] >= 1, hostile

@@ -6,13 +6,18 @@ from decimal import Decimal
 from typing import Any
 
 from chaos.invariants import (
+    _caller_settings_ignored,
     _error_account,
     _every_order_terminal,
     _fills_match,
+    _no_failed_workflows,
+    _no_fill_above_broker,
+    _no_parked_order,
     _one_broker_order,
     _status_agrees,
 )
 from core.broker_client import BrokerOrder
+from core.settings import SagaSettings
 
 
 def broker(key: str, status: str, filled: str = "0", notional: str = "0", **kw: Any) -> BrokerOrder:
@@ -28,13 +33,23 @@ def broker(key: str, status: str, filled: str = "0", notional: str = "0", **kw: 
     )
 
 
-def row(status: str, filled: str = "0", notional: str = "0", broker_id: str | None = "b") -> dict:
+def row(
+    status: str,
+    filled: str = "0",
+    notional: str = "0",
+    broker_id: str | None = "b",
+    **kw: Any,
+) -> dict:
     d = Decimal(filled)
     return {
         "status": status,
+        "reason": kw.get("reason"),
         "broker_order_id": broker_id,
+        "side": kw.get("side", "buy"),
         "filled_qty": d,
-        "posted_qty": d,
+        "filled_notional": Decimal(notional),
+        "fees": Decimal(kw.get("fees", "0")),
+        "posted_qty": Decimal(kw.get("posted", filled)),
         "posted_notional": Decimal(notional),
     }
 
@@ -46,6 +61,9 @@ def test_clean_orders_pass_every_rule() -> None:
     assert _status_agrees(rows, by_client).ok
     assert _one_broker_order(by_client).ok
     assert _every_order_terminal(rows, {"a/1", "a/2"}).ok
+    assert _no_fill_above_broker(rows, by_client).ok
+    assert _no_parked_order(rows).ok
+    assert _no_failed_workflows([]).ok
 
 
 def test_a_fill_the_ledger_missed_is_found() -> None:
@@ -81,3 +99,42 @@ def test_error_account_must_hold_exactly_the_late_fills() -> None:
     assert not _error_account(late[:1], exact).ok
     still_open = [broker("x/3", "new")]
     assert not _error_account(still_open, {}).ok
+
+
+def test_a_booked_fill_above_the_brokers_is_found() -> None:
+    # A forged report booked: the hold posted 2 (the row says 1) where the broker filled 1.
+    rows = {"a/1": row("SETTLED", "1", "100", posted="2"), "a/2": row("CANCELED", "0.5")}
+    by_client = {"a/1": [broker("a/1", "filled", "1", "100")]}
+    result = _no_fill_above_broker(rows, by_client)
+    assert not result.ok and len(result.violations) == 2
+    assert "a/1: posted 2" in result.violations[0]
+    assert "a/2: posted 0.5" in result.violations[1]  # no broker order at all
+
+
+def test_a_failed_order_workflow_is_found() -> None:
+    result = _no_failed_workflows(["order/a/1"])
+    assert not result.ok and result.violations == ["order/a/1: workflow FAILED"]
+
+
+def test_a_parked_order_is_found_and_one_without_a_reason_is_named() -> None:
+    rows = {
+        "a/1": row("NEEDS_ATTENTION", reason="void_funds: IdempotencyMismatch"),
+        "a/2": row("NEEDS_ATTENTION"),
+        "a/3": row("SETTLED", "1", "10"),
+    }
+    result = _no_parked_order(rows)
+    assert not result.ok and len(result.violations) == 2
+    assert "IdempotencyMismatch" in result.violations[0]
+    assert "WITHOUT A REASON" in result.violations[1]
+
+
+def test_an_order_that_ran_with_the_callers_settings_is_found() -> None:
+    saga = SagaSettings()  # commission 0.25 %, at least 0.50
+    by_client = {"h/1": [broker("h/1", "filled", "1", "200")]}
+    paid = {"h/1": row("SETTLED", "1", "200", fees="0.50")}
+    assert _caller_settings_ignored(paid, by_client, {"h/1"}, saga).ok
+    free = {"h/1": row("SETTLED", "1", "200", fees="0")}
+    assert "fees 0" in _caller_settings_ignored(free, by_client, {"h/1"}, saga).violations[0]
+    # Settled on a queue of the caller's: the real broker never had it.
+    assert not _caller_settings_ignored(paid, {}, {"h/1"}, saga).ok
+    assert not _caller_settings_ignored({}, by_client, {"h/1"}, saga).ok

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.faults import FAULT_KINDS, build_schedule, parse_kinds
+from chaos.faults import DEFAULT_KINDS, FAULT_KINDS, build_schedule, parse_kinds
+from chaos.hostile import HOSTILE_KINDS, PENDING_KINDS
 
 
 def test_every_kind_is_scheduled_at_least_once_within_the_duration() -> None:
@@ -27,9 +28,17 @@ def test_a_longer_run_gets_more_faults() -> None:
 
 
 def test_parse_kinds() -> None:
-    assert parse_kinds("all") == list(FAULT_KINDS)
-    assert parse_kinds(None) == list(FAULT_KINDS)
+    assert parse_kinds("all") == list(DEFAULT_KINDS)
+    assert parse_kinds(None) == list(DEFAULT_KINDS)
     assert parse_kinds("none") == []
     assert parse_kinds("broker_5xx, kill_listener") == ["broker_5xx", "kill_listener"]
     with pytest.raises(ValueError, match="unknown fault kind"):
         parse_kinds("broker_5xx,meteor")
+
+
+def test_all_means_every_kind_but_the_pending_ones_which_run_when_named() -> None:
+    assert set(HOSTILE_KINDS) <= set(FAULT_KINDS)
+    assert set(DEFAULT_KINDS) == set(FAULT_KINDS) - set(PENDING_KINDS)
+    assert {"forged_signal", "poison_event", "caller_commission"} <= set(DEFAULT_KINDS)
+    for kind in PENDING_KINDS:
+        assert kind in FAULT_KINDS and parse_kinds(kind) == [kind]

@@ -1,4 +1,4 @@
-"""The SDK's deposits and withdrawals refuse bad amounts with a one-line UserError, and write
+"""The SDK's deposits and withdrawals refuse bad amounts with a one-line UserError and write
 nothing (the chaos harness's ``extreme_decimals`` kind does the same against a full stack)."""
 
 from __future__ import annotations
