@@ -43,3 +43,5 @@ async def test_short_chaos_run_has_no_violations() -> None:
     assert hostile["dead_letters"] >= 7, hostile
     assert hostile["refused_no_price"] >= 6, hostile
     assert hostile["caller_orders_accepted"] >= 1, hostile
+    assert hostile["colliding_deposits_accepted"] >= 1, hostile
+    assert hostile["fence_steps_back"] >= 1, hostile
