@@ -10,6 +10,13 @@ Rounding (documented in docs/ARCHITECTURE.md):
   cumulative cost of fills at or below the limit can never exceed it.
 - The post that completes a share hold moves exactly the shares left in it.
 
+Reading numbers: ``parse_bounded`` is the one strict parser, used at every boundary (the CLI, the
+SDK's ``OrderClient``, the workflow's ``validate_request``, deposits and withdrawals through
+``validate_amount``, the broker simulator): finite; digits and exponent checked as written,
+before any arithmetic (``1e-1000030`` and ``1e400`` are refused, never normalised to 0 or
+Infinity); refused rather than rounded beyond the asset's decimals (cash 2, shares 9, prices 4);
+within an explicit maximum; what arithmetic it needs runs in a local exact context.
+
 This module is pure (no I/O, no clock) so workflow code may import it.
 """
 
@@ -31,11 +38,19 @@ from decimal import (
 CASH_ASSET = "USD"
 CASH_PLACES = 2
 SHARE_PLACES = 9
+PRICE_PLACES = 4
 CENT = Decimal(1).scaleb(-CASH_PLACES)
 SHARE_QUANTUM = Decimal(1).scaleb(-SHARE_PLACES)
 
 # Absurd-amount guard: no single operation moves more than this (cash or shares).
 MAX_AMOUNT = Decimal("1000000000000")  # 1e12
+# One order: at most this many shares, at a limit price of at most this.
+MAX_ORDER_QTY = Decimal(1_000_000)
+MAX_LIMIT_PRICE = Decimal(1_000_000)
+# An order's notional (qty x limit price) at most a tenth of MAX_AMOUNT: what the order holds adds
+# the commission (at most 5 % by the settings' range) and, for a market buy, the buffer (at most
+# 50 %), and the hold must stay within what one ledger operation moves.
+MAX_NOTIONAL = Decimal(100_000_000_000)  # 1e11
 # Longer text is not a number anyone means: refused before Decimal() sees it.
 MAX_NUMBER_CHARS = 100
 # What a bounded amount may look like as text: ASCII digits, no "_", "NaN", "Infinity" or "0x".
@@ -129,6 +144,27 @@ def validate_amount(
         allow_zero=allow_zero,
         unit=asset,
     )
+
+
+def exact_product(a: Decimal, b: Decimal) -> Decimal:
+    """``a * b`` of two bounded numbers, exactly (any rounding raises), in the local context."""
+    with localcontext(_BOUNDED):
+        return a * b
+
+
+def canonical(d: Decimal) -> str:
+    """Exact text of a finite Decimal with trailing zeros dropped (``1.50`` -> ``1.5``), built
+    from its digits with no arithmetic, so no context can round it (``normalize()`` in the
+    default context turned ``1e-1000030`` into ``0``). Non-finite values are shown as they are."""
+    sign, digits, exponent = d.as_tuple()
+    if not isinstance(exponent, int):
+        return str(d)
+    if not any(digits):
+        return "-0" if sign else "0"
+    kept = len(digits)
+    while digits[kept - 1] == 0:
+        kept -= 1
+    return str(Decimal((sign, digits[:kept], exponent + len(digits) - kept)))
 
 
 def round_cash(amount: Decimal) -> Decimal:
