@@ -11,7 +11,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from core.ids import is_id, is_symbol
-from core.orderkey import OrderKey
+from core.money import (
+    MAX_LIMIT_PRICE,
+    MAX_NOTIONAL,
+    MAX_ORDER_QTY,
+    PRICE_PLACES,
+    SHARE_PLACES,
+    InvalidAmount,
+    canonical,
+    exact_product,
+    parse_bounded,
+)
+from core.orderkey import InvalidOrderKey, OrderKey
 from core.statuses import OrderStatus
 
 Side = Literal["buy", "sell"]
@@ -45,10 +56,10 @@ class OrderRequest(BaseModel):
             "account_id": self.account_id,
             "symbol": self.symbol.upper(),
             "side": self.side,
-            "qty": str(self.qty.normalize()),
+            "qty": canonical(self.qty),
             "order_type": self.order_type,
             "time_in_force": self.time_in_force,
-            "limit_price": None if self.limit_price is None else str(self.limit_price.normalize()),
+            "limit_price": None if self.limit_price is None else canonical(self.limit_price),
         }
         return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -146,31 +157,51 @@ class CancelResult(BaseModel):
     detail: str = ""
 
 
+ID_RULE = "1-64 characters of letters, digits, '_', '.', '-'"
+
+
 def validate_request(req: OrderRequest) -> str | None:
-    """Pure validation; the reason the order is invalid, or None."""
+    """Pure validation; the reason the order is invalid, or None.
+
+    The numbers go through ``parse_bounded`` (core/money.py), the parser the SDK and CLI use: a
+    request started straight through Temporal is held to the same rules as one from the SDK.
+    """
     if not is_id(req.account_id):
-        return "account id must be 1-64 characters of letters, digits, '_', '.', '-'"
+        return f"account id must be {ID_RULE}"
     if not is_id(req.order_id):
-        return "order id must be 1-64 characters of letters, digits, '_', '.', '-'"
+        return f"order id must be {ID_RULE}"
     if not is_symbol(req.symbol):
-        return f"invalid symbol {req.symbol!r}"
-    if not req.qty.is_finite() or req.qty <= 0:
-        return "quantity must be a positive number"
-    if req.qty > Decimal(1_000_000):
-        return "quantity exceeds the maximum of 1000000"
-    exp = req.qty.normalize().as_tuple().exponent
-    if isinstance(exp, int) and exp < -9:
-        return "quantity has more than 9 decimals"
-    if req.order_type == "limit":
+        return f"invalid symbol {req.symbol[:40]!r}"
+    try:
+        qty = parse_bounded(req.qty, "quantity", places=SHARE_PLACES, maximum=MAX_ORDER_QTY)
+        if req.order_type != "limit":
+            return None if req.limit_price is None else "a market order takes no limit price"
         if req.limit_price is None:
             return "a limit order needs a limit price"
-        if not req.limit_price.is_finite() or req.limit_price <= 0:
-            return "limit price must be a positive number"
-        exp = req.limit_price.normalize().as_tuple().exponent
-        if isinstance(exp, int) and exp < -4:
-            return "limit price has more than 4 decimals"
-        if req.limit_price > Decimal(1_000_000):
-            return "limit price exceeds the maximum of 1000000"
-    elif req.limit_price is not None:
-        return "a market order takes no limit price"
+        price = parse_bounded(
+            req.limit_price, "limit price", places=PRICE_PLACES, maximum=MAX_LIMIT_PRICE
+        )
+    except InvalidAmount as exc:
+        return str(exc)
+    notional = exact_product(qty, price)
+    if notional > MAX_NOTIONAL:
+        return (
+            f"the order's notional {canonical(qty)} x {canonical(price)} = "
+            f"{canonical(notional)} exceeds the maximum of {MAX_NOTIONAL}"
+        )
+    return None
+
+
+def foreign_ids(req: OrderRequest, workflow_id: str) -> str | None:
+    """Why ``req`` is not the order of the workflow ``workflow_id`` (``order/<account>/<order>``),
+    or None when its account and order ids are the workflow's own."""
+    try:
+        own = OrderKey.from_workflow_id(workflow_id)
+    except InvalidOrderKey:
+        return f"workflow id {workflow_id[:140]!r} is not order/<account>/<order>"
+    if (req.account_id, req.order_id) != (own.account_id, own.order_id):
+        return (
+            f"the request's account and order ids ({req.account_id[:64]!r}, "
+            f"{req.order_id[:64]!r}) are not those of its workflow {workflow_id!r}"
+        )
     return None

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.lock import AcquireLockInput, LockActivities, ReleaseLockInput
     from activities.marketdata import GetQuoteInput, MarketDataActivities
     from core import errors
+    from core.money import MAX_AMOUNT
     from core.settings import SagaConfig
     from core.statuses import OrderStatus
     from workflows.following import FollowBroker
@@ -43,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         OrderRequest,
         OrderState,
         PlaceResult,
+        foreign_ids,
         place_result,
         validate_request,
     )
@@ -68,6 +70,11 @@ __all__ = [
     "WORKER_SETTINGS_PATCH",
     "OrderWorkflow",
 ]
+
+# Runs started from this version on write no orders-table row for a request refused at the door:
+# its numbers may not fit the table (1e-1000030 was retried forever) and its ids may be another
+# order's. Runs started before record it, as they did.
+STRICT_INPUT_PATCH = "strict-input-v1"
 
 
 @workflow.defn
@@ -200,13 +207,21 @@ class OrderWorkflow(FollowBroker):
 
     async def _accept(self) -> None:
         req = self._state.request
-        reason = validate_request(req)
+        reason = validate_request(req) or foreign_ids(req, self._state.workflow_id)
         if reason:
-            await self._refuse(reason, recorded=False)
+            # recorded=True writes no row. Patched only here: the marker goes into refused runs'
+            # histories only.
+            await self._refuse(reason, recorded=workflow.patched(STRICT_INPUT_PATCH))
             return
         hold = await self._price()
         if hold is None:
             await self._refuse("no price: no fresh quote for " + req.symbol, recorded=False)
+            return
+        if hold.amount > MAX_AMOUNT:  # a market buy of the most shares at the highest ask
+            await self._refuse(
+                f"the order would hold {hold.amount} {hold.asset}, more than {MAX_AMOUNT}",
+                recorded=False,
+            )
             return
         asset, amount = hold.asset, hold.amount
         self._state.hold_asset, self._state.limit_sent = asset, hold.limit_sent
