@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -47,12 +48,24 @@ from activities.ledger import (
 from activities.orders import OrderRow, OrderStore
 from core.db import create_pool
 from core.errors import NON_RETRYABLE_LEDGER, UserError
-from core.money import InvalidAmount, parse_decimal
+from core.ids import is_id, is_symbol
+from core.money import (
+    CASH_ASSET,
+    MAX_LIMIT_PRICE,
+    MAX_ORDER_QTY,
+    PRICE_PLACES,
+    SHARE_PLACES,
+    InvalidAmount,
+    parse_bounded,
+    parse_decimal,
+    validate_amount,
+)
 from core.orderkey import WORKFLOW_PREFIX, InvalidOrderKey, OrderKey
 from core.settings import Settings
 from core.statuses import OrderStatus
 from core.temporal import connect
 from workflows.models import (
+    ID_RULE,
     CancelResult,
     OrderInput,
     OrderRequest,
@@ -63,12 +76,99 @@ from workflows.models import (
 )
 from workflows.order import OrderWorkflow
 
+MAX_LIST_LIMIT = 1000
+
 
 def _key(account_id: str, order_id: str) -> OrderKey:
     try:
         return OrderKey.of(account_id, order_id)
     except InvalidOrderKey as exc:
         raise UserError(str(exc)) from None
+
+
+def check_account_id(account_id: object) -> str:
+    """An account id by ``core.ids``'s rule, or UserError."""
+    if not is_id(account_id):
+        raise UserError(f"invalid account id {_shown(account_id)}: {ID_RULE}")
+    assert isinstance(account_id, str)
+    return account_id
+
+
+def check_asset(asset: object) -> str:
+    """USD or a ticker symbol (upper-cased), or UserError."""
+    text = asset.upper() if isinstance(asset, str) else asset
+    if text != CASH_ASSET and not is_symbol(text):
+        raise UserError(f"unknown asset {_shown(asset)} (USD or a ticker symbol)")
+    assert isinstance(text, str)
+    return text
+
+
+def check_amount(amount: object, asset: str) -> Decimal:
+    """A deposit's or withdrawal's amount: ``parse_bounded`` at the asset's decimals."""
+    try:
+        return validate_amount(amount, asset)
+    except InvalidAmount as exc:
+        raise UserError(str(exc)) from None
+
+
+def _number(value: object, what: str, *, places: int, maximum: Decimal) -> Decimal:
+    """``parse_bounded``'s check; the number as written (the same value, exactly)."""
+    parse_bounded(value, what, places=places, maximum=maximum)
+    return parse_decimal(value, what)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def build_request(
+    *,
+    account_id: str,
+    symbol: str,
+    side: str,
+    qty: Decimal | str | int,
+    order_type: str = "market",
+    limit_price: Decimal | str | int | None = None,
+    time_in_force: str = "day",
+    order_id: str | None = None,
+) -> OrderRequest:
+    """A validated request, with no connection: bad input raises UserError (one line) before
+    anything is contacted. Numbers go through ``parse_bounded`` (kept as written: ``1``, not
+    ``1.000000000``), ids and symbols through ``core.ids``, and the result through
+    ``validate_request``, the workflow's own check."""
+    check_account_id(account_id)
+    if order_id is not None and not is_id(order_id):
+        raise UserError(f"invalid order id {_shown(order_id)}: {ID_RULE}")
+    if not isinstance(symbol, str) or not is_symbol(symbol.upper()):
+        raise UserError(f"invalid symbol {_shown(symbol)}")
+    try:
+        parsed_qty = _number(qty, "quantity", places=SHARE_PLACES, maximum=MAX_ORDER_QTY)
+        parsed_limit = (
+            None
+            if limit_price is None
+            else _number(limit_price, "limit price", places=PRICE_PLACES, maximum=MAX_LIMIT_PRICE)
+        )
+        req = OrderRequest(
+            account_id=account_id,
+            order_id=order_id or uuid.uuid4().hex[:16],
+            symbol=symbol.upper(),
+            side=side,  # type: ignore[arg-type]
+            qty=parsed_qty,
+            order_type=order_type,  # type: ignore[arg-type]
+            time_in_force=time_in_force,  # type: ignore[arg-type]
+            limit_price=parsed_limit,
+        )
+    except ValidationError as exc:  # side, order type, time in force
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UserError(f"{where}: {first['msg']}") from None
+    except InvalidAmount as exc:
+        raise UserError(str(exc)) from None
+    reason = validate_request(req)
+    if reason:
+        raise UserError(reason)
+    return req
 
 
 def _failure_message(err: BaseException) -> str:
@@ -95,44 +195,21 @@ class OrderClient:
     ) -> AsyncIterator[OrderClient]:
         pool = await create_pool(settings.database_url, 1, 5)
         try:
-            yield cls(temporal or await connect(settings), pool, settings)
+            if temporal is None:
+                try:
+                    temporal = await connect(settings)
+                except RuntimeError as exc:  # the SDK's "Failed client connect"
+                    raise UserError(
+                        f"cannot connect to Temporal at {settings.temporal_address}: "
+                        f"{str(exc).splitlines()[0]}"
+                    ) from None
+            yield cls(temporal, pool, settings)
         finally:
             await pool.close()
 
     # ---------------------------------------------------------------- orders
 
-    def build_request(
-        self,
-        *,
-        account_id: str,
-        symbol: str,
-        side: str,
-        qty: Decimal | str,
-        order_type: str = "market",
-        limit_price: Decimal | str | None = None,
-        time_in_force: str = "day",
-        order_id: str | None = None,
-    ) -> OrderRequest:
-        """A validated request; bad input raises UserError before anything is started."""
-        try:
-            req = OrderRequest(
-                account_id=account_id,
-                order_id=order_id or uuid.uuid4().hex[:16],
-                symbol=symbol.upper(),
-                side=side,  # type: ignore[arg-type]
-                qty=parse_decimal(qty, "quantity"),
-                order_type=order_type,  # type: ignore[arg-type]
-                time_in_force=time_in_force,  # type: ignore[arg-type]
-                limit_price=None
-                if limit_price is None
-                else parse_decimal(limit_price, "limit price"),
-            )
-        except ValueError as exc:
-            raise UserError(str(exc).splitlines()[0]) from None
-        reason = validate_request(req)
-        if reason:
-            raise UserError(reason)
-        return req
+    build_request = staticmethod(build_request)
 
     async def place_order(self, request: OrderRequest | None = None, **fields: Any) -> PlaceResult:
         """Start (or find) the order's workflow and return once it is held or refused."""
@@ -233,7 +310,20 @@ class OrderClient:
         symbol: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Orders through Temporal visibility, then the orders table for those past retention."""
+        """Orders through Temporal visibility, then the orders table for those past retention.
+
+        The filters are checked (ids, symbols, statuses by their rules; ``limit`` 1..1000)
+        before anything is queried."""
+        if account_id is not None:
+            check_account_id(account_id)
+        if symbol is not None and not is_symbol(symbol):
+            raise UserError(f"invalid symbol {_shown(symbol)}")
+        if status is not None and status not in OrderStatus.__members__:
+            raise UserError(
+                f"unknown status {_shown(status)} (one of {', '.join(OrderStatus.__members__)})"
+            )
+        if type(limit) is not int or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise UserError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}: {limit!r}")
         clauses = ["WorkflowType = 'OrderWorkflow'"]
         for attr, value in (("AccountId", account_id), ("OrderStatus", status), ("Symbol", symbol)):
             if value:
@@ -268,6 +358,7 @@ class OrderClient:
     # ---------------------------------------------------------------- accounts
 
     async def open_account(self, account_id: str, currency: str = "USD") -> OpenAccountResult:
+        check_account_id(account_id)
         return await self._ledger.open_account(
             OpenAccountInput(account_id=account_id, currency=currency)
         )
@@ -275,11 +366,13 @@ class OrderClient:
     async def deposit(
         self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
     ) -> TransferResult:
+        asset = check_asset(asset)
+        amount = check_amount(amount, asset)
         async with _ledger_refusals():
             return await self._ledger.deposit(
                 DepositInput(
-                    account_id=account_id,
-                    amount=parse_decimal(amount),
+                    account_id=check_account_id(account_id),
+                    amount=amount,
                     asset=asset,
                     idempotency_key=key or f"deposit:{uuid.uuid4().hex}",
                 )
@@ -288,21 +381,23 @@ class OrderClient:
     async def withdraw(
         self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
     ) -> TransferResult:
+        asset = check_asset(asset)
+        amount = check_amount(amount, asset)
         async with _ledger_refusals():
             return await self._ledger.withdraw(
                 WithdrawInput(
-                    account_id=account_id,
-                    amount=parse_decimal(amount),
+                    account_id=check_account_id(account_id),
+                    amount=amount,
                     asset=asset,
                     idempotency_key=key or f"withdraw:{uuid.uuid4().hex}",
                 )
             )
 
     async def balance(self, account_id: str) -> AccountBalances:
-        return await get_balances(self._pool, account_id)
+        return await get_balances(self._pool, check_account_id(account_id))
 
 
-@contextlib.asynccontextmanager
+@asynccontextmanager
 async def _ledger_refusals() -> AsyncIterator[None]:
     """A refused amount or a ledger refusal (funds, unknown account, a key used for something
     else) is the caller's to fix: a one-line UserError, as for orders."""
