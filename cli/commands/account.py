@@ -26,7 +26,7 @@ from activities.ledger import (
     WithdrawInput,
     get_balances,
 )
-from cli.commands.common import echo_json, run, table
+from cli.commands.common import asset_value, echo_json, id_value, run, table, text_value
 from core.db import create_pool, pending_migrations
 from core.errors import UserError
 from core.money import InvalidAmount, validate_amount
@@ -116,12 +116,16 @@ def register(cli: click.Group) -> None:
 
     json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     key_option = click.option(
-        "--idempotency-key", default=None, help="Reuse to make a retried command apply once."
+        "--idempotency-key",
+        default=None,
+        callback=text_value,
+        help="Reuse to make a retried command apply once.",
     )
+    account_argument = click.argument("account_id", callback=id_value)
 
     @account.command("open")
-    @click.argument("account_id")
-    @click.option("--currency", default="USD", show_default=True)
+    @account_argument
+    @click.option("--currency", default="USD", show_default=True, callback=text_value)
     @json_option
     def open_cmd(account_id: str, currency: str, as_json: bool) -> None:
         """Open ACCOUNT_ID (a second open is a no-op)."""
@@ -135,9 +139,15 @@ def register(cli: click.Group) -> None:
             click.echo(f"account {result.account_id} is already open ({result.currency})")
 
     @account.command("deposit")
-    @click.argument("account_id")
-    @click.argument("amount")
-    @click.option("--asset", default="USD", show_default=True, help="USD or a symbol's shares.")
+    @account_argument
+    @click.argument("amount", callback=text_value)
+    @click.option(
+        "--asset",
+        default="USD",
+        show_default=True,
+        callback=asset_value,
+        help="USD or a symbol's shares.",
+    )
     @key_option
     @json_option
     def deposit_cmd(
@@ -154,9 +164,9 @@ def register(cli: click.Group) -> None:
         _echo_transfer("deposited", result, as_json)
 
     @account.command("withdraw")
-    @click.argument("account_id")
-    @click.argument("amount")
-    @click.option("--asset", default="USD", show_default=True)
+    @account_argument
+    @click.argument("amount", callback=text_value)
+    @click.option("--asset", default="USD", show_default=True, callback=asset_value)
     @key_option
     @json_option
     def withdraw_cmd(
@@ -173,7 +183,7 @@ def register(cli: click.Group) -> None:
         _echo_transfer("withdrew", result, as_json)
 
     @account.command("show")
-    @click.argument("account_id")
+    @account_argument
     @json_option
     def show_cmd(account_id: str, as_json: bool) -> None:
         """Available and held per asset, with each row's version."""

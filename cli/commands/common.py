@@ -1,4 +1,5 @@
-"""Shared helpers for commands: running coroutines, one-line errors, JSON output."""
+"""Shared helpers for commands: running coroutines, one-line errors, JSON output, and the
+checks of arguments that run before any connection is made."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any, TypeVar
 import click
 
 from core.errors import UserError
-from core.money import InvalidAmount
+from core.ids import is_id, is_symbol
+from core.money import CASH_ASSET, InvalidAmount
+from core.statuses import OrderStatus
 
 T = TypeVar("T")
 
@@ -62,3 +65,87 @@ def table(rows: list[dict[str, object]], columns: list[str]) -> str:
     lines = [head]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- arguments, checked at parse time
+# Click callbacks: each runs while the command line is parsed, before the command body connects to
+# anything, and refuses with one line (a ClickException, not a usage error with its help text).
+Callback = Callable[[click.Context, click.Parameter, Any], Any]
+
+
+def _name(param: click.Parameter) -> str:
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    return (param.name or "argument").upper()
+
+
+def printable(text: str, param: click.Parameter) -> str:
+    """Refuse control characters (NUL, newline, escape, ...) and other unprintable ones."""
+    bad = next((ch for ch in text if not ch.isprintable()), None)
+    if bad is not None:
+        raise click.ClickException(
+            f"{_name(param)}: control or unprintable character {bad!r} is not allowed"
+        )
+    return text
+
+
+def text_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Any text option: printable characters only."""
+    return None if value is None else printable(value, param)
+
+
+def id_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An account or order id by ``core.ids``'s rule."""
+    if value is None:
+        return None
+    if not is_id(printable(value, param)):
+        raise click.ClickException(
+            f"{_name(param)}: invalid id {value[:70]!r} (1-64 letters, digits, '_', '.', '-')"
+        )
+    return value
+
+
+def symbol_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A ticker symbol (upper-cased) by ``core.ids``'s rule."""
+    if value is None:
+        return None
+    text = printable(value, param).upper()
+    if not is_symbol(text):
+        raise click.ClickException(f"{_name(param)}: invalid symbol {value[:70]!r}")
+    return text
+
+
+def asset_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """USD or a ticker symbol (upper-cased)."""
+    if value is None:
+        return None
+    text = printable(value, param).upper()
+    if text != CASH_ASSET and not is_symbol(text):
+        raise click.ClickException(
+            f"{_name(param)}: unknown asset {value[:70]!r} (USD or a ticker symbol)"
+        )
+    return text
+
+
+def status_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """One of the saga's statuses (any case)."""
+    if value is None:
+        return None
+    text = printable(value, param).upper()
+    if text not in OrderStatus.__members__:
+        raise click.ClickException(
+            f"{_name(param)}: unknown status {value[:70]!r} "
+            f"(one of {', '.join(OrderStatus.__members__)})"
+        )
+    return text
+
+
+def int_between(low: int, high: int) -> Callback:
+    """A whole number from ``low`` to ``high`` (for ``type=int`` options)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+        if value is not None and not low <= value <= high:
+            raise click.ClickException(f"{_name(param)} must be from {low} to {high}, got {value}")
+        return value
+
+    return check

@@ -7,7 +7,17 @@ from typing import Any
 
 import click
 
-from cli.commands.common import echo_json, run, table
+from cli.commands.common import (
+    echo_json,
+    id_value,
+    int_between,
+    run,
+    status_value,
+    symbol_value,
+    table,
+    text_value,
+)
+from core.errors import UserError
 from core.orderkey import OrderKey
 from core.settings import Settings
 
@@ -59,14 +69,19 @@ def register(cli: click.Group) -> None:
         """Place, inspect, cancel and list orders."""
 
     @order.command("place")
-    @click.option("--account", "account_id", required=True)
-    @click.option("--symbol", required=True)
+    @click.option("--account", "account_id", required=True, callback=id_value)
+    @click.option("--symbol", required=True, callback=symbol_value)
     @click.option("--side", type=click.Choice(["buy", "sell"]), required=True)
-    @click.option("--qty", required=True, help="Quantity; fractional shares allowed.")
+    @click.option("--qty", required=True, callback=text_value, help="Quantity; up to 9 decimals.")
     @click.option("--type", "order_type", type=click.Choice(["market", "limit"]), default="market")
-    @click.option("--limit-price", default=None)
+    @click.option("--limit-price", default=None, callback=text_value, help="Up to 4 decimals.")
     @click.option("--tif", type=click.Choice(["day", "gtc", "ioc"]), default="day")
-    @click.option("--order-id", default=None, help="Your idempotency key (default: generated).")
+    @click.option(
+        "--order-id",
+        default=None,
+        callback=id_value,
+        help="Your idempotency key (default: generated).",
+    )
     @click.option("--wait", is_flag=True, help="Wait until the order is final.")
     @click.option("--json", "as_json", is_flag=True)
     def place(
@@ -82,9 +97,10 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Place an order; returns once it is accepted (held) or refused."""
+        from ordersaga.client import build_request
 
-        async def go(oc: Any) -> Any:
-            req = oc.build_request(
+        try:  # checked whole before anything is contacted
+            req = build_request(
                 account_id=account_id,
                 symbol=symbol,
                 side=side,
@@ -94,6 +110,10 @@ def register(cli: click.Group) -> None:
                 time_in_force=tif,
                 order_id=order_id or uuid.uuid4().hex[:16],
             )
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+
+        async def go(oc: Any) -> Any:
             placed = await oc.place_order(req)
             final = await oc.wait(account_id, req.order_id) if wait and placed.accepted else None
             return placed, final
@@ -114,8 +134,8 @@ def register(cli: click.Group) -> None:
             raise SystemExit(1)
 
     @order.command("status")
-    @click.option("--account", "account_id", required=True)
-    @click.argument("order_id")
+    @click.option("--account", "account_id", required=True, callback=id_value)
+    @click.argument("order_id", callback=id_value)
     @click.option("--json", "as_json", is_flag=True)
     def status(account_id: str, order_id: str, as_json: bool) -> None:
         """Show an order's full state."""
@@ -123,8 +143,8 @@ def register(cli: click.Group) -> None:
         _print_state(state, as_json)
 
     @order.command("cancel")
-    @click.option("--account", "account_id", required=True)
-    @click.argument("order_id")
+    @click.option("--account", "account_id", required=True, callback=id_value)
+    @click.argument("order_id", callback=id_value)
     @click.option("--json", "as_json", is_flag=True)
     def cancel(account_id: str, order_id: str, as_json: bool) -> None:
         """Ask for an order to be canceled (refused once it is final)."""
@@ -135,8 +155,8 @@ def register(cli: click.Group) -> None:
             click.echo(f"cancel accepted: {res.status.value}; {res.detail}")
 
     @order.command("resume")
-    @click.option("--account", "account_id", required=True)
-    @click.argument("order_id")
+    @click.option("--account", "account_id", required=True, callback=id_value)
+    @click.argument("order_id", callback=id_value)
     @click.option("--json", "as_json", is_flag=True)
     def resume(account_id: str, order_id: str, as_json: bool) -> None:
         """Resume an order parked in NEEDS_ATTENTION once its cause is fixed."""
@@ -147,20 +167,18 @@ def register(cli: click.Group) -> None:
             click.echo(f"resumed: {res.detail}")
 
     @order.command("list")
-    @click.option("--account", "account_id", default=None)
-    @click.option("--status", default=None)
-    @click.option("--symbol", default=None)
-    @click.option("--limit", default=100, show_default=True)
+    @click.option("--account", "account_id", default=None, callback=id_value)
+    @click.option("--status", default=None, callback=status_value, help="A status, any case.")
+    @click.option("--symbol", default=None, callback=symbol_value)
+    @click.option(
+        "--limit", type=int, default=100, show_default=True, callback=int_between(1, 1000)
+    )
     @click.option("--json", "as_json", is_flag=True)
     def list_cmd(
         account_id: str | None, status: str | None, symbol: str | None, limit: int, as_json: bool
     ) -> None:
         """List orders (Temporal visibility, then the orders table past retention)."""
-        rows = run(
-            _with_client(
-                lambda oc: oc.list_orders(account_id, status and status.upper(), symbol, limit)
-            )
-        )
+        rows = run(_with_client(lambda oc: oc.list_orders(account_id, status, symbol, limit)))
         if as_json:
             echo_json(rows)
         elif rows:
