@@ -176,3 +176,86 @@ async def test_a_step_that_cannot_go_on_parks_the_order_until_resumed(saga: Saga
     assert final.status == OrderStatus.SETTLED and final.filled_qty == 1
     shares = (await saga.orders.balance(acct)).of("NVDA")
     assert (shares.available, shares.held) == (Decimal(1), Decimal(0))
+
+
+async def _started_directly(
+    saga: SagaStack, req: OrderRequest, workflow_id: str | None = None
+) -> OrderState:
+    """An order started straight through the Temporal frontend, past the SDK's checks."""
+    handle = await saga.temporal.start_workflow(
+        OrderWorkflow.run,
+        OrderInput(request=req),
+        id=workflow_id or req.workflow_id,
+        task_queue=saga.settings.orders_task_queue,
+    )
+    return await asyncio.wait_for(handle.result(), 60)  # ends: never FAILED, never stuck
+
+
+async def _no_row_no_hold(saga: SagaStack, account_id: str, order_id: str) -> None:
+    assert await saga.orders._store.get(account_id, order_id) is None
+    held = await saga.pool.fetchval(
+        "SELECT count(*) FROM holds WHERE order_id = $1", f"{account_id}/{order_id}"
+    )
+    assert held == 0
+
+
+@pytest.mark.parametrize("side", ["buy", "sell"])
+async def test_a_quantity_of_1e_minus_1000030_is_refused_at_the_door(
+    saga: SagaStack, side: str
+) -> None:
+    """It passed validation (normalised to 0): the sell retried a DataError forever and never
+    answered, the buy held 0.00 and failed. Now: REJECTED at once, nothing held or written."""
+    acct = await saga.funded_account("10000", shares={"AAPL": "5"})
+    tiny = Decimal("1e-1000030")
+    req = OrderRequest(
+        account_id=acct, order_id=uuid.uuid4().hex[:12], symbol="AAPL", side=side, qty=tiny
+    )
+    with pytest.raises(UserError, match="decimals"):  # it never answered
+        await asyncio.wait_for(saga.place(acct, symbol="AAPL", side=side, qty="1e-1000030"), 30)
+    final = await _started_directly(saga, req)
+    assert final.status == OrderStatus.REJECTED and final.held == 0
+    assert final.reason is not None and "quantity" in final.reason
+    await _no_row_no_hold(saga, acct, req.order_id)
+
+
+async def test_a_notional_beyond_the_maximum_is_refused_not_failed(saga: SagaStack) -> None:
+    """A 1e6 x 1e6 limit buy answered "CANCELED, compensated" while its workflow FAILED."""
+    acct = await saga.funded_account("10000")
+    fields: dict[str, Any] = {
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "1000000",
+        "order_type": "limit",
+        "limit_price": "1000000",
+    }
+    with pytest.raises(UserError, match="notional"):
+        await asyncio.wait_for(saga.place(acct, **fields), 30)
+    req = OrderRequest(
+        account_id=acct,
+        order_id=uuid.uuid4().hex[:12],
+        symbol="AAPL",
+        side="buy",
+        qty=Decimal(1_000_000),
+        order_type="limit",
+        limit_price=Decimal(1_000_000),
+    )
+    final = await _started_directly(saga, req)
+    assert final.status == OrderStatus.REJECTED, final.reason
+    assert final.reason is not None and "notional" in final.reason
+    await _no_row_no_hold(saga, acct, req.order_id)
+
+
+async def test_a_request_for_another_order_is_refused_by_the_workflow(saga: SagaStack) -> None:
+    """A workflow ``order/<mine>/<x>`` started with someone else's ids holds nothing of theirs
+    and writes no row under their ids."""
+    mine, theirs = await saga.funded_account("10000"), await saga.funded_account("10000")
+    req = OrderRequest(
+        account_id=theirs, order_id=uuid.uuid4().hex[:12], symbol="AAPL", side="buy", qty=Decimal(1)
+    )
+    own_id = OrderKey.of(mine, uuid.uuid4().hex[:12]).workflow_id
+    final = await _started_directly(saga, req, own_id)
+    assert final.status == OrderStatus.REJECTED and final.held == 0
+    assert final.reason is not None and "not those of its workflow" in final.reason
+    await _no_row_no_hold(saga, theirs, req.order_id)
+    balances = await saga.orders.balance(theirs)
+    assert all(b.held == 0 for b in balances.balances)
