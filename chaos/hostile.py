@@ -47,13 +47,7 @@ HOSTILE_KINDS: tuple[str, ...] = (
 )
 # Kinds whose fix is on a branch not merged yet, kept out of ``all`` (name them to run them).
 # Empty an entry when its branch lands; docs/CHAOS.md says what each does before the fix.
-PENDING_KINDS: dict[str, str] = {
-    # workflows/models.validate_request lets qty or limit price 1e-1000030 through (normalize()
-    # underflows to 0, so the decimals check passes); the reserve is then refused as
-    # InvalidAmount and the workflow FAILS. A limit price of 1E+999999999 raises
-    # decimal.Overflow. Branch strict-input bounds them (core/money.parse_bounded).
-    "extreme_decimals": "strict-input",
-}
+PENDING_KINDS: dict[str, str] = {}
 # Values no amount or price may take: each must be refused by the SDK with a one-line UserError.
 EXTREME_VALUES = (
     "1e-1000030",
