@@ -34,6 +34,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.workflow import UpdateMethodMultiParam
 
 from activities.ledger import (
     AccountBalances,
@@ -269,23 +270,23 @@ class OrderClient:
         return state_from_row(row)
 
     async def cancel_order(self, account_id: str, order_id: str) -> CancelResult:
-        handle = self.temporal.get_workflow_handle(_key(account_id, order_id).workflow_id)
-        try:
-            return await handle.execute_update(OrderWorkflow.cancel)
-        except WorkflowUpdateFailedError as err:
-            raise UserError(_failure_message(err)) from None
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                state = await self.get_order(account_id, order_id)
-                raise UserError(f"order is already {state.status.value}") from None
-            raise
+        return await self._order_update(account_id, order_id, OrderWorkflow.cancel)
 
     async def resume_order(self, account_id: str, order_id: str) -> CancelResult:
         """Resume an order parked in NEEDS_ATTENTION once its cause is fixed (an operator's
         call): the step that could not go on is tried again."""
+        return await self._order_update(account_id, order_id, OrderWorkflow.resume)
+
+    async def _order_update(
+        self,
+        account_id: str,
+        order_id: str,
+        update: UpdateMethodMultiParam[[OrderWorkflow], CancelResult],
+    ) -> CancelResult:
+        """An update of a running order; its refusal, or a closed order, is one UserError."""
         handle = self.temporal.get_workflow_handle(_key(account_id, order_id).workflow_id)
         try:
-            return await handle.execute_update(OrderWorkflow.resume)
+            return await handle.execute_update(update)
         except WorkflowUpdateFailedError as err:
             raise UserError(_failure_message(err)) from None
         except RPCError as err:
