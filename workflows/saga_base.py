@@ -17,6 +17,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.broker import BrokerActivities, ReconcileOrderInput
     from activities.ledger import (
         LedgerActivities,
         OrderRecord,
@@ -55,6 +56,12 @@ WORKER_SETTINGS_PATCH = "worker-settings-v1"
 # failing when a step past the pivot cannot go on.
 TRUST_BOUNDARY_PATCH = "trust-boundary-v1"
 ORDER_NOT_PARKED = "OrderNotParked"
+# Runs from this version on keep asking the broker about a parked order (its word noted, nothing
+# booked) until it is resumed.
+PARKED_FOLLOWS_PATCH = "parked-follows-broker-v1"
+PARKED_POLL_MAX_S = 3_600.0
+# A parked order's asks: a few tries each, so a resume is never kept waiting behind one.
+PARKED_ASK_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 # Runs from this version on read the signals that arrived before giving an unknown submit up.
 SIGNALS_BEFORE_GIVE_UP_PATCH = "signals-before-give-up-v1"
 
@@ -195,8 +202,9 @@ class SagaBase:
         """Stop here, visibly, until an operator resumes the order (the ``resume`` update).
 
         Past the pivot the broker may hold the order, so no step may end it by failing: the
-        hold stays, reports keep arriving (they are applied once resumed), and the order is
-        listed under ``OrderStatus = 'NEEDS_ATTENTION'`` with its reason.
+        hold stays, reports keep arriving (they are applied once resumed), the order is listed
+        under ``OrderStatus = 'NEEDS_ATTENTION'`` with its reason, and the broker is still
+        followed (``_follow_while_parked``).
         """
         st = self._state
         before, reason_before = st.status, st.reason
@@ -211,10 +219,42 @@ class SagaBase:
                 self._note("the orders row could not be updated")
             finally:
                 self._parking = False
-        await workflow.wait_condition(lambda: self._resume)
+        if st.broker_order_id is not None and workflow.patched(PARKED_FOLLOWS_PATCH):
+            await self._follow_while_parked()
+        else:
+            await workflow.wait_condition(lambda: self._resume)
         self._resume = False
         st.reason = reason_before
         self._set_status(before, "resumed")
+
+    async def _follow_while_parked(self) -> None:
+        """Until resumed, ask the broker now and then and keep its word on the order's state and
+        timeline (its status and fills, for the operator to see), booking nothing. The asks back
+        off from the poll interval to an hour: an order may stay parked for days, and its
+        history must not grow past what Temporal keeps."""
+        interval = self._cfg.fill_poll_interval_s
+        while True:
+            try:
+                await workflow.wait_condition(
+                    lambda: self._resume, timeout=timedelta(seconds=interval)
+                )
+                return
+            except TimeoutError:
+                interval = min(interval * 2, PARKED_POLL_MAX_S)
+            try:
+                view = await self._broker(
+                    BrokerActivities.reconcile_order,
+                    ReconcileOrderInput(client_order_id=self._state.request.key),
+                    retry=PARKED_ASK_RETRY,
+                    park=False,
+                )
+            except ActivityError as err:
+                self._note(f"parked; the broker could not be asked: {error_message(err, '')}")
+                continue
+            order = view.order
+            if order is not None and order.status != self._state.broker_status:
+                self._state.broker_status = order.status
+                self._note(f"parked; the broker says {order.status}, filled {order.filled_qty}")
 
     def _parks(self) -> bool:
         """Whether a failed step parks the order rather than failing the workflow."""

@@ -124,6 +124,7 @@ class World:
         self.asked_at: list[datetime] = []
         self.voided_at: list[datetime] = []
         self.posts: list[Decimal] = []
+        self.post_refused = False  # the ledger refuses every post for good (a hold gone wrong)
 
     def activities(self) -> list[object]:
         world = self
@@ -196,6 +197,10 @@ class World:
 
         @activity.defn(name="post_fill")
         async def post_fill(inp: PostFillInput) -> PostFillResult:
+            if world.post_refused:
+                raise ApplicationError(
+                    "hold of the order is voided", type=errors.HOLD_STATE, non_retryable=True
+                )
             world.posts.append(inp.cum_qty)
             return PostFillResult(
                 order_key=inp.order_key,
@@ -454,3 +459,34 @@ async def test_a_signal_that_the_broker_has_the_order_defers_giving_it_up_once(
     assert any("asking a while longer" in n for n in notes), notes
     [released] = [e.at for e in final.timeline if e.event.startswith("released")]
     assert (released - world.asked_at[0]).total_seconds() >= 2 * DAY
+
+
+async def test_a_parked_order_keeps_following_the_broker_until_resumed(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    """The ledger refuses the fill for good: the order parks (NEEDS_ATTENTION, the workflow
+    running), and while it waits the saga keeps asking the broker, backing off, and notes what
+    it says; once resumed with the ledger fixed, the fill is booked and the order settles."""
+    script = [broker_order("partially_filled", "1"), broker_order("filled", "2")]
+    world = World(script, submit_fails=False)
+    world.post_refused = True
+    async with started(skipping_env, world, SagaConfig(fill_poll_interval_s=60)) as handle:
+        deadline = asyncio.get_running_loop().time() + 30
+        state: OrderState = await handle.query(OrderWorkflow.status)
+        while asyncio.get_running_loop().time() < deadline:
+            state = await handle.query(OrderWorkflow.status)
+            if any(e.event.startswith("parked; the broker says") for e in state.timeline):
+                break
+            await asyncio.sleep(0.2)
+        assert state.status == OrderStatus.NEEDS_ATTENTION, state.status
+        assert state.reason and "post_fill" in state.reason
+        assert world.posts == []
+        asks_when_parked = len(world.asked_at)
+        world.post_refused = False
+        await handle.execute_update(OrderWorkflow.resume)
+        final: OrderState = await handle.result()
+    assert final.status == OrderStatus.SETTLED and final.filled_qty == 2
+    assert world.posts == [Decimal(1), Decimal(2)]  # the refused post, then the last fill
+    notes = [e.event for e in final.timeline]
+    assert any(n.startswith("parked; the broker says filled") for n in notes), notes
+    assert asks_when_parked >= 2
