@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from pydantic import ValidationError
@@ -367,32 +367,33 @@ class OrderClient:
     async def deposit(
         self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
     ) -> TransferResult:
-        asset = check_asset(asset)
-        amount = check_amount(amount, asset)
-        async with _ledger_refusals():
-            return await self._ledger.deposit(
-                DepositInput(
-                    account_id=check_account_id(account_id),
-                    amount=amount,
-                    asset=asset,
-                    idempotency_key=key or f"deposit:{uuid.uuid4().hex}",
-                )
-            )
+        return await self._transfer("deposit", account_id, amount, asset, key)
 
     async def withdraw(
         self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
     ) -> TransferResult:
+        return await self._transfer("withdraw", account_id, amount, asset, key)
+
+    async def _transfer(
+        self,
+        kind: Literal["deposit", "withdraw"],
+        account_id: str,
+        amount: Decimal | str,
+        asset: str,
+        key: str | None,
+    ) -> TransferResult:
+        """A deposit or withdrawal, checked before any query; a refusal is one UserError."""
         asset = check_asset(asset)
-        amount = check_amount(amount, asset)
+        fields = {
+            "account_id": check_account_id(account_id),
+            "amount": check_amount(amount, asset),
+            "asset": asset,
+            "idempotency_key": key or f"{kind}:{uuid.uuid4().hex}",
+        }
         async with _ledger_refusals():
-            return await self._ledger.withdraw(
-                WithdrawInput(
-                    account_id=check_account_id(account_id),
-                    amount=amount,
-                    asset=asset,
-                    idempotency_key=key or f"withdraw:{uuid.uuid4().hex}",
-                )
-            )
+            if kind == "deposit":
+                return await self._ledger.deposit(DepositInput.model_validate(fields))
+            return await self._ledger.withdraw(WithdrawInput.model_validate(fields))
 
     async def balance(self, account_id: str) -> AccountBalances:
         return await get_balances(self._pool, check_account_id(account_id))

@@ -37,9 +37,11 @@ async def test_bad_amounts_are_one_line_user_errors_and_write_nothing(database_u
                 assert "\n" not in str(caught.value) and str(caught.value)
         with pytest.raises(UserError, match="insufficient"):
             await oc.withdraw(acct, "11.00")
+        taken = await oc.withdraw(acct, "4.00")
+        assert (taken.amount, taken.available_after) == (Decimal("4.00"), Decimal("6.00"))
         balances = await oc.balance(acct)
         assert [(b.asset, b.available, b.held) for b in balances.balances] == [
-            ("USD", Decimal("10.00"), Decimal("0.00"))
+            ("USD", Decimal("6.00"), Decimal("0.00"))
         ]
     finally:
         await pool.close()
