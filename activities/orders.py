@@ -48,6 +48,8 @@ SELECT_ORDER = (
 )
 # The status the reserve writes an order's row with: it holds funds from that moment.
 RESERVED_STATUS = OrderStatus.ACCEPTED.value
+# The status of an order refused before anything was held.
+REFUSED_STATUS = OrderStatus.REJECTED.value
 
 
 class OrderRecord(BaseModel):
@@ -73,6 +75,11 @@ class RecordOrderInput(BaseModel):
 
 class RecordOrderResult(BaseModel):
     created: bool
+    # When the row was there already: its status and reason (None in results recorded before
+    # they were returned). An earlier try of the same decision may have written it, a refusal
+    # or a reserve; the first decision stands.
+    status: str | None = None
+    reason: str | None = None
 
 
 class UpdateOrderInput(BaseModel):
@@ -214,10 +221,15 @@ class OrderStoreActivities:
     @activity.defn
     async def record_order(self, inp: RecordOrderInput) -> RecordOrderResult:
         """Insert the order's row if absent. Retried: the row is written once; the same order id
-        with other parameters is refused (OrderConflict), never overwritten."""
-        return RecordOrderResult(
-            created=await self._store.record(inp.record, inp.status, inp.reason)
-        )
+        with other parameters is refused (OrderConflict), never overwritten. A row that was
+        there already is answered with its status and reason."""
+        r = inp.record
+        if await self._store.record(r, inp.status, inp.reason):
+            return RecordOrderResult(created=True)
+        row = await self._store.get(r.account_id, r.order_id)
+        if row is None:  # nothing deletes rows
+            return RecordOrderResult(created=False)
+        return RecordOrderResult(created=False, status=row.status, reason=row.reason)
 
     @activity.defn
     async def update_order(self, inp: UpdateOrderInput) -> UpdateOrderResult:

@@ -30,6 +30,9 @@ BROKER_OUTCOME_UNKNOWN = "BrokerOutcomeUnknown"  # retryable: look the order up 
 BROKER_AUTH = "BrokerAuth"  # wrong broker keys: a configuration error
 BROKER_ORDER_NOT_FOUND = "BrokerOrderNotFound"  # a broker order id the broker does not know
 ORDER_CONFLICT = "OrderConflict"  # same order id, different parameters
+# The order's row says it was refused already (an earlier try of the same decision): the first
+# decision stands, and a reserve retried after it holds nothing.
+ORDER_REFUSED = "OrderRefused"
 INVALID_REQUEST = "InvalidRequest"  # malformed input other than an amount (asset, side, ...)
 
 NON_RETRYABLE_LEDGER = [
@@ -40,5 +43,6 @@ NON_RETRYABLE_LEDGER = [
     UNKNOWN_ACCOUNT,
     HOLD_STATE,
     ORDER_CONFLICT,
+    ORDER_REFUSED,
     INVALID_REQUEST,
 ]

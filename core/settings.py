@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     temporal_ui_url: str = "http://127.0.0.1:8233"
     orders_task_queue: str = ORDERS_TASK_QUEUE
     broker_task_queue: str = BROKER_TASK_QUEUE
+    # How long a worker may take over one workflow task before Temporal hands it to another: a
+    # worker that dies mid-task (during an order's accept phase, say) delays its customer's answer
+    # by this much. Temporal's default; set on the orders started from then on.
+    workflow_task_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     # Broker (Alpaca Trading API v2 compatible) and market data
     broker_url: str = "http://127.0.0.1:8787"

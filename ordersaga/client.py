@@ -15,6 +15,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -225,6 +226,7 @@ class OrderClient:
             task_queue=self.settings.orders_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            task_timeout=timedelta(seconds=self.settings.workflow_task_timeout_s),
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.ledger import (
         LedgerActivities,
         ReserveInput,
+        ReserveResult,
     )
     from activities.lock import AcquireLockInput, LockActivities, ReleaseLockInput
     from activities.marketdata import GetQuoteInput, MarketDataActivities
@@ -59,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         STEP_ERRORS,
         TRUST_BOUNDARY_PATCH,
         WORKER_SETTINGS_PATCH,
+        Refusal,
         error_message,
         error_type,
         fence_seen,
@@ -228,11 +230,17 @@ class OrderWorkflow(FollowBroker):
         # Pushed before the reserve: a reserve interrupted by a cancellation may still commit,
         # and the void (idempotent, and a no-op on an order with no hold) covers both cases.
         self._compensations.append(self._void_before_pivot)
-        refused = await self._reserve_under_lock(asset, amount)
-        if refused:
+        got = await self._reserve_under_lock(asset, amount)
+        if isinstance(got, Refusal):
             self._compensations.pop()
-            await self._refuse(refused, recorded=refused.startswith(ORDER_CONFLICT_REASON))
+            await self._refuse(got.reason, recorded=got.recorded)
             return
+        # What the ledger holds is the authority, not this try's arithmetic: a retry of this
+        # workflow task, after a reserve that committed and a quote that moved, gets the first
+        # reserve's amount and bound back (activities/ledger/service.py, first_reserve).
+        amount = got.amount
+        if got.price_bound is not None and got.price_bound != self._state.limit_sent:
+            self._state.limit_sent = got.price_bound
         self._state.held = amount
         self._set_status(OrderStatus.ACCEPTED, f"held {amount} {asset}")
         self._decided = True
@@ -258,8 +266,8 @@ class OrderWorkflow(FollowBroker):
             return None
         return Decimal(q.ask)
 
-    async def _reserve_under_lock(self, asset: str, amount: Decimal) -> str | None:
-        """Lock, reserve, unlock; a refusal reason, or None once held.
+    async def _reserve_under_lock(self, asset: str, amount: Decimal) -> ReserveResult | Refusal:
+        """Lock, reserve, unlock; what is held, or why nothing is.
 
         A stale-fence refusal means our lock expired and someone else wrote since, or the lock's
         counter went back and handed our fence out before: lock again, asking for a fence above
@@ -272,7 +280,7 @@ class OrderWorkflow(FollowBroker):
         for _ in range(MAX_FENCE_RETRIES):
             fence = await self._acquire_lock(floor)
             try:
-                await self._ledger(
+                return await self._ledger(
                     LedgerActivities.reserve_funds,
                     ReserveInput(
                         account_id=req.account_id,
@@ -287,7 +295,6 @@ class OrderWorkflow(FollowBroker):
                         price_bound=self._state.limit_sent,  # a market buy's cap
                     ),
                 )
-                return None
             except STEP_ERRORS as err:
                 kind = error_type(err)
                 if kind == errors.STALE_FENCE:
@@ -295,11 +302,13 @@ class OrderWorkflow(FollowBroker):
                     self._note("lock expired under the reserve; locking again")
                     continue
                 if kind == errors.INSUFFICIENT_FUNDS:
-                    return f"insufficient funds: {error_message(err, str(err))}"
+                    return Refusal(f"insufficient funds: {error_message(err, str(err))}")
                 if kind == errors.UNKNOWN_ACCOUNT:
-                    return f"unknown account {req.account_id}"
+                    return Refusal(f"unknown account {req.account_id}")
                 if kind == errors.ORDER_CONFLICT:
-                    return f"{ORDER_CONFLICT_REASON} ({req.order_id})"
+                    return Refusal(f"{ORDER_CONFLICT_REASON} ({req.order_id})", recorded=True)
+                if kind == errors.ORDER_REFUSED:  # an earlier try of this task refused it
+                    return Refusal(error_message(err, "refused"), recorded=True)
                 raise
             finally:
                 await self._release_lock()

@@ -8,6 +8,7 @@ refuse, finish), the orders row, the timeline and the search attributes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -115,6 +116,14 @@ def fence_seen(err: BaseException) -> int:
 def error_message(err: BaseException, default: str) -> str:
     cause = err.cause if isinstance(err, ActivityError) else err
     return cause.message if isinstance(cause, ApplicationError) else default
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an order is refused; ``recorded``: its orders row says so already."""
+
+    reason: str
+    recorded: bool = False
 
 
 class SagaBase:
@@ -286,12 +295,21 @@ class SagaBase:
             self._decided = True
             return
         # The permanent record first: the customer's answer must not outrun it.
-        await self._step(
+        res = await self._step(
             OrderStoreActivities.record_order,
             RecordOrderInput(record=self._order_record(), status="REJECTED", reason=reason),
             start_to_close=timedelta(seconds=10),
             retry=LEDGER_RETRY,
         )
+        if res.status == OrderStatus.REJECTED.value and res.reason:
+            # An earlier try of this workflow task refused it first: its reason stands.
+            self._state.reason = res.reason
+            self._set_status(OrderStatus.REJECTED, res.reason)
+        elif res.status == OrderStatus.ACCEPTED.value:
+            # An earlier try of this workflow task held funds before it died, and this try
+            # refuses (its quote went stale meanwhile): release that hold and say so on the row.
+            await self._void("refused on a retried workflow task")
+            await self._store(OrderStatus.REJECTED)
         self._decided = True
 
     async def _finish(self, status: OrderStatus, reason: str) -> None:

@@ -99,6 +99,9 @@ class ReserveResult(BaseModel):
     amount: Decimal
     available_after: Decimal
     fence: int
+    # The price bound the hold records (a market buy's cap, else the order's limit; None for a
+    # market sell). None too in results stored before it was returned.
+    price_bound: Decimal | None = None
 
 
 class PostFillInput(BaseModel):

@@ -8,6 +8,7 @@ first result and changes nothing. The activities (activities.py), the SDK and th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -32,7 +33,7 @@ from activities.ledger.models import (
     VoidResult,
 )
 from activities.ledger.postings import EXTERNAL, Hold, Refused, firm_shard, q
-from activities.orders import RESERVED_STATUS, insert_order
+from activities.orders import REFUSED_STATUS, RESERVED_STATUS, insert_order
 from core import errors
 from core.money import CASH_ASSET
 
@@ -132,10 +133,19 @@ class Ledger:
 
         async def body(conn: asyncpg.Connection) -> ReserveResult:
             await store.lock_order(conn, order_key)
-            view = await conn.fetchrow(store.RESERVE_VIEW, key, order_key, input.account_id, asset)
-            done = store.replay(view, key, "reserve", args, ReserveResult)
+            bare_id = input.order.order_id if input.order is not None else None
+            view = await conn.fetchrow(
+                store.RESERVE_VIEW, key, order_key, input.account_id, asset, bare_id
+            )
+            done = first_reserve(view, input, key=key, args=args, asset=asset)
             if done is not None:
                 return done
+            if view["order_status"] == REFUSED_STATUS and (
+                input.order is not None and view["order_params_hash"] == input.order.params_hash
+            ):
+                # An earlier try of this order refused it (a quote stale then, say) and wrote its
+                # row: that answer stands, and this retry holds nothing.
+                raise Refused(view["order_reason"] or "refused", errors.ORDER_REFUSED)
             if view["tombstoned"]:
                 raise Refused(f"order {order_key!r} was already voided", errors.HOLD_STATE)
             if view["has_hold"]:
@@ -192,6 +202,7 @@ class Ledger:
                 amount=amount,
                 available_after=q(available_after, asset),
                 fence=fence,
+                price_bound=limit_price,
             )
             await store.record(conn, key, "reserve", args, result)
             return result
@@ -327,6 +338,36 @@ def hold_bounds(input: ReserveInput, symbol: str) -> tuple[Decimal | None, Decim
     if bound is None and order is not None:
         bound = order.limit_price
     return qty, rules.price_bound(bound) if bound is not None else None
+
+
+def first_reserve(
+    view: asyncpg.Record, input: ReserveInput, *, key: str, args: str, asset: str
+) -> ReserveResult | None:
+    """The reserve this order made before, if any: it wins over this try's numbers.
+
+    A retried workflow task runs the accept phase again, quote included; a quote that moved
+    since gives another amount and price bound for the same order. The hold made first is what
+    the order holds (the customer has been told nothing yet, and the first try's amount is as
+    good as this one's): return its result, with its bound, instead of refusing the key's reuse.
+    Only for the same order: the row's parameters must match, and the hold's asset; anything
+    else reusing the key is refused as before (IdempotencyMismatch).
+    """
+    try:
+        done = store.replay(view, key, "reserve", args, ReserveResult)
+    except Refused as exc:
+        same_order = (
+            exc.error_type == errors.IDEMPOTENCY_MISMATCH
+            and input.order is not None
+            and view["has_hold"]
+            and view["hold_asset"] == asset
+            and view["order_params_hash"] == input.order.params_hash
+        )
+        if not same_order:
+            raise
+        done = ReserveResult.model_validate(json.loads(view["op_result"]))
+    if done is not None and done.price_bound is None and view["has_hold"]:
+        done = done.model_copy(update={"price_bound": view["hold_limit"]})
+    return done
 
 
 def reserve_args_hash(input: ReserveInput, *, asset: str, amount: Decimal, symbol: str) -> str:

@@ -121,11 +121,14 @@ SELECT_OPERATION_AND_HOLD = (
 RESERVE_VIEW = (
     f"SELECT {_OPERATION_COLS},"
     " EXISTS (SELECT 1 FROM hold_tombstones t WHERE t.order_id = $2) AS tombstoned,"
-    " EXISTS (SELECT 1 FROM holds h WHERE h.order_id = $2) AS has_hold,"
+    " h.id IS NOT NULL AS has_hold, h.asset AS hold_asset, h.limit_price AS hold_limit,"
+    " r.status AS order_status, r.reason AS order_reason, r.params_hash AS order_params_hash,"
     " c.account_id IS NOT NULL AS customer_exists, c.last_fence AS customer_fence,"
     f" c.last_fence_owner AS customer_fence_owner, {_ROW_COLS}"
     " FROM (SELECT 1) AS one"
     " LEFT JOIN ledger_operations o ON o.key = $1 AND o.operation = 'reserve'"
+    " LEFT JOIN holds h ON h.order_id = $2"
+    " LEFT JOIN orders r ON r.account_id = $3 AND r.order_id = $5"
     " LEFT JOIN customers c ON c.account_id = $3"
     " LEFT JOIN ledger_accounts a ON a.owner = $3 AND a.asset = $4"
 )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -18,12 +16,12 @@ from temporalio.testing import WorkflowEnvironment
 from activities.ledger import check_ledger
 from core.db import create_pool
 from core.keys import RedisKeys
-from core.settings import Settings
 from core.statuses import OrderStatus
 from ordersaga.client import OrderClient
 from tests.conftest import scratch_database
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import saga_settings
+from tests.support.workerproc import start_worker, worker_env
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
@@ -35,38 +33,6 @@ def crash_sim(tmp_path: Path) -> Iterator[BrokerSim]:
     )
     yield sim
     sim.stop()
-
-
-def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "ORDERSAGA_TEMPORAL_ADDRESS": temporal_address,
-            "ORDERSAGA_DATABASE_URL": settings.database_url,
-            "ORDERSAGA_REDIS_PREFIX": settings.redis_prefix,
-            "ORDERSAGA_BROKER_URL": settings.broker_url,
-            "ORDERSAGA_ORDERS_TASK_QUEUE": settings.orders_task_queue,
-            "ORDERSAGA_BROKER_TASK_QUEUE": settings.broker_task_queue,
-        }
-    )
-    return env
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = log.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "--queues", "orders,broker"],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while b"worker ready" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"worker did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return proc
 
 
 async def test_sigkill_worker_mid_order_then_a_new_worker_finishes_it(

@@ -30,6 +30,7 @@ from activities.ledger import (
     store,
 )
 from activities.ledger.postings import Refused
+from activities.orders import OrderStore
 from core import errors
 from tests.conftest import scratch_database
 from tests.support.ledger import LedgerUnderTest
@@ -532,6 +533,62 @@ async def test_reserve_records_the_order_and_refuses_other_parameters(
     exc = await refused(ledger.reserve_funds(buy(account, other, "20.00", order=clash)))
     assert exc.type == errors.ORDER_CONFLICT
     assert await usd(ledger, account) == (D("50.00"), D("50.00"))
+
+
+def order_row(account: str, order: str, params_hash: str = "h1") -> OrderRecord:
+    return OrderRecord(
+        account_id=account,
+        order_id=order,
+        workflow_id=f"order-{account}-{order}",
+        symbol="AAPL",
+        side="buy",
+        order_type="market",
+        time_in_force="day",
+        qty=D(1),
+        params_hash=params_hash,
+    )
+
+
+async def test_a_reserve_retried_at_another_price_gets_the_first_hold_back(
+    ledger: LedgerUnderTest,
+) -> None:
+    """A retried workflow task prices a market buy again; the hold made first is the order's."""
+    account = await open_funded(ledger, "100.00")
+    order = f"{account}/a"
+    record = order_row(account, order)
+    first = await ledger.reserve_funds(
+        buy(account, order, "50.00", order=record).model_copy(update={"price_bound": D("49")})
+    )
+    assert first.price_bound == D("49")
+    again = await ledger.reserve_funds(
+        buy(account, order, "52.00", order=record).model_copy(update={"price_bound": D("51")})
+    )
+    assert (again.amount, again.price_bound, again.hold_id) == (D("50.00"), D("49"), first.hold_id)
+    assert await usd(ledger, account) == (D("50.00"), D("50.00"))
+    # Another order's parameters under the same key is still a misuse of the key.
+    other = order_row(account, order, params_hash="h2")
+    exc = await refused(ledger.reserve_funds(buy(account, order, "52.00", order=other)))
+    assert exc.type == errors.IDEMPOTENCY_MISMATCH
+
+
+async def test_a_reserve_after_its_order_was_refused_holds_nothing(
+    ledger: LedgerUnderTest,
+) -> None:
+    """An earlier try refused the order (its row says REJECTED): a retried reserve is refused
+    with that reason and holds nothing."""
+    account = await open_funded(ledger, "100.00")
+    order = f"{account}/a"
+    record = order_row(account, order)
+    store = OrderStore(ledger.pool)
+    assert await store.record(record, "REJECTED", "no price: no fresh quote for AAPL")
+    exc = await refused(ledger.reserve_funds(buy(account, order, "50.00", order=record)))
+    assert exc.type == errors.ORDER_REFUSED
+    assert exc.message == "no price: no fresh quote for AAPL"
+    assert await usd(ledger, account) == (D("100.00"), D("0.00"))
+    # A refused row of another order (other parameters) is that order's: a conflict, as before.
+    clash = order_row(account, order, params_hash="h2")
+    exc = await refused(ledger.reserve_funds(buy(account, order, "50.00", order=clash)))
+    assert exc.type == errors.ORDER_CONFLICT
 
 
 # ------------------------------------------------------------------ posting and rounding

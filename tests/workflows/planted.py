@@ -7,8 +7,10 @@ from decimal import Decimal
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.ledger import ReserveResult
     from workflows.models import OrderInput, OrderState
     from workflows.order import OrderWorkflow
+    from workflows.saga_base import Refusal
 
 
 @workflow.defn(name="OrderWorkflow")
@@ -19,6 +21,6 @@ class PlantedBugOrderWorkflow(OrderWorkflow):
     async def run(self, inp: OrderInput) -> OrderState:
         return await super().run(inp)
 
-    async def _reserve_under_lock(self, asset: str, amount: Decimal) -> str | None:
+    async def _reserve_under_lock(self, asset: str, amount: Decimal) -> ReserveResult | Refusal:
         await super()._reserve_under_lock(asset, amount)
         raise KeyError("a bug")
