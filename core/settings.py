@@ -37,6 +37,9 @@ class SagaSettings(BaseModel):
     lock_ttl_ms: int = Field(10_000, ge=100, le=600_000)
     # How long one acquire waits for a busy account lock (then it is retried).
     lock_wait_ms: int = Field(5_000, ge=0, le=600_000)
+    # How long an order waits for its account's lock in all before it is refused, account busy:
+    # the customer's answer is never held up for longer by other orders on the account.
+    lock_wait_total_s: float = Field(30.0, gt=0, le=3_600)
     # With no broker report for this long, the saga asks the broker itself.
     fill_poll_interval_s: float = Field(5.0, gt=0, le=86_400)
     # The broker timing: per-attempt and total submit timeouts (also each broker question's), and

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
@@ -260,12 +261,22 @@ class OrderClient:
         return place_result(state)
 
     async def get_order(self, account_id: str, order_id: str) -> OrderState:
-        handle = self.temporal.get_workflow_handle(_key(account_id, order_id).workflow_id)
+        """The order as its workflow sees it while it runs (a query); once it has completed, its
+        result, read from its history (no worker has to replay it); ended otherwise (failed,
+        terminated) or gone past retention: its orders row."""
+        handle = self.temporal.get_workflow_handle_for(
+            OrderWorkflow.run, _key(account_id, order_id).workflow_id
+        )
+        status = None
         try:
-            return await handle.query(OrderWorkflow.status)
+            status = (await handle.describe()).status
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
+        if status == WorkflowExecutionStatus.RUNNING:
+            return await handle.query(OrderWorkflow.status)
+        if status == WorkflowExecutionStatus.COMPLETED:
+            return await handle.result()
         row = await self._store.get(account_id, order_id)
         if row is None:
             raise UserError(f"unknown order {account_id}/{order_id}")

@@ -22,7 +22,12 @@ from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError, FailureError
+from temporalio.exceptions import (
+    ApplicationError,
+    FailureError,
+    TimeoutError,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.config import ConfigActivities, SagaConfigInput
@@ -51,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.pricing import Hold, hold_for
     from workflows.saga_base import (  # the patches and names others import from here
+        DECIDED_OR_REFUSED_PATCH,
         LOCAL_STEPS_PATCH,
         LOCK_RETRY,
         MAX_FENCE_RETRIES,
@@ -64,9 +70,11 @@ with workflow.unsafe.imports_passed_through():
         error_message,
         error_type,
         fence_seen,
+        innermost,
     )
 
 __all__ = [
+    "DECIDED_OR_REFUSED_PATCH",
     "LOCAL_STEPS_PATCH",
     "TRUST_BOUNDARY_PATCH",
     "WORKER_SETTINGS_PATCH",
@@ -97,6 +105,7 @@ class OrderWorkflow(FollowBroker):
         self._past_accept = carried is not None
         self._parking = False
         self._resume = False
+        self._stage = "validating"  # what the accept phase is doing: a failure's reason names it
 
     @workflow.update
     async def place(self, request: OrderRequest) -> PlaceResult:
@@ -172,12 +181,21 @@ class OrderWorkflow(FollowBroker):
         if inp.carried is None:
             try:
                 await self._accept()
-            except (FailureError, asyncio.CancelledError):
-                # Before the pivot every step has a compensation; run them, keep the error. Only
-                # on failures that end the workflow: a bug (KeyError, TypeError, ...) fails the
-                # workflow task, which Temporal retries, and must move no money on each attempt.
-                # Never on other BaseExceptions: the worker evicts workflows from its cache with
-                # one, and this run will be replayed elsewhere, compensations and all.
+            except (FailureError, asyncio.CancelledError) as err:
+                # A step failed for good before the order was decided (a quote that cannot be
+                # read, an account locked too long by other orders, a ledger refusal nobody
+                # expected): the order is refused, with its reason and its row, and the customer
+                # is answered; never a failed workflow and an unanswered place.
+                if not is_cancelled_exception(err) and workflow.patched(DECIDED_OR_REFUSED_PATCH):
+                    self._compensations.clear()
+                    await self._refuse(self._failure_reason(err), recorded=False, void=True)
+                    return self._state
+                # Cancelled before the decision (or started before the patch): every step so far
+                # has a compensation; run them, keep the error. Only on failures that end the
+                # workflow: a bug (KeyError, TypeError, ...) fails the workflow task, which
+                # Temporal retries, and must move no money on each attempt. Never on other
+                # BaseExceptions: the worker evicts workflows from its cache with one, and this
+                # run will be replayed elsewhere, compensations and all.
                 await self._compensate()
                 raise
             if self._state.terminal:
@@ -215,6 +233,7 @@ class OrderWorkflow(FollowBroker):
             # histories only.
             await self._refuse(reason, recorded=workflow.patched(STRICT_INPUT_PATCH))
             return
+        self._stage = "pricing"
         hold = await self._price()
         if hold is None:
             await self._refuse("no price: no fresh quote for " + req.symbol, recorded=False)
@@ -260,7 +279,8 @@ class OrderWorkflow(FollowBroker):
             MarketDataActivities.get_quote,
             GetQuoteInput(symbol=self._state.request.symbol),
             start_to_close=timedelta(seconds=5),
-            retry=RetryPolicy(maximum_attempts=5),
+            # A few quick tries (0.2 + 0.4 + 0.8 + 1.6 s apart): the customer is waiting.
+            retry=RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5),
         )
         if not q.fresh or q.ask is None or q.ask <= 0:
             return None
@@ -278,8 +298,10 @@ class OrderWorkflow(FollowBroker):
         key = req.key
         floor = 0
         for _ in range(MAX_FENCE_RETRIES):
+            self._stage = "locking the account"
             fence = await self._acquire_lock(floor)
             try:
+                self._stage = "holding funds"
                 return await self._ledger(
                     LedgerActivities.reserve_funds,
                     ReserveInput(
@@ -311,7 +333,9 @@ class OrderWorkflow(FollowBroker):
                     return Refusal(error_message(err, "refused"), recorded=True)
                 raise
             finally:
+                self._stage = "unlocking the account"
                 await self._release_lock()
+        self._stage = "locking the account"
         raise ApplicationError("reserve kept losing its lock", type=errors.LOCK_LOST)
 
     async def _acquire_lock(self, floor: int = 0) -> int:
@@ -348,9 +372,20 @@ class OrderWorkflow(FollowBroker):
             LockActivities.acquire_lock,
             lock,
             start_to_close_timeout=timedelta(milliseconds=self._cfg.lock_wait_ms + 5_000),
+            # The whole wait is bounded: past it the order is refused, account busy.
+            schedule_to_close_timeout=timedelta(seconds=self._cfg.lock_wait_total_s),
             retry_policy=LOCK_RETRY,
         )
         return int(res.fence)
+
+    def _failure_reason(self, err: BaseException) -> str:
+        """The refusal's reason for a step that failed for good before the decision."""
+        cause = innermost(err)
+        if self._stage == "locking the account" and isinstance(cause, TimeoutError):
+            waited = f"{self._cfg.lock_wait_total_s:g}"
+            return f"account busy: other orders kept the account locked for {waited} s"
+        text = cause.message if isinstance(cause, FailureError) else str(cause)
+        return f"could not be placed ({self._stage}): {text or type(cause).__name__}"
 
     async def _release_lock(self) -> None:
         req = self._state.request

@@ -63,6 +63,9 @@ PARKED_FOLLOWS_PATCH = "parked-follows-broker-v1"
 PARKED_POLL_MAX_S = 3_600.0
 # A parked order's asks: a few tries each, so a resume is never kept waiting behind one.
 PARKED_ASK_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+# Runs from this version on refuse an order, with its reason and its row, when a step fails for
+# good before the order is decided; runs before failed the workflow (after compensating).
+DECIDED_OR_REFUSED_PATCH = "decided-or-refused-v1"
 # Runs from this version on read the signals that arrived before giving an unknown submit up.
 SIGNALS_BEFORE_GIVE_UP_PATCH = "signals-before-give-up-v1"
 
@@ -113,6 +116,13 @@ def fence_seen(err: BaseException) -> int:
     return seen if isinstance(seen, int) and seen > 0 else 0
 
 
+def innermost(err: BaseException) -> BaseException:
+    """The failure under an activity's wrapping: what actually went wrong."""
+    while isinstance(err, ActivityError) and err.cause is not None:
+        err = err.cause
+    return err
+
+
 def error_message(err: BaseException, default: str) -> str:
     cause = err.cause if isinstance(err, ActivityError) else err
     return cause.message if isinstance(cause, ApplicationError) else default
@@ -132,6 +142,7 @@ class SagaBase:
     _cfg: SagaConfig
     _state: OrderState
     _decided: bool
+    _stage: str
     _pivoted: bool
     _reports: list[BrokerReport]
     _compensations: list[Callable[[], Awaitable[None]]]
@@ -153,12 +164,17 @@ class SagaBase:
 
         It runs as a local activity, in this worker and inside the workflow task: no task-queue
         round trip and no activity events, which is most of what Temporal costs per step (the
-        saga settles about 1.2 times as many orders per second; docs/PERFORMANCE.md). Nothing
-        is weakened: a local activity is retried by this worker with the same policy (by
-        timers once retries outlast a minute), and if the worker dies before its result is
-        recorded the step runs again, as an ordinary activity's would; every step is idempotent
-        (idempotency keys, the lock's owner token, compare-and-set). Broker calls stay ordinary
-        activities on the broker queue, where a slow broker cannot hold these steps up.
+        saga settles about 1.2 times as many orders per second; docs/PERFORMANCE.md). A local
+        activity is retried by this worker with the same policy (by timers once retries outlast
+        a minute). What it costs: its result reaches history only when the workflow task
+        completes, so a worker that dies first leaves the step done and unrecorded, and the
+        retried task runs every step of the task again, the quote included, with fresh inputs.
+        So every step is idempotent (idempotency keys, the lock's owner token, compare-and-set),
+        and the accept phase's decision is held where the retry reads it: the reserve made first
+        is what the order holds whatever the new quote says (``first_reserve``), and a refusal
+        written first stands (``OrderRefused``; a refusal that finds a hold voids it). Broker
+        calls stay ordinary activities on the broker queue, where a slow broker cannot hold these
+        steps up.
         """
         while True:
             try:
@@ -287,20 +303,33 @@ class SagaBase:
         self._state.released = Decimal(res.released)
         self._note(f"released {res.released} {self._state.hold_asset or ''} ({why})".strip())
 
-    async def _refuse(self, reason: str, *, recorded: bool) -> None:
-        """End the order before anything is held; `recorded`: its row exists already."""
+    async def _refuse(self, reason: str, *, recorded: bool, void: bool = False) -> None:
+        """End the order before it reaches the broker; ``recorded``: its row says so already;
+        ``void``: release whatever it may hold first (a step failed after a reserve may have
+        committed)."""
         self._state.reason = reason
         self._set_status(OrderStatus.REJECTED, reason)
         if recorded:
             self._decided = True
             return
+        if void:
+            await self._void("refused")
         # The permanent record first: the customer's answer must not outrun it.
-        res = await self._step(
-            OrderStoreActivities.record_order,
-            RecordOrderInput(record=self._order_record(), status="REJECTED", reason=reason),
-            start_to_close=timedelta(seconds=10),
-            retry=LEDGER_RETRY,
-        )
+        try:
+            res = await self._step(
+                OrderStoreActivities.record_order,
+                RecordOrderInput(record=self._order_record(), status="REJECTED", reason=reason),
+                start_to_close=timedelta(seconds=10),
+                retry=LEDGER_RETRY,
+            )
+        except STEP_ERRORS as err:
+            if not (error_type(err) == errors.ORDER_CONFLICT and self._refuses_on_failure()):
+                raise
+            # The order id is another order's (other parameters): its row is not ours to write.
+            self._state.reason = f"{ORDER_CONFLICT_REASON} ({self._state.request.order_id})"
+            self._set_status(OrderStatus.REJECTED, self._state.reason)
+            self._decided = True
+            return
         if res.status == OrderStatus.REJECTED.value and res.reason:
             # An earlier try of this workflow task refused it first: its reason stands.
             self._state.reason = res.reason
@@ -308,9 +337,13 @@ class SagaBase:
         elif res.status == OrderStatus.ACCEPTED.value:
             # An earlier try of this workflow task held funds before it died, and this try
             # refuses (its quote went stale meanwhile): release that hold and say so on the row.
-            await self._void("refused on a retried workflow task")
+            if not void:
+                await self._void("refused on a retried workflow task")
             await self._store(OrderStatus.REJECTED)
         self._decided = True
+
+    def _refuses_on_failure(self) -> bool:
+        return workflow.patched(DECIDED_OR_REFUSED_PATCH)
 
     async def _finish(self, status: OrderStatus, reason: str) -> None:
         if status != OrderStatus.SETTLED:

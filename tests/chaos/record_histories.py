@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import tempfile
 import uuid
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from activities.ledger import max_fence
+from activities.lock import AccountLock
 from core.db import drop_database, ensure_database, migrate, with_database
 from core.keys import RedisKeys
 from core.orderkey import OrderKey
@@ -177,6 +180,18 @@ async def parked_then_resumed(saga: SagaStack) -> OrderState:
     return await saga.wait(acct, placed.order_id)
 
 
+async def refused_account_busy(saga: SagaStack) -> OrderState:
+    """Another order keeps the account locked past the saga's bound: refused, account busy."""
+    acct = await saga.funded_account("10000")
+    lock = AccountLock(saga.redis, saga.keys, fence_floor=functools.partial(max_fence, saga.pool))
+    assert await lock.try_acquire(acct, f"{acct}/another-order", ttl_ms=60_000) is not None
+    placed = await saga.place(
+        acct, symbol="AAPL", side="buy", qty="1", order_type="limit", limit_price="100"
+    )
+    await lock.release(acct, f"{acct}/another-order")
+    return await saga.wait(acct, placed.order_id)
+
+
 SCENARIOS: dict[str, tuple[Scenario, OrderStatus]] = {
     "cancel_resting_limit": (cancel_resting_limit, OrderStatus.CANCELED),
     "partial_fills_buy": (partial_fills_buy, OrderStatus.SETTLED),
@@ -188,6 +203,7 @@ SCENARIOS: dict[str, tuple[Scenario, OrderStatus]] = {
     "refused_for_funds": (refused_for_funds, OrderStatus.REJECTED),
     "forged_signal_checked": (forged_signal_checked, OrderStatus.CANCELED),
     "parked_then_resumed": (parked_then_resumed, OrderStatus.SETTLED),
+    "refused_account_busy": (refused_account_busy, OrderStatus.REJECTED),
 }
 
 
@@ -200,7 +216,10 @@ async def record(out: Path, only: list[str]) -> None:
     tmp = tempfile.TemporaryDirectory()
     sim = BrokerSim.start(Path(tmp.name) / "broker.db", seed=7)
     try:
-        settings = saga_settings(dsn, keys, sim.url, redis_url=REDIS_URL)
+        # A short bound on the lock wait, for refused_account_busy.
+        settings = saga_settings(
+            dsn, keys, sim.url, redis_url=REDIS_URL, saga={"lock_wait_total_s": 3.0}
+        )
         async with saga_stack(env.client, settings, sim) as saga:
             for name in only or list(SCENARIOS):
                 await _record_one(saga, name, out)

@@ -37,8 +37,7 @@ from ordersaga.client import OrderClient
 from tests.conftest import scratch_database
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import saga_settings
-from tests.support.workerproc import start_worker, worker_env
-from worker.main import build_workers, resources
+from tests.support.workerproc import start_worker, worker_env, workers_running
 from workflows.pricing import hold_for
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
@@ -127,15 +126,9 @@ async def crash_in_accept(
     if case.then != "fresh" or case.first != "fresh":
         price = moved if case.then == "moved" else ask
         await put_quote(redis_client, keys, price, stale=case.then == "stale")
-    async with resources(settings, ["orders", "broker"]) as res:
-        workers = build_workers(temporal_env.client, res, ["orders", "broker"])
-        running = [asyncio.create_task(w.run()) for w in workers]
-        try:
-            placed = await asyncio.wait_for(placing, 60)
-            final = await oc.wait(acct, req.order_id, timeout_s=60)
-        finally:
-            await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
-            await asyncio.gather(*running, return_exceptions=True)
+    async with workers_running(temporal_env.client, settings):
+        placed = await asyncio.wait_for(placing, 60)
+        final = await oc.wait(acct, req.order_id, timeout_s=60)
     row = await oc._store.get(acct, req.order_id)
     at_broker = [
         o

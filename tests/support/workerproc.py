@@ -1,15 +1,22 @@
-"""Worker processes for tests that kill them: the environment that points one at a test's stack,
-and a start that waits until it polls."""
+"""Workers for tests that stop or kill them: a worker process pointed at a test's stack (started
+once it polls), and the real workers in the test's own process for the length of a block."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from temporalio.client import Client
+from temporalio.worker import Worker
+
 from core.settings import Settings
+from worker.main import build_workers, resources
 
 
 def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
@@ -46,3 +53,16 @@ def start_worker(
             raise AssertionError(f"worker did not start: {log.read_text()[-2000:]}")
         time.sleep(0.1)
     return proc
+
+
+@contextlib.asynccontextmanager
+async def workers_running(temporal: Client, settings: Settings) -> AsyncIterator[list[Worker]]:
+    """The real orders and broker workers, in this process, for the length of the block."""
+    async with resources(settings, ["orders", "broker"]) as res:
+        workers = build_workers(temporal, res, ["orders", "broker"])
+        running = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            yield workers
+        finally:
+            await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)
