@@ -381,7 +381,10 @@ class OrderWorkflow(FollowBroker):
     def _failure_reason(self, err: BaseException) -> str:
         """The refusal's reason for a step that failed for good before the decision."""
         cause = innermost(err)
-        if self._stage == "locking the account" and isinstance(cause, TimeoutError):
+        # The wait's schedule-to-close ends it as a timeout during a try, or as the last try's
+        # "busy" when no try fits in what is left.
+        busy = isinstance(cause, TimeoutError) or error_type(cause) == errors.LOCK_NOT_ACQUIRED
+        if self._stage == "locking the account" and busy:
             waited = f"{self._cfg.lock_wait_total_s:g}"
             return f"account busy: other orders kept the account locked for {waited} s"
         text = cause.message if isinstance(cause, FailureError) else str(cause)
