@@ -40,12 +40,17 @@ class SagaSettings(BaseModel):
     # How long an order waits for its account's lock in all before it is refused, account busy:
     # the customer's answer is never held up for longer by other orders on the account.
     lock_wait_total_s: float = Field(30.0, gt=0, le=3_600)
-    # With no broker report for this long, the saga asks the broker itself.
+    # With no broker report for this long, the saga asks the broker itself; each ask that brings
+    # no news doubles the wait, up to the maximum, and any news (an event, a fill, a new status,
+    # a cancel) brings it back. Alpaca allows 200 requests a minute per key: at a steady 5 s,
+    # 16 resting orders would use them all.
     fill_poll_interval_s: float = Field(5.0, gt=0, le=86_400)
+    fill_poll_max_interval_s: float = Field(300.0, gt=0, le=86_400)
     # The broker timing: per-attempt and total submit timeouts (also each broker question's), and
     # how long an order the broker does not know must stay absent before its hold is voided
     # (longer than any request can remain in flight: the client's timeout plus the broker's own
-    # late-execution window).
+    # late-execution window). The total counts the submit's attempts, not time it waits in the
+    # broker queue for a worker: it is spent as total // per-attempt attempts.
     submit_start_to_close_s: float = Field(15.0, gt=0, le=3_600)
     submit_schedule_to_close_s: float = Field(120.0, gt=0, le=86_400)
     absent_grace_s: float = Field(180.0, gt=0, le=30 * 86_400)
@@ -58,12 +63,16 @@ class SagaConfig(SagaSettings):
 
     orders_task_queue: str = ORDERS_TASK_QUEUE
     broker_task_queue: str = BROKER_TASK_QUEUE
+    # Where an order's questions to the broker (status lookups, polls) go; empty (as in configs
+    # recorded before it existed): the broker queue.
+    broker_asks_task_queue: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SagaConfig:
         return cls(
             orders_task_queue=settings.orders_task_queue,
             broker_task_queue=settings.broker_task_queue,
+            broker_asks_task_queue=settings.asks_task_queue,
             **settings.saga.model_dump(),
         )
 
@@ -96,6 +105,9 @@ class Settings(BaseSettings):
     temporal_ui_url: str = "http://127.0.0.1:8233"
     orders_task_queue: str = ORDERS_TASK_QUEUE
     broker_task_queue: str = BROKER_TASK_QUEUE
+    # The broker questions' own queue, served by the broker workers beside the broker queue, so
+    # polls never keep a submit or a cancel waiting for a slot. Empty: "<broker_task_queue>-asks".
+    broker_asks_task_queue: str = ""
     # How long a worker may take over one workflow task before Temporal hands it to another: a
     # worker that dies mid-task (during an order's accept phase, say) delays its customer's answer
     # by this much. Temporal's default; set on the orders started from then on.
@@ -162,6 +174,10 @@ class Settings(BaseSettings):
             return cls()
         except ValidationError as exc:
             raise UserError(settings_error(exc)) from None
+
+    @property
+    def asks_task_queue(self) -> str:
+        return self.broker_asks_task_queue or f"{self.broker_task_queue}-asks"
 
     @property
     def symbols(self) -> list[str]:

@@ -2,7 +2,9 @@
 
 ``orders`` runs the workflows and the lock, ledger, market-data and orders-table activities;
 ``broker`` runs only the broker activities, with its own slot limit, so a hung broker cannot take
-the slots ledger work needs (the bulkhead). Either or both queues per process.
+the slots ledger work needs (the bulkhead): submits and cancels on the broker queue, the orders'
+questions (polls) on the asks queue beside it, each with its own slots. Either or both of
+``orders`` and ``broker`` per process.
 """
 
 from __future__ import annotations
@@ -148,9 +150,21 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                 activities=[
                     broker.submit_order,
                     broker.cancel_order,
+                    # Orders started before the asks queue still ask here.
                     broker.reconcile_order,
                     broker.list_broker_orders,
                 ],
+                max_concurrent_activities=s.broker_max_concurrent_activities,
+                graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
+            )
+        )
+        # The orders' questions (polls, lookups) on a queue and slots of their own: however
+        # many resting orders poll, a submit or a cancel never waits behind them.
+        workers.append(
+            Worker(
+                client,
+                task_queue=s.asks_task_queue,
+                activities=[broker.reconcile_order],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga_base import (
         BROKER_ASK_RETRY,
         BROKER_SUBMIT_RETRY,
+        POLL_BACKOFF_PATCH,
         SIGNALS_BEFORE_GIVE_UP_PATCH,
         SagaBase,
         error_message,
@@ -62,8 +64,7 @@ class FollowBroker(SagaBase):
                     time_in_force=req.time_in_force,
                     limit_price=self._state.limit_sent,
                 ),
-                retry=BROKER_SUBMIT_RETRY,
-                schedule_to_close=timedelta(seconds=self._cfg.submit_schedule_to_close_s),
+                retry=self._submit_retry(),
                 park=False,
             )
         except ActivityError as err:
@@ -76,6 +77,19 @@ class FollowBroker(SagaBase):
             return await self._find_after_unknown()
         self._reports.append(self._report_from(res.order, "submit"))
         return True
+
+    def _submit_retry(self) -> RetryPolicy:
+        """The submit's tries: as many per-attempt timeouts as fit in its total. A bound on
+        attempts, not a schedule-to-close: time the submit waits in the broker queue for a free
+        worker is not the broker's silence and must not turn into an unknown outcome."""
+        cfg = self._cfg
+        attempts = max(1, int(cfg.submit_schedule_to_close_s // cfg.submit_start_to_close_s))
+        return RetryPolicy(
+            initial_interval=BROKER_SUBMIT_RETRY.initial_interval,
+            maximum_interval=BROKER_SUBMIT_RETRY.maximum_interval,
+            maximum_attempts=attempts,
+            non_retryable_error_types=BROKER_SUBMIT_RETRY.non_retryable_error_types,
+        )
 
     async def _find_after_unknown(self) -> bool:
         """After an unknown submit outcome: does the broker have the order?
@@ -114,6 +128,8 @@ class FollowBroker(SagaBase):
     async def _follow(self) -> None:
         """Book fills until the broker says the order is final, then finish it."""
         final: BrokerReport | None = None
+        self._backoff = workflow.patched(POLL_BACKOFF_PATCH)
+        self._poll_s = self._cfg.fill_poll_interval_s
         while final is None:
             if self._state.cancel_requested and not self._state.cancel_sent:
                 await self._send_cancel()
@@ -132,19 +148,32 @@ class FollowBroker(SagaBase):
         await self._finish(status, f"broker: {final.status}")
 
     async def _wait_for_reports(self) -> None:
+        """Until a report or a cancel arrives, or the poll interval passes: then ask the broker.
+
+        The interval backs off while the broker has no news (each quiet poll doubles it, up to
+        ``fill_poll_max_interval_s``) and is back at ``fill_poll_interval_s`` on any news: a
+        resting order costs the broker's rate limit a few asks an hour, not 720."""
         try:
             await workflow.wait_condition(
                 lambda: (
                     bool(self._reports)
                     or (self._state.cancel_requested and not self._state.cancel_sent)
                 ),
-                timeout=timedelta(seconds=self._cfg.fill_poll_interval_s),
+                timeout=timedelta(seconds=self._poll_s),
             )
+            self._poll_s = self._cfg.fill_poll_interval_s  # a report or a cancel: news
         except TimeoutError:
             # Events stopped (lost, or the listener is down): ask the broker ourselves.
             view = await self._ask_broker()
             if view.order is not None:
-                self._reports.append(self._report_from(view.order, "poll"))
+                report = self._report_from(view.order, "poll")
+                if self._backoff and not self._is_news(report):
+                    cfg = self._cfg  # a maximum below the interval leaves the interval as is
+                    ceiling = max(cfg.fill_poll_max_interval_s, cfg.fill_poll_interval_s)
+                    self._poll_s = min(self._poll_s * 2, ceiling)
+                else:
+                    self._poll_s = self._cfg.fill_poll_interval_s
+                self._reports.append(report)
 
     async def _apply_reports(self, reports: list[BrokerReport]) -> BrokerReport | None:
         """Book the largest cumulative fill among the reports; the final report, if any."""
@@ -245,6 +274,7 @@ class FollowBroker(SagaBase):
             BrokerActivities.reconcile_order,
             ReconcileOrderInput(client_order_id=self._state.request.key),
             retry=BROKER_ASK_RETRY,
+            ask=True,
         )
 
     @staticmethod

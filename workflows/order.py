@@ -106,6 +106,8 @@ class OrderWorkflow(FollowBroker):
         self._parking = False
         self._resume = False
         self._stage = "validating"  # what the accept phase is doing: a failure's reason names it
+        self._backoff = False
+        self._poll_s = self._cfg.fill_poll_interval_s
 
     @workflow.update
     async def place(self, request: OrderRequest) -> PlaceResult:

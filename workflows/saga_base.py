@@ -66,6 +66,9 @@ PARKED_ASK_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(se
 # Runs from this version on refuse an order, with its reason and its row, when a step fails for
 # good before the order is decided; runs before failed the workflow (after compensating).
 DECIDED_OR_REFUSED_PATCH = "decided-or-refused-v1"
+# Runs from this version on back their polls off while the broker has no news (doubling from
+# fill_poll_interval_s to fill_poll_max_interval_s, back at the start on any news).
+POLL_BACKOFF_PATCH = "poll-backoff-v1"
 # Runs from this version on read the signals that arrived before giving an unknown submit up.
 SIGNALS_BEFORE_GIVE_UP_PATCH = "signals-before-give-up-v1"
 
@@ -143,6 +146,8 @@ class SagaBase:
     _state: OrderState
     _decided: bool
     _stage: str
+    _backoff: bool  # POLL_BACKOFF_PATCH: quiet polls back off
+    _poll_s: float  # the follow loop's poll interval now
     _pivoted: bool
     _reports: list[BrokerReport]
     _compensations: list[Callable[[], Awaitable[None]]]
@@ -203,16 +208,21 @@ class SagaBase:
         retry: RetryPolicy,
         schedule_to_close: timedelta | None = None,
         park: bool = True,
+        ask: bool = False,
     ) -> Out:
-        """A broker call: an ordinary activity on the broker queue (the bulkhead), each attempt
-        bounded by the submit timeout. Past the pivot one that fails for good (wrong keys, say)
-        parks the order, unless ``park`` is off (the submit reads its own failures)."""
+        """A broker call: an ordinary activity on the broker queue (the bulkhead), or for a
+        question (``ask``) on the asks queue beside it, each attempt bounded by the submit
+        timeout. Past the pivot one that fails for good (wrong keys, say) parks the order,
+        unless ``park`` is off (the submit reads its own failures)."""
+        queue = self._cfg.broker_task_queue
+        if ask and self._cfg.broker_asks_task_queue:
+            queue = self._cfg.broker_asks_task_queue
         while True:
             try:
                 return await workflow.execute_activity_method(
                     method,
                     arg,
-                    task_queue=self._cfg.broker_task_queue,
+                    task_queue=queue,
                     start_to_close_timeout=timedelta(seconds=self._cfg.submit_start_to_close_s),
                     schedule_to_close_timeout=schedule_to_close,
                     retry_policy=retry,
@@ -272,6 +282,7 @@ class SagaBase:
                     ReconcileOrderInput(client_order_id=self._state.request.key),
                     retry=PARKED_ASK_RETRY,
                     park=False,
+                    ask=True,
                 )
             except ActivityError as err:
                 self._note(f"parked; the broker could not be asked: {error_message(err, '')}")

@@ -56,10 +56,12 @@ def start_worker(
 
 
 @contextlib.asynccontextmanager
-async def workers_running(temporal: Client, settings: Settings) -> AsyncIterator[list[Worker]]:
+async def workers_running(
+    temporal: Client, settings: Settings, queues: tuple[str, ...] = ("orders", "broker")
+) -> AsyncIterator[list[Worker]]:
     """The real orders and broker workers, in this process, for the length of the block."""
-    async with resources(settings, ["orders", "broker"]) as res:
-        workers = build_workers(temporal, res, ["orders", "broker"])
+    async with resources(settings, queues) as res:
+        workers = build_workers(temporal, res, queues)
         running = [asyncio.create_task(w.run()) for w in workers]
         try:
             yield workers

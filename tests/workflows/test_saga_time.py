@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -490,3 +491,55 @@ async def test_a_parked_order_keeps_following_the_broker_until_resumed(
     notes = [e.event for e in final.timeline]
     assert any(n.startswith("parked; the broker says filled") for n in notes), notes
     assert asks_when_parked >= 2
+
+
+async def until(done: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if done():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def timer_seconds(history: Any) -> list[float]:
+    return [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta().total_seconds()
+        for e in history.events
+        if e.HasField("timer_started_event_attributes")
+    ]
+
+
+async def test_a_resting_orders_polls_back_off_and_news_brings_them_back(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    """No events and nothing new at the broker: each poll doubles the wait, 5 s up to 300 s (a
+    dozen asks in the first hour, not 720). An event with news brings the interval back to 5 s."""
+    world = World([broker_order("new", "0")], submit_fails=False)
+    config = SagaConfig(fill_poll_interval_s=5, fill_poll_max_interval_s=300)
+    async with started(skipping_env, world, config) as handle:
+        await until(lambda: len(world.asked_at) >= 10)
+        quiet = list(world.asked_at)
+        world.broker_script[:] = [broker_order("partially_filled", "1")]
+        news = BrokerReport(
+            source="event",
+            broker_order_id="b-1",
+            status="partially_filled",
+            filled_qty=Decimal(1),
+            filled_notional=Decimal(100),
+        )
+        await handle.signal(OrderWorkflow.broker_update, news)
+        await until(lambda: world.posts == [Decimal(1)])
+        world.broker_script[:] = [broker_order("filled", "2")]
+        final: OrderState = await handle.result()
+        timers = timer_seconds(await handle.fetch_history())
+    assert final.status == OrderStatus.SETTLED and world.posts == [Decimal(1), Decimal(2)]
+    assert len(quiet) >= 10
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(quiet)]
+    # The asks' own times: each gap is the timer's plus the second the ask takes to schedule.
+    assert gaps[:6] == pytest.approx([10, 20, 40, 80, 160, 300], abs=2), gaps
+    assert timers[:8] == [5, 10, 20, 40, 80, 160, 300, 300], timers
+    # After the event: the interval starts again at 5 s.
+    after = timers[timers.index(300) :]
+    resumed = next(t for t in after if t != 300)
+    assert resumed == 5, timers
