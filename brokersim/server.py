@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -97,6 +98,10 @@ def _route_kind(path: str) -> str | None:
     return None
 
 
+# An API key or secret the admin endpoint accepts: printable ASCII, no spaces.
+API_KEY = re.compile(r"[!-~]{1,128}")
+
+
 class BrokerSimServer:
     def __init__(self, engine: Engine, faults: Faults, key_id: str, secret_key: str) -> None:
         self.engine = engine
@@ -140,6 +145,7 @@ class BrokerSimServer:
         r.add_post("/admin/events", self.post_event)
         r.add_get("/admin/fill_model", self.get_fill_model)
         r.add_put("/admin/fill_model", self.put_fill_model)
+        r.add_put("/admin/keys", self.put_keys)
         r.add_get("/admin/health", self.health)
         r.add_get("/healthz", self.health)
         return app
@@ -372,6 +378,19 @@ class BrokerSimServer:
     async def put_fill_model(self, request: web.Request) -> web.Response:
         model = self.engine.set_fill_model(await read_json_object(request))
         return _json(model.model_dump())
+
+    async def put_keys(self, request: web.Request) -> web.Response:
+        """Rotate the API keys the simulator accepts (the broker's side of a key rotation):
+        requests with the old keys are refused from now on. The answer names the key id only."""
+        body = await read_json_object(request)
+        keys = {name: body.get(name) for name in ("key_id", "secret_key")}
+        for name, value in keys.items():
+            if not (isinstance(value, str) and API_KEY.fullmatch(value)):
+                raise invalid(f"{name} must be 1 to 128 printable ASCII characters")
+        if set(body) - set(keys):
+            raise invalid(f"unknown fields: {', '.join(sorted(set(body) - set(keys)))}")
+        self._key_id, self._secret_key = str(keys["key_id"]), str(keys["secret_key"])
+        return _json({"key_id": self._key_id})
 
     async def health(self, request: web.Request) -> web.Response:
         return _json({"ok": True})

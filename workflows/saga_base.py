@@ -61,6 +61,9 @@ ORDER_NOT_PARKED = "OrderNotParked"
 # booked) until it is resumed.
 PARKED_FOLLOWS_PATCH = "parked-follows-broker-v1"
 PARKED_POLL_MAX_S = 3_600.0
+# Runs from this version on resume an order parked by a broker call that failed for good (our
+# keys refused) by themselves once the broker answers again; runs before wait for an operator.
+BROKER_PARK_RESUMES_PATCH = "broker-park-resumes-v1"
 # A parked order's asks: a few tries each, so a resume is never kept waiting behind one.
 PARKED_ASK_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 # Runs from this version on refuse an order, with its reason and its row, when a step fails for
@@ -231,15 +234,19 @@ class SagaBase:
                 if not (park and self._parks()):
                     raise
                 reason = error_message(err, str(err))
-                await self._park_for(f"{step_name(method)} at the broker: {reason}")
+                await self._park_for(
+                    f"{step_name(method)} at the broker: {reason}", broker_fault=True
+                )
 
-    async def _park_for(self, reason: str) -> None:
+    async def _park_for(self, reason: str, *, broker_fault: bool = False) -> None:
         """Stop here, visibly, until an operator resumes the order (the ``resume`` update).
 
         Past the pivot the broker may hold the order, so no step may end it by failing: the
         hold stays, reports keep arriving (they are applied once resumed), the order is listed
         under ``OrderStatus = 'NEEDS_ATTENTION'`` with its reason, and the broker is still
-        followed (``_follow_while_parked``).
+        followed (``_follow_while_parked``). ``broker_fault``: a broker call failed for good
+        (our keys refused, say: a rotation not yet rolled out); the order resumes by itself
+        once the broker answers again, since that answer is the proof the cause is gone.
         """
         st = self._state
         before, reason_before = st.status, st.reason
@@ -254,7 +261,9 @@ class SagaBase:
                 self._note("the orders row could not be updated")
             finally:
                 self._parking = False
-        if st.broker_order_id is not None and workflow.patched(PARKED_FOLLOWS_PATCH):
+        if broker_fault and workflow.patched(BROKER_PARK_RESUMES_PATCH):
+            await self._follow_while_parked(resume_on_answer=True)
+        elif st.broker_order_id is not None and workflow.patched(PARKED_FOLLOWS_PATCH):
             await self._follow_while_parked()
         else:
             await workflow.wait_condition(lambda: self._resume)
@@ -262,11 +271,12 @@ class SagaBase:
         st.reason = reason_before
         self._set_status(before, "resumed")
 
-    async def _follow_while_parked(self) -> None:
+    async def _follow_while_parked(self, *, resume_on_answer: bool = False) -> None:
         """Until resumed, ask the broker now and then and keep its word on the order's state and
         timeline (its status and fills, for the operator to see), booking nothing. The asks back
         off from the poll interval to an hour: an order may stay parked for days, and its
-        history must not grow past what Temporal keeps."""
+        history must not grow past what Temporal keeps. ``resume_on_answer``: the first answer
+        resumes the order (it was parked because the broker would not answer)."""
         interval = self._cfg.fill_poll_interval_s
         while True:
             try:
@@ -287,6 +297,9 @@ class SagaBase:
             except ActivityError as err:
                 self._note(f"parked; the broker could not be asked: {error_message(err, '')}")
                 continue
+            if resume_on_answer:
+                self._note("the broker answers again; resuming")
+                return
             order = view.order
             if order is not None and order.status != self._state.broker_status:
                 self._state.broker_status = order.status

@@ -153,3 +153,23 @@ async def test_fault_decisions_repeat_for_a_seed(brokersim_factory) -> None:  # 
     again = await outcomes(brokersim_factory(faults=config))
     assert first == again
     assert set(first) == {200, 503}
+
+
+async def test_rotated_keys_refuse_the_old_ones_and_bad_keys_change_nothing(
+    brokersim_factory,  # noqa: F811
+) -> None:
+    sim = brokersim_factory()
+    bad_keys: list[dict[str, object]] = [
+        {"key_id": "", "secret_key": "s"},
+        {"key_id": "k"},
+        {"key_id": "a b", "secret_key": "s"},
+        {"key_id": "k", "secret_key": "s", "extra": 1},
+    ]
+    for bad in bad_keys:
+        status, _ = await sim.request("PUT", "/admin/keys", bad)
+        assert status == 422, bad
+    assert (await sim.request("GET", "/v2/orders"))[0] == 200  # the keys are unchanged
+    await sim.admin("PUT", "/admin/keys", {"key_id": "new-id", "secret_key": "new-secret"})
+    assert (await sim.request("GET", "/v2/orders"))[0] == 401  # the old keys, refused
+    sim.key_id, sim.secret_key = "new-id", "new-secret"
+    assert (await sim.request("GET", "/v2/orders"))[0] == 200
