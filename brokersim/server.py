@@ -19,10 +19,13 @@ import logging
 import re
 import signal
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from pydantic import ValidationError
 
 from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
@@ -48,6 +51,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 KEEPALIVE_S = 10.0
 MAX_LIST_LIMIT = 500
 MAX_EVENT_LIMIT = 10_000
+_STATUSES = {s.value for s in HTTPStatus}
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -56,6 +60,41 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 def _error(exc: ApiError) -> web.Response:
     return _json({"code": exc.code, "message": exc.message}, status=exc.status)
+
+
+class _AlpacaErrorsHandler(RequestHandler):
+    """aiohttp answers the requests its HTTP parser refuses (control bytes in a header, bytes
+    that are not UTF-8 in the request line, headers past its limits) itself, before any
+    middleware, in plain text. Here they get Alpaca's error body like every other refusal."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it; no answer once sending
+        phrase = HTTPStatus(status).phrase.lower() if status in _STATUSES else "error"
+        answer = _json(
+            {"code": status * 100_000 + 10_000, "message": f"malformed request: {phrase}"}, status
+        )
+        answer.force_close()
+        return answer
+
+
+class _AlpacaErrorsServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _AlpacaErrorsHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """``AppRunner`` whose connections answer parser errors as Alpaca would."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        made.__class__ = _AlpacaErrorsServer  # the same object, handing out our handler
+        return made
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:
@@ -451,7 +490,7 @@ async def serve(
     """Run until SIGTERM/SIGINT; prints one ready line once the port accepts connections."""
     engine, fault_state = open_state(state, seed, faults, fill_model)
     server = BrokerSimServer(engine, fault_state, key_id, secret_key)
-    runner = web.AppRunner(server.build_app(), access_log=None, shutdown_timeout=1.0)
+    runner = _Runner(server.build_app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

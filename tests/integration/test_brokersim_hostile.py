@@ -132,12 +132,18 @@ async def test_non_ascii_auth_header_is_401(
     assert_alpaca_4xx(got, 401)
 
 
-async def test_control_bytes_in_a_header_are_400_from_the_http_parser(sim: BrokerSim) -> None:
-    """aiohttp's parser answers these itself (text/plain, before any middleware): a 400 with a
-    reply, never a 500 or a silent close; the one refusal not in Alpaca's body shape."""
+async def test_control_bytes_in_a_header_are_400_with_alpacas_body(sim: BrokerSim) -> None:
+    """aiohttp's parser refuses these itself, before any middleware: still Alpaca's body."""
     for value in (b"key\x7f", b"key\x00", b"a\x1bb"):
-        status, _ = await raw(sim, "GET", "/v2/orders", headers={"APCA-API-KEY-ID": value})
-        assert status == 400, value
+        got = await raw(sim, "GET", "/v2/orders", headers={"APCA-API-KEY-ID": value})
+        assert_alpaca_4xx(got, 400)
+
+
+async def test_headers_past_the_parsers_limit_are_refused_with_alpacas_body(
+    sim: BrokerSim,
+) -> None:
+    got = await raw(sim, "GET", "/v2/orders", headers={"X-Long": b"a" * 20_000})
+    assert_alpaca_4xx(got, 400, 431)
 
 
 @pytest.mark.parametrize("path", ["/v2/orders", "/admin/faults", "/admin/prices"])
@@ -382,9 +388,8 @@ async def test_hostile_path_value_is_4xx(
     assert_alpaca_4xx(await raw(sim, method, path), status)
 
 
-async def test_raw_non_utf8_bytes_in_the_path_are_400_from_the_http_parser(sim: BrokerSim) -> None:
-    status, _ = await raw(sim, "GET", b"/v2/orders/\xff\xfe")
-    assert status == 400
+async def test_raw_non_utf8_bytes_in_the_path_are_400_with_alpacas_body(sim: BrokerSim) -> None:
+    assert_alpaca_4xx(await raw(sim, "GET", b"/v2/orders/\xff\xfe"), 400)
 
 
 async def test_nothing_hostile_created_an_order(sim: BrokerSim) -> None:
