@@ -224,22 +224,31 @@ def _as_user(user: str | None) -> dict[str, Any]:
     return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
-def _let_user_reach(path: Path, user: str) -> None:
-    """Make ``path``'s parents readable and traversable, and ``path`` owned by ``user``."""
+def _open_parents(path: Path) -> None:
+    """Make ``path``'s parents readable and traversable by every user."""
     reach = stat.S_IROTH | stat.S_IXOTH  # initdb resolves its path, which needs read too
     for parent in path.parents:
         mode = parent.stat().st_mode
         if mode & reach != reach:
             parent.chmod(mode | reach)
+
+
+def _let_user_reach(path: Path, user: str) -> None:
+    """Make ``path``'s parents readable and traversable, and ``path`` owned by ``user``."""
+    _open_parents(path)
     entry = pwd.getpwnam(user)
     os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 def _initdb(pgdata: Path, log: Path) -> None:
+    user = _postgres_user()
+    if user:
+        # Its binaries too: they live in this checkout's virtual environment, and a checkout
+        # private to root (``mktemp -d`` makes 0700 directories) would keep the user out.
+        _open_parents(_package_dir("pgserver") / "pginstall")
     if (pgdata / "PG_VERSION").exists():
         return
     pgdata.mkdir(parents=True, exist_ok=True)
-    user = _postgres_user()
     if user:
         _let_user_reach(pgdata, user)
     binary = _package_dir("pgserver") / "pginstall" / "bin" / "initdb"
