@@ -26,12 +26,14 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.orders import OrderStoreActivities, RecordOrderInput, UpdateOrderInput
     from core import errors
+    from core.orderkey import InvalidOrderKey, OrderKey
     from core.settings import SagaConfig
     from core.statuses import OrderStatus
     from workflows.models import (
         BrokerReport,
         OrderState,
         TimelineEntry,
+        foreign_ids,
     )
 
 ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
@@ -394,6 +396,18 @@ class SagaBase:
             retry=LEDGER_RETRY,
         )
 
+    def _account_of_record(self) -> str:
+        """The account the order is listed under: its workflow id's (``order/<account>/<order>``),
+        never a request's that names another (a start straight through the frontend can send
+        any): the request is refused, and nobody else's account is tagged with it."""
+        st = self._state
+        if foreign_ids(st.request, st.workflow_id) is None:
+            return st.request.account_id
+        try:
+            return OrderKey.from_workflow_id(st.workflow_id).account_id
+        except InvalidOrderKey:
+            return "(not an order workflow)"
+
     def _use_local_steps(self) -> bool:
         return workflow.patched(LOCAL_STEPS_PATCH)
 
@@ -432,17 +446,18 @@ class SagaBase:
 
     def _upsert_search_attributes(self) -> None:
         st, req = self._state, self._state.request
+        account = self._account_of_record()
         workflow.upsert_search_attributes(
             [
                 ORDER_STATUS.value_set(st.status.value),
-                ACCOUNT_ID.value_set(req.account_id),
+                ACCOUNT_ID.value_set(account),
                 SYMBOL.value_set(req.symbol),
             ]
         )
         filled = f"filled {st.filled_qty}/{req.qty}"
         workflow.set_current_details(
             f"**{st.status.value}** {req.side} {req.qty} {req.symbol} "
-            f"({req.order_type}, {req.time_in_force}) for {req.account_id}; {filled}; "
+            f"({req.order_type}, {req.time_in_force}) for {account}; {filled}; "
             f"held {st.held} {st.hold_asset or ''}; fees {st.fees}"
             + (f"; reason: {st.reason}" if st.reason else "")
         )

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from temporalio.common import SearchAttributeKey
 
 from core.errors import UserError
 from core.money import commission, round_cash
@@ -18,6 +19,8 @@ from core.statuses import OrderStatus
 from tests.support.saga import SagaStack
 from workflows.models import BrokerReport, OrderInput, OrderRequest, OrderState
 from workflows.order import OrderWorkflow
+
+ACCOUNT_ID_KEY = SearchAttributeKey.for_keyword("AccountId")
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
@@ -259,3 +262,6 @@ async def test_a_request_for_another_order_is_refused_by_the_workflow(saga: Saga
     await _no_row_no_hold(saga, theirs, req.order_id)
     balances = await saga.orders.balance(theirs)
     assert all(b.held == 0 for b in balances.balances)
+    # Listed under the workflow's own account, never theirs (the Web UI, list_orders).
+    desc = await saga.temporal.get_workflow_handle(own_id).describe()
+    assert desc.typed_search_attributes.get(ACCOUNT_ID_KEY) == mine
