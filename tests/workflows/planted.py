@@ -24,3 +24,13 @@ class PlantedBugOrderWorkflow(OrderWorkflow):
     async def _reserve_under_lock(self, asset: str, amount: Decimal) -> ReserveResult | Refusal:
         await super()._reserve_under_lock(asset, amount)
         raise KeyError("a bug")
+
+
+@workflow.defn(name="LazyImportWorkflow")
+class LazyImportWorkflow:
+    """Imports modules the way a client object's ``__del__`` does when it is collected in the
+    middle of a run: lazily, from inside the sandbox. Answers each module's identity."""
+
+    @workflow.run
+    async def run(self, names: list[str]) -> list[int]:
+        return [id(__import__(name, fromlist=["_"])) for name in names]
