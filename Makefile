@@ -24,7 +24,7 @@ down: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy core activities brokersim workflows worker feeds ordersaga devstack chaos bench cli
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 # The four benchmarks one after another (about 20 minutes on 2 cores); figures in docs/PERFORMANCE.md.
 bench: $(STAMP)

@@ -208,12 +208,27 @@ async def test_same_order_id_concurrently_is_one_order(saga: SagaStack) -> None:
 
 
 async def test_lost_events_the_poll_completes_the_order(saga: SagaStack) -> None:
+    """Every event is lost and the fill comes after the submit's answer: only the saga's own
+    polls can see it. No signal reached the workflow, its asks did, and it settled."""
     await saga.sim.admin("PUT", "/admin/faults", {"event_drop_prob": 1.0})
+    await saga.sim.admin("PUT", "/admin/fill_model", {"mode": "instant", "parts": 1, "auto": False})
     acct = await saga.funded_account("10000")
     placed = await saga.place(acct, symbol="AMZN", side="buy", qty="1")
+    await _until(saga, acct, placed.order_id, lambda s: s.broker_order_id is not None)
+    await saga.sim.admin("POST", "/admin/tick")  # the fill, whose event is dropped
     final = await saga.wait(acct, placed.order_id)
-    assert final.status == OrderStatus.SETTLED
-    assert any("poll" in e.event or "filled" in e.event for e in final.timeline)
+    assert final.status == OrderStatus.SETTLED and final.filled_qty == 1
+    history = await saga.temporal.get_workflow_handle(final.workflow_id).fetch_history()
+    signals = [
+        e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    asks = [
+        e
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "reconcile_order"
+    ]
+    assert signals == [] and asks, (len(signals), len(asks))
 
 
 async def _until(
