@@ -30,7 +30,10 @@ async def saga_session(
 ) -> AsyncIterator[SagaStack]:
     # A database of its own: each test checks the whole ledger afterwards.
     async with scratch_database("saga") as database_url:
-        settings = saga_settings(database_url, redis_keys, saga_sim.url)
+        # A Redis prefix of its own too: the stack's quote feed writes for the whole session,
+        # and tests of the session's prefix (the feed's own) must not see its quotes.
+        own_keys = RedisKeys(f"{redis_keys.prefix}saga:")
+        settings = saga_settings(database_url, own_keys, saga_sim.url)
         async with saga_stack(temporal_env.client, settings, saga_sim) as stack:
             yield stack
 
