@@ -1,7 +1,8 @@
 """docker-compose.yml, the Dockerfile and deploy/: Docker cannot run here, so the file is checked as
 data: every service the stack needs, pinned images, one project image, addresses that point at the
 services and ports they name, settings that exist, and a start order that holds. Where
-``docker-compose`` is installed it also renders the file.
+a compose is installed (``docker compose``, ``docker-compose``; .ci/run installs one) it also
+renders the file.
 """
 
 from __future__ import annotations
@@ -374,6 +375,11 @@ def _docker_compose() -> list[str] | None:
     explicit = os.environ.get("ORDERSAGA_DOCKER_COMPOSE")
     if explicit:
         return shlex.split(explicit)
+    docker = shutil.which("docker")
+    if docker:
+        plugin = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
+        if plugin.returncode == 0:
+            return [docker, "compose"]
     found = shutil.which("docker-compose")
     return [found] if found else None
 
@@ -381,7 +387,10 @@ def _docker_compose() -> list[str] | None:
 def test_docker_compose_renders_the_file() -> None:
     command = _docker_compose()
     if command is None:
-        pytest.skip("docker-compose is not installed (set ORDERSAGA_DOCKER_COMPOSE to its path)")
+        pytest.skip(
+            "no compose is installed (docker compose, docker-compose, or set"
+            " ORDERSAGA_DOCKER_COMPOSE to one; .ci/run installs docker-compose)"
+        )
     result = subprocess.run(
         [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
         capture_output=True,
