@@ -311,3 +311,39 @@ async def test_the_orders_table_answers_place_as_the_workflow_did(saga: SagaStac
         again = place_result(state_from_row(row))
         assert (again.accepted, again.held) == (answer.accepted, answer.held)
     assert place_result(state_from_row(row)).hold_asset is None  # the refused one held nothing
+
+
+async def test_list_orders_reads_visibility_and_the_table_for_orders_past_retention(
+    saga: SagaStack,
+) -> None:
+    """Orders come from Temporal visibility (their OrderStatus search attribute, as the
+    workflow last set it); one whose workflow is gone (past retention) from its orders row."""
+    acct = await saga.funded_account("10000")
+    settled = await saga.place(acct, symbol="AAPL", side="buy", qty="1")
+    refused = await saga.place(
+        acct, symbol="AAPL", side="buy", qty="1000", order_type="limit", limit_price="1000"
+    )
+    assert not refused.accepted
+    await saga.wait(acct, settled.order_id)
+    await saga.pool.execute(
+        "INSERT INTO orders (account_id, order_id, workflow_id, symbol, side, order_type,"
+        " time_in_force, qty, params_hash, status)"
+        " VALUES ($1, 'old-1', 'order/gone', 'MSFT', 'buy', 'market', 'day', 1, 'h', 'SETTLED')",
+        acct,
+    )
+    want = {f"{acct}/{settled.order_id}": "SETTLED", f"{acct}/{refused.order_id}": "REJECTED"}
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:  # visibility follows the workflows' last upsert a moment later
+        by = {r["order"]: r for r in await saga.orders.list_orders(account_id=acct)}
+        now = {key: by[key]["status"] for key in want if key in by}
+        if now == want or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert now == want, by
+    assert {by[key]["source"] for key in want} == {"temporal"}
+    assert (
+        by[f"{acct}/old-1"]["source"] == "orders table" and by[f"{acct}/old-1"]["symbol"] == "MSFT"
+    )
+    assert len(by) == 3
+    only = await saga.orders.list_orders(account_id=acct, status="REJECTED")
+    assert [r["order"] for r in only] == [f"{acct}/{refused.order_id}"]
