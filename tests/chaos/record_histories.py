@@ -40,6 +40,7 @@ from tests.support.brokersim import BrokerSim
 from tests.support.saga import SagaStack, saga_settings, saga_stack, start_dev_server
 from workflows.models import BrokerReport, OrderState
 from workflows.order import OrderWorkflow
+from workflows.reconcile import ReconcileInput, ReconcileWorkflow
 
 SERVER_DSN = os.environ.get(
     "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -192,6 +193,37 @@ async def refused_account_busy(saga: SagaStack) -> OrderState:
     return await saga.wait(acct, placed.order_id)
 
 
+async def reconcile_late_order(saga: SagaStack) -> str:
+    """A broker order no saga placed (a late execution): the reconciler books its fill to the
+    error account. Its ReconcileWorkflow's history is the one recorded."""
+    acct = await saga.funded_account("10")
+    key = f"{acct}/late-1"
+    body = {"client_order_id": key, "symbol": "AAPL", "qty": "1", "side": "buy",
+            "type": "market", "time_in_force": "day"}  # fmt: skip
+    status, _ = await saga.sim.request("POST", "/v2/orders", body)
+    if status != 200:
+        raise RuntimeError(f"the simulator refused the late order: {status}")
+    for _ in range(100):
+        if (await saga.broker_orders(key))[0]["status"] == "filled":
+            break
+        await asyncio.sleep(0.1)
+    workflow_id = f"reconcile/record/{uuid.uuid4().hex[:8]}"
+    report = await saga.temporal.execute_workflow(
+        ReconcileWorkflow.run,
+        ReconcileInput.from_settings(saga.settings, [key]),
+        id=workflow_id,
+        task_queue=saga.settings.orders_task_queue,
+    )
+    if report.late_orders != 1 or report.error_fills_booked != 1:
+        raise RuntimeError(f"reconcile_late_order: {report}")
+    return workflow_id
+
+
+# Histories of the reconciler, recorded by workflow id.
+RECONCILES: dict[str, Callable[[SagaStack], Awaitable[str]]] = {
+    "reconcile_late_order": reconcile_late_order,
+}
+
 SCENARIOS: dict[str, tuple[Scenario, OrderStatus]] = {
     "cancel_resting_limit": (cancel_resting_limit, OrderStatus.CANCELED),
     "partial_fills_buy": (partial_fills_buy, OrderStatus.SETTLED),
@@ -221,7 +253,7 @@ async def record(out: Path, only: list[str]) -> None:
             dsn, keys, sim.url, redis_url=REDIS_URL, saga={"lock_wait_total_s": 3.0}
         )
         async with saga_stack(env.client, settings, sim) as saga:
-            for name in only or list(SCENARIOS):
+            for name in only or [*SCENARIOS, *RECONCILES]:
                 await _record_one(saga, name, out)
     finally:
         sim.stop()
@@ -232,15 +264,18 @@ async def record(out: Path, only: list[str]) -> None:
 
 
 async def _record_one(saga: SagaStack, name: str, out: Path) -> None:
-    scenario, expected = SCENARIOS[name]
     await saga.reset_sim()
-    final = await scenario(saga)
-    if final.status != expected:
-        raise RuntimeError(f"{name}: ended {final.status}, expected {expected}: {final.reason}")
-    handle = saga.temporal.get_workflow_handle(final.workflow_id)
-    history = await handle.fetch_history()
+    if name in RECONCILES:
+        workflow_id, ended = await RECONCILES[name](saga), "reconciled"
+    else:
+        scenario, expected = SCENARIOS[name]
+        final = await scenario(saga)
+        if final.status != expected:
+            raise RuntimeError(f"{name}: ended {final.status}, expected {expected}: {final.reason}")
+        workflow_id, ended = final.workflow_id, final.status.value
+    history = await saga.temporal.get_workflow_handle(workflow_id).fetch_history()
     (out / f"{name}.json").write_text(history.to_json() + "\n")
-    print(f"{name}: {final.status.value}, {len(history.events)} events")
+    print(f"{name}: {ended}, {len(history.events)} events")
 
 
 async def _drop_keys(keys: RedisKeys) -> None:
@@ -255,9 +290,10 @@ async def _drop_keys(keys: RedisKeys) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)}")
+    names = [*SCENARIOS, *RECONCILES]
+    parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(names)}")
     args = parser.parse_args()
-    unknown = set(args.scenarios) - set(SCENARIOS)
+    unknown = set(args.scenarios) - set(names)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     args.out.mkdir(parents=True, exist_ok=True)
