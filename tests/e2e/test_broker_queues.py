@@ -5,91 +5,66 @@ broker go to a queue of their own, so polls never take a submit's or a cancel's 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
-from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.ledger import check_ledger
-from core.db import create_pool
 from core.keys import RedisKeys
 from core.statuses import OrderStatus
-from ordersaga.client import OrderClient
-from tests.conftest import scratch_database
-from tests.support.brokersim import BrokerSim
-from tests.support.saga import saga_settings
+from tests.support.brokersim import StartSim, brokersim_factory  # noqa: F401
+from tests.support.e2e import e2e_stack
 from tests.support.workerproc import workers_running
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
 
-@pytest.fixture
-def queue_sim(tmp_path: Path) -> Iterator[BrokerSim]:
-    sim = BrokerSim.start(
-        tmp_path / "broker.db", fill_model={"mode": "instant", "parts": 1, "auto": True}
-    )
-    yield sim
-    sim.stop()
-
-
 async def test_a_submit_waiting_for_a_broker_worker_is_sent_when_one_comes(
-    temporal_env: WorkflowEnvironment, redis_keys: RedisKeys, queue_sim: BrokerSim
+    temporal_env: WorkflowEnvironment,
+    redis_keys: RedisKeys,
+    brokersim_factory: StartSim,  # noqa: F811
 ) -> None:
     """No broker worker for longer than the submit's whole time limit (8 s here) plus the grace
     an absent order gets (6 s): once one starts, the order goes to the broker and settles; it is
     not given up as never received."""
-    async with scratch_database("queues") as database_url:
-        keys = RedisKeys(f"{redis_keys.prefix}queues-{uuid.uuid4().hex[:6]}:")
-        settings = saga_settings(database_url, keys, queue_sim.url)
+    sim = brokersim_factory(fill_model={"mode": "instant", "parts": 1, "auto": True})
+    async with e2e_stack(temporal_env.client, redis_keys, sim, "queues") as stack:
+        settings, oc = stack.settings, stack.orders
         assert settings.saga.submit_schedule_to_close_s + settings.saga.absent_grace_s < 16
-        pool = await create_pool(database_url, 1, 4)
-        try:
-            oc = OrderClient(temporal_env.client, pool, settings)
-            acct = f"queues-{uuid.uuid4().hex[:8]}"
-            await oc.open_account(acct)
-            await oc.deposit(acct, "5000")
-            latest = await queue_sim.admin("GET", "/v2/stocks/AAPL/quotes/latest")
-            limit = (Decimal(str(latest["quote"]["ap"])) * Decimal("1.1")).quantize(Decimal("0.01"))
-            async with workers_running(temporal_env.client, settings, ("orders",)):
-                placed = await oc.place_order(
-                    account_id=acct,
-                    symbol="AAPL",
-                    side="buy",
-                    qty="1",
-                    order_type="limit",
-                    limit_price=limit,
-                )
-                assert placed.accepted, placed
-                await asyncio.sleep(16)  # the submit waits in the broker queue
-                async with workers_running(temporal_env.client, settings, ("broker",)):
-                    final = await oc.wait(acct, placed.order_id, timeout_s=60)
-            assert final.status == OrderStatus.SETTLED, (final.status, final.reason)
-            at_broker = [
-                o
-                for o in await queue_sim.admin("GET", "/v2/orders?status=all")
-                if o["client_order_id"] == f"{acct}/{placed.order_id}"
-            ]
-            assert len(at_broker) == 1
-            assert (await check_ledger(pool)).ok
+        acct = await stack.funded_account()
+        limit = await stack.price("1.1")
+        async with workers_running(temporal_env.client, settings, ("orders",)):
+            placed = await oc.place_order(
+                account_id=acct,
+                symbol="AAPL",
+                side="buy",
+                qty="1",
+                order_type="limit",
+                limit_price=limit,
+            )
+            assert placed.accepted, placed
+            await asyncio.sleep(16)  # the submit waits in the broker queue
+            async with workers_running(temporal_env.client, settings, ("broker",)):
+                final = await oc.wait(acct, placed.order_id, timeout_s=60)
+        assert final.status == OrderStatus.SETTLED, (final.status, final.reason)
+        at_broker = [
+            o
+            for o in await sim.admin("GET", "/v2/orders?status=all")
+            if o["client_order_id"] == f"{acct}/{placed.order_id}"
+        ]
+        assert len(at_broker) == 1
+        assert (await check_ledger(stack.pool)).ok
 
-            # Where each broker call went: submits on the broker queue, questions on the asks
-            # queue.
-            history = await temporal_env.client.get_workflow_handle(
-                final.workflow_id
-            ).fetch_history()
-            queues = {
-                (
-                    e.activity_task_scheduled_event_attributes.activity_type.name,
-                    e.activity_task_scheduled_event_attributes.task_queue.name,
-                )
-                for e in history.events
-                if e.HasField("activity_task_scheduled_event_attributes")
-            }
-            assert ("submit_order", settings.broker_task_queue) in queues, queues
-            asks = {q for name, q in queues if name == "reconcile_order"}
-            assert asks == {settings.asks_task_queue}, queues
-        finally:
-            await pool.close()
+        # Where each broker call went: submits on the broker queue, questions on the asks queue.
+        history = await temporal_env.client.get_workflow_handle(final.workflow_id).fetch_history()
+        queues = {
+            (
+                e.activity_task_scheduled_event_attributes.activity_type.name,
+                e.activity_task_scheduled_event_attributes.task_queue.name,
+            )
+            for e in history.events
+            if e.HasField("activity_task_scheduled_event_attributes")
+        }
+        assert ("submit_order", settings.broker_task_queue) in queues, queues
+        asks = {q for name, q in queues if name == "reconcile_order"}
+        assert asks == {settings.asks_task_queue}, queues
