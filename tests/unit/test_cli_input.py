@@ -124,3 +124,25 @@ def test_a_stack_that_is_down_is_one_line_not_a_traceback(stack_down: dict[str, 
         assert done.returncode != 0
         assert "Traceback" not in done.stderr, done.stderr
         assert done.stderr.strip().count("\n") == 0 and says in done.stderr, done.stderr
+
+
+@pytest.mark.usefixtures("no_connections")
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["reconcile", "--bogus"], "No such option '--bogus'"),
+        (["reconcile", "extra"], "unexpected extra argument (extra)"),
+        ([*PLACE, "--qty", "1", "--side", "sideways"], "'sideways' is not one of 'buy', 'sell'"),
+        ([*PLACE, "--qty", "1", "--type", "stop"], "'stop' is not one of 'market', 'limit'"),
+        ([*PLACE], "Missing option '--qty'"),
+    ],
+)
+def test_a_malformed_command_line_is_a_usage_error_before_connecting(
+    args: list[str], says: str
+) -> None:
+    """Options the parser itself refuses: click's usage error (exit 2, the usage, then one
+    'Error:' line naming the problem), and nothing connected."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and says in errors[0], result.output
