@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ModelWrapValidatorHandler, ValidationError, model_validator
 
 from core.ids import is_id, is_symbol
 from core.money import (
@@ -116,6 +116,31 @@ class OrderInput(BaseModel):
     # in it can stop the workflow's input from decoding.
     config: dict[str, Any] | None = None
     carried: OrderState | None = None
+    # Set only when the input as sent did not decode (a start straight through the Temporal
+    # frontend: a number no Decimal holds, a side that is none of the sides, an id that is not
+    # text): ``request`` is then a placeholder and the workflow refuses the order at the door.
+    # Without it such an input failed every workflow task before any workflow code ran, and the
+    # workflow stayed Running for ever.
+    undecodable: str | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _undecodable_is_refused(
+        cls, data: Any, handler: ModelWrapValidatorHandler[OrderInput]
+    ) -> OrderInput:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the input"
+            raw = data.get("request") if isinstance(data, dict) else None
+            ids = {
+                name: value if isinstance(value, str) and is_id(value) else "?"
+                for name in ("account_id", "order_id")
+                for value in [raw.get(name) if isinstance(raw, dict) else None]
+            }
+            placeholder = OrderRequest(symbol="?", side="buy", qty=Decimal(0), **ids)
+            return cls(request=placeholder, undecodable=f"{where}: {first['msg']}"[:200])
 
 
 class PlaceResult(BaseModel):

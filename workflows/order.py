@@ -106,6 +106,7 @@ class OrderWorkflow(FollowBroker):
         self._parking = False
         self._resume = False
         self._stage = "validating"  # what the accept phase is doing: a failure's reason names it
+        self._undecodable = inp.undecodable
         self._backoff = False
         self._poll_s = self._cfg.fill_poll_interval_s
 
@@ -229,6 +230,9 @@ class OrderWorkflow(FollowBroker):
 
     async def _accept(self) -> None:
         req = self._state.request
+        if self._undecodable:  # refused at the door; its ids may be anyone's: no row
+            await self._refuse(f"invalid request: {self._undecodable}", recorded=True)
+            return
         reason = validate_request(req) or foreign_ids(req, self._state.workflow_id)
         if reason:
             # recorded=True writes no row. Patched only here: the marker goes into refused runs'

@@ -265,3 +265,37 @@ async def test_a_request_for_another_order_is_refused_by_the_workflow(saga: Saga
     # Listed under the workflow's own account, never theirs (the Web UI, list_orders).
     desc = await saga.temporal.get_workflow_handle(own_id).describe()
     assert desc.typed_search_attributes.get(ACCOUNT_ID_KEY) == mine
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"qty": "1E+999999999999999999999"},
+        {"qty": "NaN"},
+        {"side": "sideways"},
+        {"order_type": ["market"]},
+        {"symbol": 5},
+    ],
+    ids=["huge exponent", "NaN", "bad side", "list type", "number symbol"],
+)
+async def test_an_input_that_does_not_decode_is_refused_not_left_running(
+    saga: SagaStack, bad: dict[str, object]
+) -> None:
+    """A start straight through the frontend with an input no model decodes: the order is
+    refused at the door (REJECTED, its reason, no row, nothing held) and the workflow completes;
+    it used to fail every workflow task before any workflow code ran, Running for ever."""
+    acct = await saga.funded_account("100")
+    order_id = uuid.uuid4().hex[:12]
+    request = {"account_id": acct, "order_id": order_id, "symbol": "AAPL", "side": "buy",
+               "qty": "1", **bad}  # fmt: skip
+    handle = await saga.temporal.start_workflow(
+        "OrderWorkflow",
+        {"request": request},
+        id=OrderKey.of(acct, order_id).workflow_id,
+        task_queue=saga.settings.orders_task_queue,
+    )
+    final = await asyncio.wait_for(handle.result(), 30)
+    assert final["status"] == "REJECTED", final
+    assert final["reason"].startswith("invalid request: request."), final["reason"]
+    await _no_row_no_hold(saga, acct, order_id)
+    assert all(b.held == 0 for b in (await saga.orders.balance(acct)).balances)
