@@ -89,8 +89,11 @@ class Ledger:
         with refusals():
             asset = rules.check_asset(input.asset)
             amount = rules.amount(input.amount, asset)
-            key = rules.check_idempotency_key(input.idempotency_key)
+            caller_key = rules.check_idempotency_key(input.idempotency_key)
         account_id = input.account_id
+        # The caller's key, scoped by account (migrations/0006): another customer's choice of
+        # the same key is another transfer, never a refusal of this one.
+        key = f"{account_id}/{caller_key}"
         args = store.args_hash(code, {"account_id": account_id, "asset": asset, "amount": amount})
 
         async def body(conn: asyncpg.Connection) -> TransferResult:

@@ -906,3 +906,27 @@ async def test_concurrent_fills_sharing_firm_rows_all_book(ledger_pool: asyncpg.
     for account in accounts:
         assert await usd(ledger, account) == (D("790.00"), D("9.00"))
     await assert_ledger_clean(ledger_pool)
+
+
+async def test_two_customers_may_choose_the_same_transfer_key(ledger: LedgerUnderTest) -> None:
+    """A caller's deposit or withdrawal key is scoped by its account: Bob's 'deposit-1' is not
+    Alice's (it was refused as IdempotencyMismatch), and each still replays as its own."""
+    alice, bob = await open_funded(ledger, "0"), await open_funded(ledger, "0")
+    key = f"deposit-{uuid.uuid4().hex[:6]}"
+    first = await ledger.deposit(DepositInput(account_id=alice, amount=D(10), idempotency_key=key))
+    other = await ledger.deposit(DepositInput(account_id=bob, amount=D(20), idempotency_key=key))
+    assert (first.account_id, other.account_id) == (alice, bob)
+    assert (
+        await ledger.deposit(DepositInput(account_id=alice, amount=D(10), idempotency_key=key))
+        == first
+    )
+    out = f"withdraw-{uuid.uuid4().hex[:6]}"
+    await ledger.withdraw(WithdrawInput(account_id=alice, amount=D(1), idempotency_key=out))
+    await ledger.withdraw(WithdrawInput(account_id=bob, amount=D(2), idempotency_key=out))
+    assert await usd(ledger, alice) == (D("9.00"), D(0))
+    assert await usd(ledger, bob) == (D("18.00"), D(0))
+    # Within one account the key still names one transfer.
+    exc = await refused(
+        ledger.deposit(DepositInput(account_id=bob, amount=D(5), idempotency_key=key))
+    )
+    assert exc.type == errors.IDEMPOTENCY_MISMATCH

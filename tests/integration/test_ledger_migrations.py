@@ -185,3 +185,47 @@ async def test_a_hold_made_before_0005_has_no_bounds_and_still_posts(before_0005
     fill = PostFillInput(order_key="a/o1", cum_qty=D(5), cum_notional=D(400))
     assert (await ledger.post_fill(fill)).applied  # within the hold; no order bounds known
     assert await ledger.pool.fetchval("SELECT held_remaining FROM holds") == D(200)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def before_0006(tmp_path: Path) -> AsyncIterator[Scratch]:
+    """A database at migration 0005 (transfer keys not yet scoped by account)."""
+    async with migrated_before(6, tmp_path) as scratch:
+        yield scratch
+
+
+async def test_a_transfer_recorded_before_0006_replays_and_its_key_is_free_for_others(
+    before_0006: Scratch,
+) -> None:
+    """A deposit made before the migration, retried after it with the same key, returns its
+    first result and books nothing twice; another account may now use the same key."""
+    conn = before_0006.conn
+    await conn.execute("INSERT INTO customers (account_id) VALUES ('a'), ('b')")
+    entry = await conn.fetchval(
+        "INSERT INTO journal_entries (idempotency_key, code) VALUES ('dep-1', 'deposit')"
+        " RETURNING id"
+    )
+    first = {
+        "account_id": "a",
+        "asset": "USD",
+        "amount": "5.00",
+        "available_after": "5.00",
+        "entry_id": entry,
+    }
+    await old_operation(
+        conn, "dep-1", "deposit", {"account_id": "a", "asset": "USD", "amount": D("5.00")}, first
+    )
+
+    ledger = await before_0006.finish()
+
+    replayed = await ledger.deposit(
+        DepositInput(account_id="a", amount=D(5), idempotency_key="dep-1")
+    )
+    assert replayed.entry_id == entry and replayed.available_after == D("5.00")
+    await ledger.open_account(OpenAccountInput(account_id="b"))
+    other = await ledger.deposit(DepositInput(account_id="b", amount=D(7), idempotency_key="dep-1"))
+    assert other.entry_id != entry and other.available_after == D("7.00")
+    entries = await ledger.pool.fetchval(
+        "SELECT count(*) FROM journal_entries WHERE code = 'deposit'"
+    )
+    assert entries == 2  # a's first deposit, b's; a's retry booked nothing
