@@ -19,9 +19,16 @@ SEED = 5
 ORDERS = 200
 
 
+OPTIONS = ChaosOptions(seed=SEED, orders=ORDERS, accounts=10, duration_s=90, faults="all")
+# The run bounds itself (its faults' duration, then at most its settle timeout) and takes about
+# 2 minutes here; pytest's global 300 s must not cut a slower machine's run short before then.
+RUN_BOUND_S = OPTIONS.duration_s + OPTIONS.settle_timeout_s + 180
+
+
+@pytest.mark.timeout(RUN_BOUND_S)
 @pytest.mark.asyncio(loop_scope="session")
 async def test_short_chaos_run_has_no_violations() -> None:
-    opts = ChaosOptions(seed=SEED, orders=ORDERS, accounts=10, duration_s=90, faults="all")
+    opts = OPTIONS
     report = await run_chaos(opts, Progress(io.StringIO()))
 
     assert report.violations() == [], report.render()
