@@ -5,6 +5,7 @@ the broker says the order is final.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
@@ -84,12 +85,7 @@ class FollowBroker(SagaBase):
         worker is not the broker's silence and must not turn into an unknown outcome."""
         cfg = self._cfg
         attempts = max(1, int(cfg.submit_schedule_to_close_s // cfg.submit_start_to_close_s))
-        return RetryPolicy(
-            initial_interval=BROKER_SUBMIT_RETRY.initial_interval,
-            maximum_interval=BROKER_SUBMIT_RETRY.maximum_interval,
-            maximum_attempts=attempts,
-            non_retryable_error_types=BROKER_SUBMIT_RETRY.non_retryable_error_types,
-        )
+        return dataclasses.replace(BROKER_SUBMIT_RETRY, maximum_attempts=attempts)
 
     async def _find_after_unknown(self) -> bool:
         """After an unknown submit outcome: does the broker have the order?
