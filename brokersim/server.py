@@ -18,7 +18,8 @@ import hmac
 import logging
 import re
 import signal
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,9 @@ class BrokerSimServer:
         self._secret_key = secret_key
         self._wakeup = asyncio.Event()
         self.closing = False
+        # Trading requests being handled, those of them held by a hang or a late fault, and
+        # handled in all: a test waits for a count to drain instead of sleeping past a fault.
+        self.requests: Counter[str] = Counter()
         engine.listeners.append(self._wake)
 
     def close_streams(self) -> None:
@@ -185,6 +189,7 @@ class BrokerSimServer:
         r.add_get("/admin/fill_model", self.get_fill_model)
         r.add_put("/admin/fill_model", self.put_fill_model)
         r.add_put("/admin/keys", self.put_keys)
+        r.add_get("/admin/requests", self.get_requests)
         r.add_get("/admin/health", self.health)
         r.add_get("/healthz", self.health)
         return app
@@ -224,7 +229,12 @@ class BrokerSimServer:
         if (request.content_length or 0) > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
         if kind == "trading":
-            return await self._trading_faults(request, handler)
+            self.requests["in_flight"] += 1
+            try:
+                return await self._trading_faults(request, handler)
+            finally:
+                self.requests["in_flight"] -= 1
+                self.requests["handled"] += 1
         if kind == "quotes":
             return await self._quote_faults(request, handler)
         return await self._call(request, handler)
@@ -251,7 +261,8 @@ class BrokerSimServer:
         if delay:
             await asyncio.sleep(delay)
         if faults.chance(config.hang_prob):
-            await asyncio.sleep(config.hang_ms / 1000)
+            async with self._held("hung"):
+                await asyncio.sleep(config.hang_ms / 1000)
             if _gone(request):
                 return _drop_connection(request)
         if faults.chance(config.error_5xx_prob):
@@ -260,9 +271,20 @@ class BrokerSimServer:
         drop = faults.chance(config.drop_reply_prob)
         if late:
             # The client gives up meanwhile; the order is still executed: a late order.
-            await asyncio.sleep(config.late_ms / 1000)
-        response = await self._call(request, handler)
+            async with self._held("late"):
+                await asyncio.sleep(config.late_ms / 1000)
+                response = await self._call(request, handler)
+        else:
+            response = await self._call(request, handler)
         return _drop_connection(request) if drop else response
+
+    @contextlib.asynccontextmanager
+    async def _held(self, why: str) -> AsyncIterator[None]:
+        self.requests[why] += 1
+        try:
+            yield
+        finally:
+            self.requests[why] -= 1
 
     # -- trading --------------------------------------------------------------------------
 
@@ -366,6 +388,10 @@ class BrokerSimServer:
             await response.write(frame.encode())
 
     # -- admin ----------------------------------------------------------------------------
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        names = ("in_flight", "hung", "late", "handled")
+        return _json({name: self.requests[name] for name in names})
 
     async def get_faults(self, request: web.Request) -> web.Response:
         return _json(self.faults.config.model_dump())

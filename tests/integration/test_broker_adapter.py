@@ -239,8 +239,9 @@ async def test_retry_that_beats_the_late_order(sim: BrokerSim, acts: BrokerActiv
         await acts.submit_order(market_buy(order_id))
     await faults(sim)
     result = await acts.submit_order(market_buy(order_id))
-    # Let the held request execute too: the broker must refuse it as a duplicate.
-    await asyncio.sleep(LATE_MS / 1000 + 0.3)
+    # Let the held request execute too (the simulator handles no trading request any more):
+    # the broker must refuse it as a duplicate.
+    await sim.held_drained("late")
     assert [o["id"] for o in await orders_for(sim, order_id)] == [result.broker_order_id]
 
 

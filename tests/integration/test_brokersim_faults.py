@@ -97,7 +97,7 @@ async def test_hang_outlasts_the_client_and_then_does_nothing(brokersim) -> None
     with pytest.raises(TimeoutError):
         await post_order(brokersim, order_body(), timeout_s=CLIENT_TIMEOUT_S)
     await faults(brokersim, hang_prob=0.0)
-    await asyncio.sleep(0.5)  # past the hang: the abandoned request must not execute
+    await brokersim.held_drained("hung")  # past the hang: the abandoned request must not execute
     assert await all_orders(brokersim) == []
     assert await events(brokersim) == []
 

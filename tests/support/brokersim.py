@@ -15,6 +15,7 @@ block for well under a second), so they work in sync and async fixtures alike.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -174,6 +175,18 @@ class BrokerSim:
         if status >= 300:
             raise AssertionError(f"{method} {path} -> {status} {body}")
         return body
+
+    async def held_drained(self, held: str, timeout_s: float = 30.0) -> None:
+        """Wait until no trading request is held by the ``held`` fault ("hung" or "late"): the
+        held request has run its course. Not a sleep that passes by default."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = await self.admin("GET", "/admin/requests")
+            if counts[held] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"trading requests still {held}: {counts}")
+            await asyncio.sleep(0.02)
 
     def __enter__(self) -> BrokerSim:
         return self
