@@ -130,8 +130,8 @@ class FaultLog:
 
 
 class Injector:
-    """Plays a schedule against the stack; ``short_lock_ttl`` flips ``lock_ttl_short``; hostile
-    kinds go to ``hostile``."""
+    """Plays a schedule against the stack; ``short_lock_ttl`` flips ``lock_ttl_short`` and runs
+    ``short_ttl`` for its window; hostile kinds go to ``hostile``."""
 
     def __init__(
         self,
@@ -139,9 +139,12 @@ class Injector:
         session: aiohttp.ClientSession,
         broker_url: str,
         hostile: Hostile | None = None,
+        short_ttl: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.stack = stack
         self.hostile = hostile
+        # What a short-lock-TTL window does for its length (shorten the locks, a burst of orders)
+        self.short_ttl = short_ttl
         self.session = session
         self.broker_url = broker_url
         self.log = FaultLog()
@@ -195,8 +198,10 @@ class Injector:
             await self.hostile.inject(kind, window)
         elif kind == "short_lock_ttl":
             self.lock_ttl_short = True
-            await asyncio.sleep(window)
-            self.lock_ttl_short = False
+            try:
+                await (self.short_ttl(window) if self.short_ttl else asyncio.sleep(window))
+            finally:
+                self.lock_ttl_short = False
 
     async def _broker_faults(self, patch: dict[str, Any]) -> None:
         async with self.session.put(f"{self.broker_url}/admin/faults", json=patch) as resp:

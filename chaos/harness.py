@@ -26,12 +26,15 @@ from chaos.invariants import FAILED_ORDER_WORKFLOWS, check_invariants
 from chaos.report import ChaosReport, Progress
 from chaos.stack import ChaosStack, chaos_settings
 from chaos.workload import (
+    SHORT_LOCK_TTL_MS,
     SYMBOLS,
     Clients,
     PlannedOrder,
     open_accounts,
     plan_orders,
-    short_ttl_settings,
+    poor_account,
+    shorten_locks,
+    stale_fence_relocks,
 )
 from core.broker_client import BrokerClient, BrokerOrder
 from core.keys import RedisKeys
@@ -90,19 +93,28 @@ class _Run:
     async def _drive(self, temporal: Client, pool: asyncpg.Pool) -> None:
         s, opts = self.settings, self.opts
         oc = OrderClient(temporal, pool, s)
-        short = OrderClient(temporal, pool, short_ttl_settings(s))
         prices = await self._prices()
         accounts = await open_accounts(oc, opts.seed, opts.accounts)
         plan = plan_orders(opts.seed, opts.orders, accounts, prices)
         hostile = Hostile(temporal, pool, self.session, s, opts.seed, self._listener_up)
         await hostile.setup()
         injector = Injector(self.stack, self.session, s.broker_url, hostile)
-        clients = Clients(oc, short, lambda: injector.lock_ttl_short, opts.concurrency)
+        clients = Clients(oc, lambda: injector.lock_ttl_short, opts.concurrency)
+
+        async def short_ttl(window_s: float) -> None:
+            locked = [*accounts, poor_account(opts.seed)]
+            await asyncio.gather(
+                shorten_locks(s, locked, SHORT_LOCK_TTL_MS, window_s),
+                clients.burst(accounts[0], "AAPL", prices["AAPL"], pool),
+            )
+
+        injector.short_ttl = short_ttl
         started = time.monotonic()
         await self._place(plan, clients, injector, started)
         self._hostile_report(hostile)
-        keys = [p.request.key for p in plan] + hostile.log.order_keys
+        keys = [p.request.key for p in plan] + hostile.log.order_keys + clients.tally.burst_keys
         await self._settle(pool, keys, started)
+        self.report.stale_fence_relocks = await stale_fence_relocks(oc, clients.tally)
         # Requests held late by the broker must have executed before the reconciler looks.
         await asyncio.sleep(max(0.0, injector.late_until - time.monotonic()))
         await self._reconcile(temporal)
@@ -161,6 +173,7 @@ class _Run:
             "refused_at_once": t.refused,
             "cancels_sent": t.cancels_sent,
             "cancels_after_end": t.cancels_refused,
+            "burst_orders": len(t.burst_keys),
         }
         self.report.client_errors = t.place_errors
         self.report.throughput_orders_per_s = round(t.placed / max(self.report.placing_s, 0.1), 2)

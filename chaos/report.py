@@ -30,6 +30,8 @@ class ChaosReport(BaseModel):
     client_errors: list[str] = Field(default_factory=list)
     broker_orders: int = 0
     late_orders: int = 0
+    # Orders whose reserve was refused for a stale fence and that locked again (short_lock_ttl).
+    stale_fence_relocks: int = 0
     reconcile: dict[str, int] = Field(default_factory=dict)
     placing_s: float = 0.0
     settling_s: float = 0.0
@@ -53,6 +55,7 @@ class ChaosReport(BaseModel):
             "orders by status: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.orders_by_status.items())),
             "client: " + ", ".join(f"{k} {v}" for k, v in sorted(self.client.items())),
+            f"stale-fence re-locks: {self.stale_fence_relocks}",
             f"broker orders: {self.broker_orders} (late: {self.late_orders});"
             " reconcile: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reconcile.items())),
             "faults injected: "

@@ -8,21 +8,47 @@ are day orders the broker expires at the end), so every order can end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+import redis.asyncio as aioredis
+
+from core.keys import RedisKeys
 from core.settings import Settings
 from ordersaga.client import OrderClient
 from workflows.models import OrderRequest
+from workflows.saga_base import RELOCK_NOTE
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "NVDA", "AMZN")
 START_CASH = Decimal("50000")
 START_SHARES = Decimal("40")
 POOR_CASH = Decimal("5")
-SHORT_LOCK_TTL_MS = 50  # shorter than a reserve takes under load: holders expire mid-operation
+# A short-lock-TTL window: every account lock taken lives at most this long (the workers own
+# the saga's settings, so the fault shortens the locks in Redis, as a short TTL would).
+SHORT_LOCK_TTL_MS = 20
+# It also sends a burst of orders at once to one hot account: a holder's lock expires before its
+# reserve commits while the next order waits for it, so reserves are refused for stale fences
+# and the saga locks again.
+BURST_ORDERS = 12
+# Cut each lock key's expiry to ARGV[1] ms where it is later (or unset); the embedded Redis of
+# the chaos stack predates PEXPIRE's LT option.
+SHORTEN_LOCKS = """
+for _, key in ipairs(KEYS) do
+  local ttl = redis.call('PTTL', key)
+  if ttl == -1 or ttl > tonumber(ARGV[1]) then redis.call('PEXPIRE', key, ARGV[1]) end
+end
+return 0
+"""
+BURST_STALLED = 3  # orders whose reserve is held up, so that another order's lock overtakes it
+BURST_STALL_S = 1.5
+# The session-level form of the ledger's per-order lock (store.LOCK_ORDER, a transaction's).
+STALL_ORDER = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
 
 
 @dataclass
@@ -39,6 +65,10 @@ class ClientTally:
     place_errors: list[str] = field(default_factory=list)
     cancels_sent: int = 0
     cancels_refused: int = 0
+    # Orders accepted while the short-lock-TTL window was open (account id, order id): the
+    # orders whose lock can expire under their reserve.
+    short_ttl_orders: list[tuple[str, str]] = field(default_factory=list)
+    burst_keys: list[str] = field(default_factory=list)  # the hot-account bursts' orders
 
 
 def account_ids(seed: int, n: int) -> list[str]:
@@ -116,15 +146,9 @@ def _plan_one(
 class Clients:
     """Several concurrent clients placing the plan at a steady pace over ``duration_s``."""
 
-    def __init__(
-        self,
-        oc: OrderClient,
-        short_ttl: OrderClient,
-        lock_short: Any,
-        concurrency: int,
-    ) -> None:
+    def __init__(self, oc: OrderClient, lock_short: Any, concurrency: int) -> None:
         self.oc = oc
-        self.short_ttl = short_ttl
+        self._bursts = 0
         self.lock_short = lock_short  # callable: is the short-lock-TTL window open?
         self.concurrency = concurrency
         self.tally = ClientTally()
@@ -152,7 +176,8 @@ class Clients:
             self.done += 1
 
     async def _place(self, planned: PlannedOrder) -> None:
-        client = self.short_ttl if self.lock_short() else self.oc
+        short = bool(self.lock_short())
+        client = self.oc
         for attempt in range(20):
             try:
                 result = await client.place_order(planned.request)
@@ -166,8 +191,55 @@ class Clients:
         if not result.accepted:
             self.tally.refused += 1
             return
+        if short:
+            self.tally.short_ttl_orders.append(
+                (planned.request.account_id, planned.request.order_id)
+            )
         if planned.cancel_after_s is not None:
             self._cancels.append(asyncio.create_task(self._cancel(planned)))
+
+    async def burst(
+        self, account_id: str, symbol: str, price: Decimal, pool: asyncpg.Pool | None = None
+    ) -> None:
+        """``BURST_ORDERS`` marketable limit buys placed at once on ``account_id``, while a
+        short-lock-TTL window is open: the orders fight for one short-lived lock.
+
+        With ``pool``, the first ``BURST_STALLED`` orders' reserves are stalled for
+        ``BURST_STALL_S`` (the ledger's per-order lock is held from outside, as a slow ledger
+        connection would hold them up): each holds the account lock when it stalls, the lock
+        expires, the next order takes it with a greater fence and reserves first, and the
+        stalled reserve is refused for a stale fence when it goes on.
+        """
+        self._bursts += 1
+        limit = (price * Decimal("1.03")).quantize(Decimal("0.01"))
+        requests = [
+            OrderRequest(
+                account_id=account_id,
+                order_id=f"burst{self._bursts:03d}-{i:02d}",
+                symbol=symbol,
+                side="buy",
+                qty=Decimal("0.25"),
+                order_type="limit",
+                limit_price=limit,
+                time_in_force="day",
+            )
+            for i in range(BURST_ORDERS)
+        ]
+        self.tally.burst_keys += [r.key for r in requests]
+
+        async def place(req: OrderRequest) -> None:
+            try:
+                result = await self.oc.place_order(req)
+            except Exception as exc:
+                self.tally.place_errors.append(f"{req.key}: {exc!r}")
+                return
+            if result.accepted:
+                self.tally.short_ttl_orders.append((req.account_id, req.order_id))
+
+        async with _stalled(pool, [r.key for r in requests[:BURST_STALLED]]):
+            placing = asyncio.gather(*(place(r) for r in requests))
+            await asyncio.sleep(BURST_STALL_S)
+        await placing
 
     async def _cancel(self, planned: PlannedOrder) -> None:
         assert planned.cancel_after_s is not None
@@ -189,6 +261,59 @@ class Clients:
             return
 
 
-def short_ttl_settings(settings: Settings) -> Settings:
-    saga = settings.saga.model_copy(update={"lock_ttl_ms": SHORT_LOCK_TTL_MS})
-    return settings.model_copy(update={"saga": saga})
+async def stale_fence_relocks(oc: OrderClient, tally: ClientTally, concurrency: int = 16) -> int:
+    """How many orders placed in a short-lock-TTL window had a reserve refused for a stale fence
+    and locked again (their timeline says so): the re-lock path the fault exists to exercise."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def relocked(account_id: str, order_id: str) -> bool:
+        async with gate:
+            state = await oc.get_order(account_id, order_id)
+        return any(e.event == RELOCK_NOTE for e in state.timeline)
+
+    found = await asyncio.gather(*(relocked(a, o) for a, o in tally.short_ttl_orders))
+    return sum(found)
+
+
+@contextlib.asynccontextmanager
+async def _stalled(pool: asyncpg.Pool | None, order_keys: list[str]) -> AsyncIterator[None]:
+    """Hold the ledger's per-order lock of ``order_keys`` (activities/ledger/store.py,
+    ``lock_order``: every reserve of the order takes it first) for the block; nothing without a
+    pool or when Postgres cannot be reached (a restart fault may be under way)."""
+    conn: asyncpg.Connection | None = None
+    if pool is not None:
+        try:
+            conn = await pool.acquire(timeout=5)
+            for key in order_keys:
+                await conn.execute(STALL_ORDER, key)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            conn = None
+    try:
+        yield
+    finally:
+        if conn is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await conn.execute("SELECT pg_advisory_unlock_all()")
+            await pool.release(conn)  # type: ignore[union-attr]
+
+
+async def shorten_locks(
+    settings: Settings, accounts: list[str], ttl_ms: int, window_s: float
+) -> None:
+    """For ``window_s``, no account lock of ``accounts`` lives longer than ``ttl_ms``: each
+    lock's expiry is cut to ``ttl_ms`` within a few ms of being taken, as if the workers' lock
+    TTL were that short."""
+    keys = RedisKeys(settings.redis_prefix)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    shorten = client.register_script(SHORTEN_LOCKS)
+    lock_keys = [keys.lock(account) for account in accounts]
+    deadline = time.monotonic() + window_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                await shorten(keys=lock_keys, args=[ttl_ms])
+            except (OSError, aioredis.RedisError):  # a Redis restart fault may be under way
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(0.003)
+    finally:
+        await client.aclose()

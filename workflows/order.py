@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         ORDER_CONFLICT_REASON,
         ORDER_NOT_PARKED,
         ORDER_TERMINAL,
+        RELOCK_NOTE,
         STEP_ERRORS,
         TRUST_BOUNDARY_PATCH,
         WORKER_SETTINGS_PATCH,
@@ -327,7 +328,7 @@ class OrderWorkflow(FollowBroker):
                 kind = error_type(err)
                 if kind == errors.STALE_FENCE:
                     floor = max(floor, fence_seen(err))
-                    self._note("lock expired under the reserve; locking again")
+                    self._note(RELOCK_NOTE)
                     continue
                 if kind == errors.INSUFFICIENT_FUNDS:
                     return Refusal(f"insufficient funds: {error_message(err, str(err))}")

@@ -47,6 +47,8 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 MAX_TIMELINE = 60
 MAX_FENCE_RETRIES = 5
+# The timeline's note when a reserve is refused for a stale fence and the saga locks again.
+RELOCK_NOTE = "lock expired under the reserve; locking again"
 # Runs started from this version on take their quote, lock (when free), ledger and orders-table
 # steps as local activities; runs started before replay as they ran, with ordinary activities
 # (see _step and _acquire_lock).
