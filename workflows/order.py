@@ -56,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.pricing import Hold, hold_for
     from workflows.saga_base import (  # the patches and names others import from here
+        CANCEL_BEFORE_DECISION_PATCH,
         DECIDED_OR_REFUSED_PATCH,
         LOCAL_STEPS_PATCH,
         LOCK_RETRY,
@@ -172,14 +173,20 @@ class OrderWorkflow(FollowBroker):
     @workflow.run
     async def run(self, inp: OrderInput) -> OrderState:
         self._local = self._use_local_steps()
-        if workflow.patched(WORKER_SETTINGS_PATCH):
-            self._cfg = await workflow.execute_local_activity_method(
-                ConfigActivities.saga_config,
-                SagaConfigInput(),
-                start_to_close_timeout=timedelta(seconds=5),
-            )
-        else:  # started before the worker owned them: replays with what it was given
-            self._cfg = SagaConfig.model_validate(inp.config or {})
+        try:
+            await self._load_config(inp)
+        except asyncio.CancelledError:
+            # The cancel came before anything else: on a retried workflow task, say, whose first
+            # try reserved and died (a local activity's result is nothing until its task
+            # completes), so this run never heard of the hold.
+            if not workflow.patched(CANCEL_BEFORE_DECISION_PATCH):
+                raise
+            await self._load_config(inp)  # a cancel is delivered once: this read runs
+            if inp.carried is None:
+                await self._cancelled_before_decision()
+                raise
+            self._state.cancel_requested = True  # past the pivot: the customer's cancel
+            self._note("workflow cancel requested")
         self._guarded = workflow.patched(TRUST_BOUNDARY_PATCH)
         self._upsert_search_attributes()
         if inp.carried is None:
@@ -200,12 +207,37 @@ class OrderWorkflow(FollowBroker):
                 # Temporal retries, and must move no money on each attempt. Never on other
                 # BaseExceptions: the worker evicts workflows from its cache with one, and this
                 # run will be replayed elsewhere, compensations and all.
+                if is_cancelled_exception(err) and workflow.patched(CANCEL_BEFORE_DECISION_PATCH):
+                    await self._cancelled_before_decision()
+                    raise
                 await self._compensate()
                 raise
             if self._state.terminal:
                 return self._state
         await self._past_the_pivot()
         return self._state
+
+    async def _load_config(self, inp: OrderInput) -> None:
+        if workflow.patched(WORKER_SETTINGS_PATCH):
+            self._cfg = await workflow.execute_local_activity_method(
+                ConfigActivities.saga_config,
+                SagaConfigInput(),
+                start_to_close_timeout=timedelta(seconds=5),
+            )
+        else:  # started before the worker owned them: replays with what it was given
+            self._cfg = SagaConfig.model_validate(inp.config or {})
+
+    async def _cancelled_before_decision(self) -> None:
+        """Cancelled before the order was decided: void its hold, whatever this run saw.
+
+        A try of this workflow task that died may have committed a reserve this run never heard
+        of; the void releases it (and is a no-op with no hold, its tombstone refusing a reserve
+        that arrives later). The order is recorded CANCELED and the customer answered before the
+        workflow ends.
+        """
+        self._compensations.clear()
+        await self._void_before_pivot()
+        await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def _past_the_pivot(self) -> None:
         """``_execute``, where a Temporal cancel of the workflow cannot cut a step short.

@@ -78,6 +78,11 @@ DECIDED_OR_REFUSED_PATCH = "decided-or-refused-v1"
 POLL_BACKOFF_PATCH = "poll-backoff-v1"
 # Runs from this version on read the signals that arrived before giving an unknown submit up.
 SIGNALS_BEFORE_GIVE_UP_PATCH = "signals-before-give-up-v1"
+# Runs from this version on, cancelled before the order is decided, void the order's hold
+# whatever this run saw (a dead try of the task may have reserved), record it CANCELED and answer
+# the customer; a continued run cancelled while it reads its settings takes it as the customer's
+# cancel. Runs before compensated only the steps they had reached themselves.
+CANCEL_BEFORE_DECISION_PATCH = "cancel-before-decision-v1"
 
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
