@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -33,6 +33,10 @@ def crash_sim(tmp_path: Path) -> Iterator[BrokerSim]:
     )
     yield sim
     sim.stop()
+
+
+async def _nonempty(listing: Awaitable[list[dict[str, object]]]) -> bool:
+    return bool(await listing)
 
 
 async def test_sigkill_worker_mid_order_then_a_new_worker_finishes_it(
@@ -79,11 +83,20 @@ async def _crash_and_recover(
             listed = await crash_sim.admin("GET", "/v2/orders?status=all")
             return [o for o in listed if o["client_order_id"] == key]
 
-        for _ in range(100):
-            if await at_broker():
-                break
-            await asyncio.sleep(0.1)
+        async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+            for _ in range(300):
+                if await check():
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"never happened: {what}")
+
+        async def first_fill_booked() -> bool:
+            return (await oc.get_order(acct, placed.order_id)).filled_qty == 1
+
+        # The kill lands mid-order: submitted, and the first partial fill booked.
+        await eventually(lambda: _nonempty(at_broker()), "the order at the broker")
         await crash_sim.admin("POST", "/admin/tick")  # first partial fill at the broker
+        await eventually(first_fill_booked, "the first partial fill booked")
 
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
