@@ -37,7 +37,7 @@ from ordersaga.client import OrderClient
 from tests.conftest import scratch_database
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import saga_settings
-from tests.support.workerproc import start_worker, worker_env, workers_running
+from tests.support.workerproc import run_until_it_dies, worker_env, workers_running
 from workflows.pricing import hold_for
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
@@ -108,18 +108,10 @@ async def crash_in_accept(
     moved = (ask * Decimal("1.04")).quantize(Decimal("0.01"))
     await put_quote(redis_client, keys, ask, stale=case.first == "stale")
 
-    log = tmp_path / f"dying-{case.dies_after}.log"
     env = worker_env(settings, temporal_env.client.service_client.config.target_host)
-    dying = start_worker(env, log, case.dies_after, module="tests.e2e.dying_worker")
     req = oc.build_request(account_id=acct, symbol="AAPL", side="buy", qty="2")
     placing = asyncio.create_task(oc.place_order(req))
-    try:
-        await asyncio.wait_for(asyncio.to_thread(dying.wait), 30)
-    finally:
-        if dying.poll() is None:
-            dying.kill()
-            dying.wait()
-    assert b"dying after" in log.read_bytes(), log.read_text()[-2000:]
+    await run_until_it_dies(env, tmp_path / f"dying-{case.dies_after}.log", case.dies_after)
     assert not placing.done(), "the customer was answered before the task completed"
 
     # The world moves while no worker runs; then a second worker takes the retried task.

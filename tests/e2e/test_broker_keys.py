@@ -32,14 +32,7 @@ async def test_an_order_lives_through_a_broker_key_rotation_and_settles(
         acct = await stack.funded_account()
         limit = await stack.price("1.1")
         async with workers_running(temporal_env.client, settings):
-            placed = await oc.place_order(
-                account_id=acct,
-                symbol="AAPL",
-                side="buy",
-                qty="1",
-                order_type="limit",
-                limit_price=limit,
-            )
+            placed = await oc.place_order(stack.limit_buy(acct, limit))
             assert placed.accepted, placed
 
             async def state() -> OrderState:

@@ -34,14 +34,7 @@ async def test_a_submit_waiting_for_a_broker_worker_is_sent_when_one_comes(
         acct = await stack.funded_account()
         limit = await stack.price("1.1")
         async with workers_running(temporal_env.client, settings, ("orders",)):
-            placed = await oc.place_order(
-                account_id=acct,
-                symbol="AAPL",
-                side="buy",
-                qty="1",
-                order_type="limit",
-                limit_price=limit,
-            )
+            placed = await oc.place_order(stack.limit_buy(acct, limit))
             assert placed.accepted, placed
             await asyncio.sleep(16)  # the submit waits in the broker queue
             async with workers_running(temporal_env.client, settings, ("broker",)):

@@ -8,9 +8,7 @@ bounded. A closed order is answered from its result or its row, with no worker r
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
@@ -20,17 +18,14 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from temporalio.testing import WorkflowEnvironment
 
-from activities.ledger import check_ledger, max_fence
-from activities.lock import AccountLock
+from activities.ledger import check_ledger
 from core.db import create_pool
 from core.errors import UserError
 from core.keys import RedisKeys
-from core.settings import Settings
 from core.statuses import OrderStatus
-from ordersaga.client import OrderClient
 from tests.conftest import scratch_database
 from tests.support.brokersim import BrokerSim
-from tests.support.saga import saga_settings
+from tests.support.e2e import Stack, stack_on
 from tests.support.workerproc import workers_running
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
@@ -57,18 +52,15 @@ async def refuse_db() -> AsyncIterator[tuple[str, asyncpg.Pool]]:
             await pool.close()
 
 
-def stack_settings(
-    database_url: str, redis_keys: RedisKeys, sim: BrokerSim, **saga: object
-) -> Settings:
-    keys = RedisKeys(f"{redis_keys.prefix}refuse-{uuid.uuid4().hex[:6]}:")
-    return saga_settings(database_url, keys, sim.url, saga=saga)
-
-
-async def funded(oc: OrderClient, amount: str = "1000") -> str:
-    acct = f"refuse-{uuid.uuid4().hex[:8]}"
-    await oc.open_account(acct)
-    await oc.deposit(acct, amount)
-    return acct
+def refuse_stack(
+    temporal_env: WorkflowEnvironment,
+    refuse_db: tuple[str, asyncpg.Pool],
+    redis_keys: RedisKeys,
+    sim: BrokerSim,
+    **saga: object,
+) -> Stack:
+    database_url, pool = refuse_db
+    return stack_on(temporal_env.client, database_url, pool, redis_keys, sim, "refuse", saga=saga)
 
 
 async def test_an_account_locked_too_long_is_refused_account_busy(
@@ -78,17 +70,12 @@ async def test_an_account_locked_too_long_is_refused_account_busy(
     redis_keys: RedisKeys,
     refuse_sim: BrokerSim,
 ) -> None:
-    database_url, pool = refuse_db
-    settings = stack_settings(
-        database_url, redis_keys, refuse_sim, lock_wait_total_s=3.0, lock_wait_ms=500
+    stack = refuse_stack(
+        temporal_env, refuse_db, redis_keys, refuse_sim, lock_wait_total_s=3.0, lock_wait_ms=500
     )
-    oc = OrderClient(temporal_env.client, pool, settings)
-    acct = await funded(oc)
-    lock = AccountLock(
-        redis_client,
-        RedisKeys(settings.redis_prefix),
-        fence_floor=functools.partial(max_fence, pool),
-    )
+    settings, oc, pool = stack.settings, stack.orders, stack.pool
+    acct = await stack.funded_account("1000")
+    lock = stack.account_lock(redis_client)
     other = await lock.try_acquire(acct, "someone-else/o1", ttl_ms=60_000)
     assert other is not None
     async with workers_running(temporal_env.client, settings):
@@ -126,10 +113,9 @@ async def test_a_quote_that_cannot_be_read_refuses_the_order_with_its_row(
     redis_keys: RedisKeys,
     refuse_sim: BrokerSim,
 ) -> None:
-    database_url, pool = refuse_db
-    settings = stack_settings(database_url, redis_keys, refuse_sim)
-    oc = OrderClient(temporal_env.client, pool, settings)
-    acct = await funded(oc)
+    stack = refuse_stack(temporal_env, refuse_db, redis_keys, refuse_sim)
+    settings, oc, pool = stack.settings, stack.orders, stack.pool
+    acct = await stack.funded_account("1000")
     # A key of the wrong type: every read of the quote fails (WRONGTYPE), as it would with the
     # cache down; not a quote that reads as stale.
     await redis_client.rpush(RedisKeys(settings.redis_prefix).quote("AAPL"), "not a quote")
@@ -157,18 +143,11 @@ async def test_a_closed_order_is_answered_with_no_worker_running(
     refuse_sim: BrokerSim,
 ) -> None:
     """Completed: its result; terminated (a resting order an operator killed): its row."""
-    database_url, pool = refuse_db
-    settings = stack_settings(database_url, redis_keys, refuse_sim)
-    oc = OrderClient(temporal_env.client, pool, settings)
-    acct = await funded(oc, "1000")
-    latest = await refuse_sim.admin("GET", "/v2/stocks/AAPL/quotes/latest")
-    below = (Decimal(str(latest["quote"]["ap"])) * Decimal("0.95")).quantize(Decimal("0.01"))
-    too_big = oc.build_request(
-        account_id=acct, symbol="AAPL", side="buy", qty="50", order_type="limit", limit_price="90"
-    )
-    resting = oc.build_request(
-        account_id=acct, symbol="AAPL", side="buy", qty="1", order_type="limit", limit_price=below
-    )
+    stack = refuse_stack(temporal_env, refuse_db, redis_keys, refuse_sim)
+    settings, oc = stack.settings, stack.orders
+    acct = await stack.funded_account("1000")
+    too_big = stack.limit_buy(acct, "90", qty="50")
+    resting = stack.limit_buy(acct, await stack.price("0.95"))
     async with workers_running(temporal_env.client, settings):
         refused = await oc.place_order(too_big)
         assert not refused.accepted and refused.reason.startswith("insufficient funds"), refused

@@ -5,7 +5,6 @@ it in turn once it is free, and all settle with the ledger balanced."""
 from __future__ import annotations
 
 import asyncio
-import functools
 from decimal import Decimal
 
 import pytest
@@ -13,8 +12,7 @@ import redis.asyncio as aioredis
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities.ledger import check_ledger, max_fence
-from activities.lock import AccountLock
+from activities.ledger import check_ledger
 from core.keys import RedisKeys
 from core.statuses import OrderStatus
 from tests.support.brokersim import StartSim, brokersim_factory  # noqa: F401
@@ -48,24 +46,10 @@ async def test_orders_on_a_locked_hot_account_wait_for_the_lock_then_all_settle(
         oc = stack.orders
         acct = await stack.funded_account("5000")
         limit = await stack.price("1.05")
-        lock = AccountLock(
-            redis_client,
-            RedisKeys(stack.settings.redis_prefix),
-            fence_floor=functools.partial(max_fence, stack.pool),
-        )
+        lock = stack.account_lock(redis_client)
         outsider = await lock.try_acquire(acct, "someone-else/o1", ttl_ms=60_000)
         assert outsider is not None
-        requests = [
-            oc.build_request(
-                account_id=acct,
-                symbol="AAPL",
-                side="buy",
-                qty="1",
-                order_type="limit",
-                limit_price=limit,
-            )
-            for _ in range(ORDERS)
-        ]
+        requests = [stack.limit_buy(acct, limit) for _ in range(ORDERS)]
         handles: list[WorkflowHandle[object, object]] = [
             client.get_workflow_handle(r.workflow_id) for r in requests
         ]

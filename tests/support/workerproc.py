@@ -55,6 +55,20 @@ def start_worker(
     return proc
 
 
+async def run_until_it_dies(env: dict[str, str], log: Path, step: str) -> None:
+    """Run ``tests.e2e.dying_worker STEP`` until it SIGKILLs itself right after ``step``
+    committed (at most 30 s); fails if it died otherwise."""
+    dying = start_worker(env, log, step, module="tests.e2e.dying_worker")
+    try:
+        await asyncio.wait_for(asyncio.to_thread(dying.wait), 30)
+    finally:
+        if dying.poll() is None:
+            dying.kill()
+            dying.wait()
+    text = await asyncio.to_thread(log.read_text)
+    assert "dying after" in text, text[-2000:]
+
+
 @contextlib.asynccontextmanager
 async def workers_running(
     temporal: Client, settings: Settings, queues: tuple[str, ...] = ("orders", "broker")
