@@ -11,9 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.codec import CodecKeyError, CodecKeys
 from core.errors import UserError
 
 DEFAULT_STATE_DIR = Path(".state")
@@ -112,6 +113,16 @@ class Settings(BaseSettings):
     # worker that dies mid-task (during an order's accept phase, say) delays its customer's answer
     # by this much. Temporal's default; set on the orders started from then on.
     workflow_task_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # The payload codec's keys (core/codec.py): "id:base64" entries, the newest first, from the
+    # variable or a file (the file wins). Empty: payloads go to Temporal unencrypted.
+    codec_keys: SecretStr = SecretStr("")
+    codec_keys_file: Path | None = None
+    # The codec server (`ordersaga codec-server`): the bearer token it requires, where it listens
+    # and the Web UI origin it answers (CORS).
+    codec_server_token: SecretStr = SecretStr("")
+    codec_server_host: str = "127.0.0.1"
+    codec_server_port: int = Field(default=8234, ge=1, le=65_535)
+    codec_server_cors_origin: str = "http://127.0.0.1:8233"
 
     # Broker (Alpaca Trading API v2 compatible) and market data
     broker_url: str = "http://127.0.0.1:8787"
@@ -159,6 +170,24 @@ class Settings(BaseSettings):
                 f" (Settings(saga=SagaSettings({RENAMED[old].removeprefix('saga__')}=...)))"
             )
         return values
+
+    def codec_key_set(self) -> CodecKeys | None:
+        """The payload codec's keys, None when none are configured; a UserError of one line
+        when they are unusable (a process refuses to start on them)."""
+        text = self.codec_keys.get_secret_value()
+        if self.codec_keys_file is not None:
+            try:
+                text = self.codec_keys_file.read_text()
+            except OSError as exc:
+                raise UserError(
+                    f"ORDERSAGA_CODEC_KEYS_FILE: cannot read {self.codec_keys_file}: {exc.strerror}"
+                ) from None
+        if not text.strip():
+            return None
+        try:
+            return CodecKeys.parse(text)
+        except CodecKeyError as exc:
+            raise UserError(f"ORDERSAGA_CODEC_KEYS: {exc}") from None
 
     @model_validator(mode="after")
     def _market_data_defaults_to_broker(self) -> Settings:

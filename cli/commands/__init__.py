@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import click
 
-from cli.commands import account, broker, chaos, db, demo, dev, feeds, ledger, orders, worker
+from cli.commands import (
+    account,
+    broker,
+    chaos,
+    codec,
+    db,
+    demo,
+    dev,
+    feeds,
+    ledger,
+    orders,
+    worker,
+)
 
-_MODULES = (db, account, ledger, dev, broker, feeds, orders, worker, chaos, demo)
+_MODULES = (db, account, ledger, dev, broker, feeds, orders, worker, codec, chaos, demo)
 
 
 def register_all(cli: click.Group) -> None:

@@ -244,13 +244,19 @@ async def record(out: Path, only: list[str]) -> None:
     keys = RedisKeys(prefix=f"ordersaga_record_{uuid.uuid4().hex[:10]}:")
     await ensure_database(dsn)
     await migrate(dsn)
-    env = await start_dev_server()
+    # Recorded in plain payloads: the session's key is random, and a replay must not need it.
+    env = await start_dev_server(encrypted=False)
     tmp = tempfile.TemporaryDirectory()
     sim = BrokerSim.start(Path(tmp.name) / "broker.db", seed=7)
     try:
         # A short bound on the lock wait, for refused_account_busy.
         settings = saga_settings(
-            dsn, keys, sim.url, redis_url=REDIS_URL, saga={"lock_wait_total_s": 3.0}
+            dsn,
+            keys,
+            sim.url,
+            redis_url=REDIS_URL,
+            codec_keys="",
+            saga={"lock_wait_total_s": 3.0},
         )
         async with saga_stack(env.client, settings, sim) as saga:
             for name in only or [*SCENARIOS, *RECONCILES]:

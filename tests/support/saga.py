@@ -22,16 +22,17 @@ import asyncpg
 import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.ledger import check_ledger
 from chaos.faults import CLEAR
 from core.broker_client import BrokerClient
+from core.codec import CodecKeys, new_key_entry
 from core.db import create_pool
 from core.keys import RedisKeys
 from core.settings import Settings
+from core.temporal import converter_for
 from feeds.delivery import signal_workflows
 from feeds.listener import BrokerListener
 from feeds.marketdata import MarketDataFeed
@@ -54,9 +55,14 @@ def temporal_binary() -> str:
     return found
 
 
-async def start_dev_server() -> WorkflowEnvironment:
+# The session's payload key: the whole suite runs with its payloads encrypted, as deployments do.
+TEST_CODEC_KEYS = new_key_entry("test-session")
+
+
+async def start_dev_server(*, encrypted: bool = True) -> WorkflowEnvironment:
+    keys = CodecKeys.parse(TEST_CODEC_KEYS) if encrypted else None
     return await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=converter_for(keys),
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_existing_path=temporal_binary(),
         dev_server_log_level="error",
@@ -125,6 +131,7 @@ def saga_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extr
         "broker_request_timeout_s": 2.0,
         "marketdata_interval_s": 0.2,
         "worker_grace_s": 2.0,
+        "codec_keys": TEST_CODEC_KEYS,
     }
     saga: dict[str, Any] = {
         "fill_poll_interval_s": 1.0,

@@ -29,6 +29,7 @@ def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
             "ORDERSAGA_BROKER_URL": settings.broker_url,
             "ORDERSAGA_ORDERS_TASK_QUEUE": settings.orders_task_queue,
             "ORDERSAGA_BROKER_TASK_QUEUE": settings.broker_task_queue,
+            "ORDERSAGA_CODEC_KEYS": settings.codec_keys.get_secret_value(),
         }
     )
     return env

@@ -24,9 +24,11 @@ from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from core.codec import CodecKeys
+from core.temporal import converter_for
+from tests.support.saga import TEST_CODEC_KEYS
 from workflows.order import (
     DECIDED_OR_REFUSED_PATCH,
     LOCAL_STEPS_PATCH,
@@ -61,8 +63,11 @@ REQUIRED = {
 
 
 def _replayer() -> Replayer:
+    # The workers' converter, payload codec included: histories recorded before the codec (plain
+    # payloads) replay through it unchanged.
     return Replayer(
-        workflows=[OrderWorkflow, ReconcileWorkflow], data_converter=pydantic_data_converter
+        workflows=[OrderWorkflow, ReconcileWorkflow],
+        data_converter=converter_for(CodecKeys.parse(TEST_CODEC_KEYS)),
     )
 
 
