@@ -79,6 +79,7 @@ class ChaosStack(DevStack):
             temporal_metrics=free_port(),
             temporal_http=free_port(),
             broker=free_port(),
+            codec=free_port(),
         )
         options = StackOptions(
             state_dir=state_dir, ports=ports, force_embedded=True, redis_persistent=False
@@ -114,6 +115,7 @@ class ChaosStack(DevStack):
             broker_url=env["ORDERSAGA_BROKER_URL"],
             market_data_url=env["ORDERSAGA_BROKER_URL"],
             state_dir=self.state_dir,
+            codec_keys_file=Path(env["ORDERSAGA_CODEC_KEYS_FILE"]),  # the workers' key
         )
 
     async def terminate_pg_backends(self) -> int:

@@ -27,6 +27,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -43,6 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import redis.asyncio as aioredis
 
+from core.codec import new_key_entry
 from core.db import database_name, ensure_database, migrate
 from core.settings import DEFAULT_STATE_DIR, Settings
 
@@ -87,7 +89,11 @@ APPS: tuple[AppSpec, ...] = (
     AppSpec("marketdata", ("marketdata",)),
     AppSpec("worker", ("worker", "--queues", "orders,broker"), ready_line="worker ready"),
     AppSpec("broker-listener", ("broker-listener",)),
+    # Decodes payloads for the Web UI (the dev server's --ui-codec-endpoint) and the CLI.
+    AppSpec("codec-server", ("codec-server", "--port", "{codec_port}"), port="codec"),
 )
+CODEC_KEYS_FILE = "codec.keys"  # the dev stack's payload key, made on first up (0600)
+CODEC_TOKEN_FILE = "codec.token"  # the dev codec server's bearer token, likewise
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class StackPorts:
     temporal_metrics: int | None = None
     temporal_http: int | None = None
     broker: int | None = None
+    codec: int | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The file's text; written first with ``make()``, readable by its owner only, if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(make())
+    return path.read_text().strip()
 
 
 def _url_port(url: str, default: int) -> int:
@@ -307,6 +326,7 @@ class DevStack:
             "temporal_metrics": temporal + 2000,
             "temporal_http": temporal + 10,
             "broker": _url_port(s.broker_url, 8787),
+            "codec": s.codec_server_port,
         }
         return {k: getattr(given, k) or v for k, v in defaults.items()}
 
@@ -349,6 +369,13 @@ class DevStack:
             "ORDERSAGA_TEMPORAL_UI_PORT": str(p["temporal_ui"]),
             "ORDERSAGA_BROKER_URL": f"http://127.0.0.1:{p['broker']}",
             "ORDERSAGA_STATE_DIR": str(self.state_dir),
+            # Every process encrypts with the stack's key; the codec server decodes for the UI.
+            "ORDERSAGA_CODEC_KEYS_FILE": str(self.path(CODEC_KEYS_FILE)),
+            "ORDERSAGA_CODEC_SERVER_TOKEN": _secret_file(
+                self.path(CODEC_TOKEN_FILE), lambda: secrets.token_urlsafe(24)
+            ),
+            "ORDERSAGA_CODEC_SERVER_PORT": str(p["codec"]),
+            "ORDERSAGA_CODEC_SERVER_CORS_ORIGIN": f"http://127.0.0.1:{p['temporal_ui']}",
         }
 
     # pid files
@@ -446,7 +473,7 @@ class DevStack:
             "--db-filename", str(self.path("temporal.db")), "--ip", "127.0.0.1",
             "--port", str(p["temporal"]), "--ui-port", str(p["temporal_ui"]),
             "--metrics-port", str(p["temporal_metrics"]), "--http-port", str(p["temporal_http"]),
-            "--ui-disable-news-fetch",
+            "--ui-disable-news-fetch", "--ui-codec-endpoint", f"http://127.0.0.1:{p['codec']}",
             "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
             "--search-attribute", "OrderStatus=Keyword", "--search-attribute", "AccountId=Keyword",
             "--search-attribute", "Symbol=Keyword", "--log-level", "warn",
@@ -577,6 +604,7 @@ class DevStack:
         else:
             external["redis"] = rurl
         await self._migrate(dsn)
+        _secret_file(self.path(CODEC_KEYS_FILE), lambda: new_key_entry("dev-1") + "\n")
         env = self.stack_env(dsn, rurl)
         self._write_stack(env, external)
         await self._ensure_running("temporal", env)

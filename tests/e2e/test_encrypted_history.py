@@ -8,6 +8,12 @@ payloads the codec may touch (docs/SECURITY.md says so).
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -22,8 +28,10 @@ from temporalio.testing import WorkflowEnvironment
 from core.codec import ENCODING
 from core.keys import RedisKeys
 from core.statuses import OrderStatus
+from devstack.stack import free_port
 from tests.support.brokersim import StartSim, brokersim_factory  # noqa: F401
 from tests.support.e2e import e2e_stack
+from tests.support.saga import temporal_binary
 from tests.support.workerproc import workers_running
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
@@ -100,3 +108,65 @@ async def test_an_orders_history_holds_none_of_its_numbers_or_its_account_in_pla
         assert secret.encode() not in blob, secret
     # The readable parts are the indexed ones only: the workflow id and search attributes.
     assert acct in req.workflow_id
+
+    # `temporal workflow show` shows it decoded through the codec server (`ordersaga
+    # codec-server`, a process of its own), with the server's token only.
+    keys = stack.settings.codec_keys.get_secret_value()
+    target = client.service_client.config.target_host
+    await asyncio.to_thread(shown_through_codec_server, req.workflow_id, target, keys, limit)
+
+
+def shown_through_codec_server(workflow_id: str, target: str, keys: str, limit: Decimal) -> None:
+    show = [temporal_binary(), "workflow", "show", "-w", workflow_id, "--address", target]
+    show += ["-o", "json"]
+    port, token = free_port(), "show-test-token"
+    env = {**os.environ, "ORDERSAGA_CODEC_KEYS": keys, "ORDERSAGA_CODEC_SERVER_TOKEN": token}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cli", "codec-server", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            if b"codec server ready" in line:
+                break
+        endpoint = ["--codec-endpoint", f"http://127.0.0.1:{port}"]
+        decoded = payload_bytes(run_cli([*show, *endpoint, "--codec-auth", f"Bearer {token}"]))
+        assert QTY.encode() in decoded and str(limit).encode() in decoded
+        assert QTY.encode() not in payload_bytes(run_cli(show))
+        # The wrong token: the CLI gets no decoded payload.
+        refused = subprocess.run(
+            [*show, *endpoint, "--codec-auth", "Bearer wrong"], capture_output=True, text=True
+        )
+        assert QTY not in refused.stdout + refused.stderr
+        assert QTY.encode() not in payload_bytes(refused.stdout)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def payload_bytes(shown: str) -> bytes:
+    """Every payload's data in `temporal workflow show -o json` output, base64-decoded."""
+    out: list[bytes] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("data"), str) and "metadata" in node:
+                out.append(base64.b64decode(node["data"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    if shown.strip():
+        walk(json.loads(shown))
+    return b"\n".join(out)
+
+
+def run_cli(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout

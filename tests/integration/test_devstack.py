@@ -45,7 +45,7 @@ async def stack() -> AsyncIterator[DevStack]:
     ports = StackPorts(
         postgres=free_port(), redis=free_port(), temporal=free_port(),
         temporal_ui=free_port(), temporal_metrics=free_port(), temporal_http=free_port(),
-        broker=free_port(),
+        broker=free_port(), codec=free_port(),
     )  # fmt: skip
     options = StackOptions(
         state_dir=state, ports=ports, force_embedded=True, apps=(),
