@@ -9,11 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so a source change does not reinstall them.
-COPY pyproject.toml README.md ./
+# Dependencies first, from pyproject.toml and constraints.txt alone, so a source change does not
+# reinstall them. Only the runtime dependencies, each at its version in constraints.txt (the
+# file also pins dev/embedded/bench, which a constraints file does not install).
+COPY pyproject.toml README.md constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 COPY . .

@@ -1,16 +1,19 @@
 # Two commands on a fresh machine: `make demo` (the local stack with sample orders) and
-# `make test` (the whole suite). Both create the virtual environment on first use.
+# `make test` (the whole suite). Both create the virtual environment on first use, with every
+# package at the version pinned in constraints.txt (`make lock` regenerates it).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
+PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: venv demo test lint typecheck down clean bench
+.PHONY: venv demo test lint typecheck down clean bench lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,bench]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,embedded,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -39,6 +42,19 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy core activities brokersim workflows worker feeds ordersaga devstack chaos bench cli
+
+# Regenerates constraints.txt from pyproject.toml in a throwaway virtualenv (pip-compile): every
+# package `venv` installs, transitive ones included, pinned with ==. Existing pins are kept where
+# pyproject still allows them; LOCK_ARGS=--upgrade moves everything to the newest release,
+# LOCK_ARGS='--upgrade-package aiohttp' one package. Commit the result with the change that needs it.
+lock:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+	  && $(PYTHON) -m venv "$$tmp" \
+	  && "$$tmp/bin/python" -m pip install --quiet '$(PIP_TOOLS)' \
+	  && CUSTOM_COMPILE_COMMAND='make lock' "$$tmp/bin/pip-compile" --quiet --strip-extras \
+	    --allow-unsafe --extra dev --extra embedded --extra bench \
+	    --no-emit-index-url --no-emit-find-links \
+	    $(LOCK_ARGS) --output-file $(CONSTRAINTS) pyproject.toml
 
 clean:
 	rm -rf $(VENV) .state *.egg-info

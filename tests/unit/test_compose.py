@@ -113,14 +113,15 @@ def test_third_party_images_are_pinned(services: dict[str, Any]) -> None:
     }
     for name, svc in services.items():
         image = svc["image"]
-        repo, _, tag = image.rpartition(":")
+        repo, _, tag = image.split("@", 1)[0].rpartition(":")  # a digest may follow the tag
         assert repo and tag and tag != "latest", f"{name}: image {image!r} is not pinned"
         assert "$" not in image, f"{name}: image {image!r} depends on the environment"
         if name in expected_repos:
             assert repo == expected_repos[name], f"{name}: {image}"
     # One Temporal release across the server and its tools.
-    server_tag = services["temporal"]["image"].rpartition(":")[2]
-    assert services["temporal-setup"]["image"].rpartition(":")[2].startswith(server_tag + "-")
+    server_tag = services["temporal"]["image"].split("@", 1)[0].rpartition(":")[2]
+    admin_tag = services["temporal-setup"]["image"].split("@", 1)[0].rpartition(":")[2]
+    assert admin_tag.startswith(server_tag + "-")
 
 
 def test_project_services_share_one_image_built_from_the_dockerfile(
