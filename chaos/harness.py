@@ -277,12 +277,31 @@ class _Run:
         self.report.ok = not self.report.violations()
 
     async def _broker_orders(self) -> list[BrokerOrder]:
-        broker = BrokerClient.from_settings(self.settings)
-        try:
-            listed = await BrokerActivities(broker).list_broker_orders(ListBrokerOrdersInput())
-        finally:
-            await broker.close()
-        return listed.orders
+        return await all_broker_orders(self.settings)
+
+
+class IncompleteListing(RuntimeError):
+    """The broker's listing stopped short: invariants checked on it would pass vacuously."""
+
+
+async def all_broker_orders(
+    settings: Settings, max_orders: int = 100_000, page_size: int = 500
+) -> list[BrokerOrder]:
+    """Every order the broker has; IncompleteListing if the listing was cut at ``max_orders``
+    (the run then reports a harness error instead of checking a partial view)."""
+    broker = BrokerClient.from_settings(settings)
+    try:
+        listed = await BrokerActivities(broker).list_broker_orders(
+            ListBrokerOrdersInput(max_orders=max_orders, page_size=page_size)
+        )
+    finally:
+        await broker.close()
+    if listed.truncated:
+        raise IncompleteListing(
+            f"the broker's order listing stopped at {len(listed.orders)} orders"
+            f" (max {max_orders}): the invariants would check part of it"
+        )
+    return listed.orders
 
 
 async def run_chaos(opts: ChaosOptions, progress: Progress | None = None) -> ChaosReport:
