@@ -28,7 +28,11 @@ async def _migrate(settings: Settings, with_roles: bool) -> list[str]:
             f"database {database_name(settings.database_owner_url)!r} does not exist:"
             " run `ordersaga db migrate --init-roles` (or create it, docs/DEPLOY.md)"
         ) from None
-    except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.UndefinedObjectError) as exc:
+    except (
+        asyncpg.InvalidAuthorizationSpecificationError,  # no owner role
+        asyncpg.UndefinedObjectError,  # no application role
+        asyncpg.InsufficientPrivilegeError,  # a database or tables the owner does not own yet
+    ) as exc:
         raise UserError(f"{exc}: run `ordersaga db migrate --init-roles`") from None
 
 

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 from activities.ledger import DepositInput, OpenAccountInput
-from core.db import drop_database, ensure_database
-from tests.conftest import SERVER_DSN, owner_url, privileged
+from core.db import drop_database, ensure_database, migrate
+from tests.conftest import OWNER_ROLE, SERVER_DSN, owner_url, privileged
 from tests.support.ledger import LedgerUnderTest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
@@ -214,5 +214,31 @@ async def test_account_commands_need_a_migrated_database(database_url: str) -> N
         assert migrated.returncode == 0, migrated.stderr
         assert (await cli(scratch, "account", "open", "x")).returncode == 0
         assert (await cli(scratch, "db", "migrate")).stdout == "schema is up to date\n"
+    finally:
+        await drop_database(privileged(scratch))
+
+
+async def test_a_database_from_before_the_roles_is_handed_to_the_owner(database_url: str) -> None:
+    """Upgrading: a database migrated by the superuser (one role for everything, as before) is
+    refused by the owner alone, and `--init-roles` hands it over; the application role works."""
+    scratch = database_url.rsplit("/", 1)[0] + f"/ordersaga_test_legacy_{uuid.uuid4().hex[:8]}"
+    try:
+        await ensure_database(privileged(scratch))
+        await migrate(privileged(scratch))
+        refused = await cli(scratch, "db", "migrate")
+        assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
+        assert "ordersaga db migrate --init-roles" in refused.stderr
+        migrated = await cli(scratch, "db", "migrate", "--init-roles")
+        assert migrated.returncode == 0 and migrated.stdout == "schema is up to date\n"
+        await new_account(scratch)
+        conn = await asyncpg.connect(privileged(scratch))
+        try:
+            owners = await conn.fetch(
+                "SELECT DISTINCT pg_get_userbyid(relowner) AS owner FROM pg_class"
+                " WHERE relnamespace = 'public'::regnamespace"
+            )
+            assert [r["owner"] for r in owners] == [OWNER_ROLE]
+        finally:
+            await conn.close()
     finally:
         await drop_database(privileged(scratch))
