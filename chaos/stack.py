@@ -61,7 +61,8 @@ def chaos_settings(**overrides: object) -> Settings:
             "absent_grace_s": 20.0,
         },
         "quote_max_age_s": 30.0,
-        "database_url": "postgresql://postgres@127.0.0.1:5432/ordersaga_chaos",
+        "database_url": "postgresql://ordersaga_app@127.0.0.1:5432/ordersaga_chaos",
+        "database_owner_url": "postgresql://ordersaga_owner@127.0.0.1:5432/ordersaga_chaos",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

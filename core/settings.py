@@ -91,8 +91,12 @@ class Settings(BaseSettings):
         env_prefix="ORDERSAGA_", env_nested_delimiter="__", extra="ignore"
     )
 
-    # Stores
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/ordersaga"
+    # Stores. Postgres roles (docs/DEPLOY.md): every process connects as the application role
+    # (DML only); `ordersaga db migrate` alone as the schema's owner, and with --init-roles first
+    # as the admin (a role that may create roles and databases) to create both.
+    database_url: str = "postgresql://ordersaga_app@127.0.0.1:5432/ordersaga"
+    database_owner_url: str = "postgresql://ordersaga_owner@127.0.0.1:5432/ordersaga"
+    database_admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "ordersaga:"
     db_pool_min: int = 1

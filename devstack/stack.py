@@ -7,6 +7,10 @@ long-running processes as detached background processes, each with a pid file an
 ``down()`` stops only what a pid file names, and only if that pid is still the process it
 started (its start time is recorded), so a recycled pid is never signalled.
 
+Postgres roles (docs/DEPLOY.md): ``up()`` creates the owner and application roles as the admin
+(the machine's ``database_admin_url``, or the embedded server's ``postgres``), migrates as the
+owner, and hands every other process only the application role's URL.
+
 The URLs the rest of the stack must use are written to ``<state>/stack.json``;
 :func:`load_stack_env` returns them as ``ORDERSAGA_*`` overrides for other commands.
 
@@ -45,11 +49,15 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from core.codec import new_key_entry
-from core.db import database_name, ensure_database, migrate
+from core.db import database_name, init_roles, migrate, role_of
+from core.errors import UserError
 from core.settings import DEFAULT_STATE_DIR, Settings
 
 STACK_FILE = "stack.json"
 INFRA = ("postgres", "redis", "temporal")
+# Never handed to the stack's processes (they connect as the application role only); the CLI
+# gets the owner's URL from stack.json, for `ordersaga db migrate`.
+PRIVILEGED_ENV = ("ORDERSAGA_DATABASE_OWNER_URL", "ORDERSAGA_DATABASE_ADMIN_URL")
 
 
 class StackError(RuntimeError):
@@ -399,7 +407,7 @@ class DevStack:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **env},
+                env=_unprivileged({**os.environ, **env}),
                 cwd=self.state_dir,
                 **_as_user(launch.user),
                 start_new_session=True,  # its own process group: stop it and its children
@@ -550,12 +558,11 @@ class DevStack:
 
     # stores: the machine's own when they answer, else embedded
 
-    def _embedded_url(self, name: str, configured: str, user: str) -> str:
+    def _embedded_url(self, name: str, configured: str, keep_user: bool = False) -> str:
         if self.pid_of(name) is None and name not in self._explicit_ports:
             if port_answers(self.ports[name]):  # e.g. the machine's own, forced aside
                 self.ports[name] = free_port()
-        netloc = f"{user}127.0.0.1:{self.ports[name]}"
-        return urlunsplit(urlsplit(configured)._replace(netloc=netloc))
+        return _on_port(configured, self.ports[name], keep_user)
 
     def _store_url(self, name: str, configured: str, answers: bool) -> str | None:
         """The configured URL when that service is usable as is; None: run an embedded one."""
@@ -566,9 +573,9 @@ class DevStack:
 
     async def _pg_answers(self) -> bool:
         try:
-            conn = await asyncpg.connect(self.settings.database_url, timeout=2)
+            conn = await asyncpg.connect(self.settings.database_admin_url, timeout=2)
         except asyncpg.InvalidCatalogNameError:
-            return True  # the server answers; migrating creates the database
+            return True  # the server answers; --init-roles creates the database
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return False
         await conn.close()
@@ -591,30 +598,44 @@ class DevStack:
             self.path(sub).mkdir(parents=True, exist_ok=True)
         self.echo(f"dev stack in {self.state_dir}")
         external: dict[str, str] = {}
-        dsn = self._store_url("postgres", self.settings.database_url, await self._pg_answers())
-        rurl = self._store_url("redis", self.settings.redis_url, await self._redis_answers())
-        if dsn is None:
-            dsn = self._embedded_url("postgres", self.settings.database_url, "postgres@")
+        s = self.settings
+        admin = self._store_url("postgres", s.database_admin_url, await self._pg_answers())
+        rurl = self._store_url("redis", s.redis_url, await self._redis_answers())
+        owner, dsn = s.database_owner_url, s.database_url
+        if admin is None:
+            # initdb made `postgres` the embedded server's superuser (trust, loopback only)
+            embedded = "postgresql://postgres@127.0.0.1/postgres"
+            admin = self._embedded_url("postgres", embedded, keep_user=True)
+            port = self.ports["postgres"]
+            owner, dsn = _on_port(owner, port, True), _on_port(dsn, port, True)
             await self._ensure_running("postgres", {})
         else:
             external["postgres"] = dsn
         if rurl is None:
-            rurl = self._embedded_url("redis", self.settings.redis_url, "")
+            rurl = self._embedded_url("redis", s.redis_url)
             await self._ensure_running("redis", {})
         else:
             external["redis"] = rurl
-        await self._migrate(dsn)
+        await self._migrate(admin, owner, dsn)
         _secret_file(self.path(CODEC_KEYS_FILE), lambda: new_key_entry("dev-1") + "\n")
-        env = self.stack_env(dsn, rurl)
+        # The owner's URL is for this machine's `ordersaga db migrate`; _spawn drops it.
+        env = {**self.stack_env(dsn, rurl), "ORDERSAGA_DATABASE_OWNER_URL": owner}
         self._write_stack(env, external)
         await self._ensure_running("temporal", env)
         await self._start_apps(env)
         return await self.status()
 
-    async def _migrate(self, dsn: str) -> None:
-        await ensure_database(dsn)
-        applied = await migrate(dsn)
-        self.echo(f"  database {database_name(dsn)}: {len(applied)} migration(s) applied")
+    async def _migrate(self, admin: str, owner: str, dsn: str) -> None:
+        """Both roles and the database (as the admin), then the schema (as the owner)."""
+        try:
+            await init_roles(admin, owner, dsn)
+        except UserError as exc:
+            raise StackError(str(exc)) from None
+        applied = await migrate(owner, app_role=role_of(dsn))
+        self.echo(
+            f"  database {database_name(dsn)}: {len(applied)} migration(s) applied as"
+            f" {role_of(owner)}; processes connect as {role_of(dsn)}"
+        )
 
     async def _start_apps(self, env: dict[str, str]) -> None:
         for spec in APPS:
@@ -689,6 +710,19 @@ class DevStack:
                 return True
             await asyncio.sleep(0.05)
         return False
+
+
+def _on_port(url: str, port: int, keep_user: bool) -> str:
+    """``url`` on 127.0.0.1:``port``, with its user and password if ``keep_user``."""
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0] if keep_user else ""
+    netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _unprivileged(environ: dict[str, str]) -> dict[str, str]:
+    """A process's environment without the owner's and the admin's URLs."""
+    return {k: v for k, v in environ.items() if k not in PRIVILEGED_ENV}
 
 
 def _group_alive(pgid: int) -> bool:

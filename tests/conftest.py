@@ -1,6 +1,10 @@
 """Shared fixtures: every test session gets its own Postgres database and Redis key prefix.
 
-Nothing outside them is touched, and both are dropped at the end of the session.
+Nothing outside them is touched, and both are dropped at the end of the session. Databases are
+made the way production's are (docs/DEPLOY.md, "Postgres roles"): the roles created as the
+server's superuser, the schema migrated as the owner, and the tests handed the application role's
+URL, so the suite proves the code needs no more than that role's privileges. A test that must
+change the schema or plant what the application role may not write asks for ``privileged(url)``.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -21,13 +26,16 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from temporalio.testing import WorkflowEnvironment
 
-from core.db import drop_database, ensure_database, migrate, with_database
+from core.db import drop_database, init_roles, migrate, with_database
 from core.keys import RedisKeys
 
 SERVER_DSN = os.environ.get(
     "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("ORDERSAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The roles every test database is made with (cluster-wide; created once, if missing).
+OWNER_ROLE = "ordersaga_owner"
+APP_ROLE = "ordersaga_app"
 
 # Property tests: a random search that remembers its failures locally (dev), the same examples on
 # every run in CI (ci), where a failure prints the blob that replays it (@reproduce_failure) and
@@ -53,27 +61,51 @@ def unique_name(kind: str) -> str:
     return f"ordersaga_test_{kind}_{uuid.uuid4().hex[:10]}"
 
 
+def as_role(dsn: str, role: str) -> str:
+    """The same database on the test server, logged in as ``role`` (no password: trust)."""
+    server = urlsplit(SERVER_DSN)
+    netloc = f"{role}@{server.hostname}" + (f":{server.port}" if server.port else "")
+    return urlunsplit(urlsplit(dsn)._replace(netloc=netloc))
+
+
+def privileged(dsn: str) -> str:
+    """The same database as the test server's superuser: for tests that change the schema or
+    plant, on purpose, what the application role is not allowed to write."""
+    return urlunsplit(urlsplit(dsn)._replace(netloc=urlsplit(SERVER_DSN).netloc))
+
+
+def owner_url(dsn: str) -> str:
+    return as_role(dsn, OWNER_ROLE)
+
+
+async def create_migrated(name: str) -> str:
+    """Create database ``name`` with both roles, migrate it as the owner, and return the
+    application role's URL."""
+    dsn = with_database(SERVER_DSN, name)
+    app = as_role(dsn, APP_ROLE)
+    await init_roles(SERVER_DSN, owner_url(dsn), app)
+    await migrate(owner_url(dsn), app_role=APP_ROLE)
+    return app
+
+
 @asynccontextmanager
 async def scratch_database(kind: str) -> AsyncIterator[str]:
-    """A migrated database of its own, dropped afterwards. The session database is shared with
-    tests that plant violations on purpose, so whole-ledger checks run on one of these."""
-    dsn = with_database(SERVER_DSN, unique_name(kind))
-    await ensure_database(dsn)
-    await migrate(dsn)
+    """A migrated database of its own (the application role's URL), dropped afterwards. The
+    session database is shared with tests that plant violations on purpose, so whole-ledger
+    checks run on one of these."""
+    dsn = await create_migrated(unique_name(kind))
     try:
         yield dsn
     finally:
-        await drop_database(dsn)
+        await drop_database(privileged(dsn))
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def database_url() -> AsyncIterator[str]:
-    """A fresh, migrated database for the whole test session."""
-    dsn = with_database(SERVER_DSN, unique_name("db"))
-    await ensure_database(dsn)
-    await migrate(dsn)
+    """A fresh, migrated database for the whole test session (the application role's URL)."""
+    dsn = await create_migrated(unique_name("db"))
     yield dsn
-    await drop_database(dsn)
+    await drop_database(privileged(dsn))
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -1,8 +1,9 @@
 """``ordersaga account open|deposit|withdraw|show``: the ledger straight from Postgres.
 
 Needs only Postgres, migrated by ``ordersaga db migrate`` (or ``ordersaga dev up``); these
-commands never change the schema. Every refusal (bad amount, unknown account, too little
-available, a database not migrated) is one line on stderr and a non-zero exit.
+commands connect as the application role and never change the schema. Every refusal (bad
+amount, unknown account, too little available, a database not migrated) is one line on stderr
+and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ async def ledger_pool(settings: Settings | None = None) -> AsyncIterator[asyncpg
         pending = await pending_migrations(settings.database_url)
     except asyncpg.exceptions.InvalidCatalogNameError:
         raise UserError(NOT_MIGRATED) from None
+    except (
+        asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+        asyncpg.exceptions.InsufficientPrivilegeError,
+    ) as exc:  # no application role yet, or one without its grants
+        raise UserError(f"{exc}: run `ordersaga db migrate --init-roles`") from None
     if pending:
         raise UserError(f"{NOT_MIGRATED} ({len(pending)} pending)")
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)

@@ -26,7 +26,7 @@ from core.settings import Settings
 from core.statuses import OrderStatus
 from devstack.stack import DevStack, StackOptions, StackPorts, free_port
 from ordersaga.client import OrderClient
-from tests.conftest import scratch_database
+from tests.conftest import owner_url, scratch_database
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
@@ -68,6 +68,7 @@ async def ui_stack(browser_available: None) -> AsyncIterator[DevStack]:
     async with scratch_database("webui") as database_url:
         settings = Settings(
             database_url=database_url,
+            database_owner_url=owner_url(database_url),
             redis_prefix=f"ordersaga-webui-{uuid.uuid4().hex[:6]}:",
             marketdata_interval_s=0.2,
         )

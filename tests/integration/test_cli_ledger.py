@@ -15,7 +15,8 @@ import asyncpg
 import pytest
 
 from activities.ledger import DepositInput, OpenAccountInput
-from core.db import drop_database, ensure_database
+from core.db import drop_database, ensure_database, migrate
+from tests.conftest import OWNER_ROLE, SERVER_DSN, owner_url, privileged
 from tests.support.ledger import LedgerUnderTest
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
@@ -24,7 +25,14 @@ ORDERSAGA = str(Path(sys.executable).with_name("ordersaga"))
 
 
 def env_for(database_url: str) -> dict[str, str]:
-    return {**os.environ, "ORDERSAGA_DATABASE_URL": database_url}
+    """The CLI's environment: the application role's URL, and for `db migrate` the owner's and
+    the admin's (the test server's superuser)."""
+    return {
+        **os.environ,
+        "ORDERSAGA_DATABASE_URL": database_url,
+        "ORDERSAGA_DATABASE_OWNER_URL": owner_url(database_url),
+        "ORDERSAGA_DATABASE_ADMIN_URL": SERVER_DSN,
+    }
 
 
 async def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -160,12 +168,12 @@ async def test_ledger_check_passes_then_fails_on_a_violation(database_url: str) 
     # a scratch database of its own: the planted violation must not leak into other tests
     scratch = database_url.rsplit("/", 1)[0] + f"/ordersaga_test_clicheck_{uuid.uuid4().hex[:8]}"
     try:
-        assert (await cli(scratch, "db", "migrate")).returncode == 0
+        assert (await cli(scratch, "db", "migrate", "--init-roles")).returncode == 0
         await new_account(scratch)
         ok = await cli(scratch, "ledger", "check", "--json")
         assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
         conn = await asyncpg.connect(scratch)
-        try:
+        try:  # the application role may update balances (the CAS), so it can plant this one
             await conn.execute("UPDATE ledger_accounts SET available = 1 WHERE owner = '$fees'")
         finally:
             await conn.close()
@@ -175,7 +183,7 @@ async def test_ledger_check_passes_then_fails_on_a_violation(database_url: str) 
         human = await cli(scratch, "ledger", "check")
         assert human.returncode == 1 and "not conserved" in human.stdout
     finally:
-        await drop_database(scratch)
+        await drop_database(privileged(scratch))
 
 
 async def test_account_commands_need_a_migrated_database(database_url: str) -> None:
@@ -188,16 +196,49 @@ async def test_account_commands_need_a_migrated_database(database_url: str) -> N
             assert missing.stderr.strip().splitlines() == [
                 "Error: the ledger database is not migrated: run `ordersaga db migrate`"
             ]
-        await ensure_database(scratch)  # created but empty: still refused, and left empty
+        # the owner alone cannot create it: creating roles and databases is --init-roles' job
+        refused = await cli(scratch, "db", "migrate")
+        assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
+        assert "ordersaga db migrate --init-roles" in refused.stderr
+        # created (by an older, single-role setup) but empty: still refused, and left empty
+        await ensure_database(privileged(scratch))
         empty = await cli(scratch, "account", "open", "x")
         assert empty.returncode != 0 and len(empty.stderr.strip().splitlines()) == 1
         assert "ordersaga db migrate" in empty.stderr
-        conn = await asyncpg.connect(scratch)
+        conn = await asyncpg.connect(privileged(scratch))
         try:
             assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
         finally:
             await conn.close()
-        assert (await cli(scratch, "db", "migrate")).returncode == 0
+        migrated = await cli(scratch, "db", "migrate", "--init-roles")
+        assert migrated.returncode == 0, migrated.stderr
         assert (await cli(scratch, "account", "open", "x")).returncode == 0
+        assert (await cli(scratch, "db", "migrate")).stdout == "schema is up to date\n"
     finally:
-        await drop_database(scratch)
+        await drop_database(privileged(scratch))
+
+
+async def test_a_database_from_before_the_roles_is_handed_to_the_owner(database_url: str) -> None:
+    """Upgrading: a database migrated by the superuser (one role for everything, as before) is
+    refused by the owner alone, and `--init-roles` hands it over; the application role works."""
+    scratch = database_url.rsplit("/", 1)[0] + f"/ordersaga_test_legacy_{uuid.uuid4().hex[:8]}"
+    try:
+        await ensure_database(privileged(scratch))
+        await migrate(privileged(scratch))
+        refused = await cli(scratch, "db", "migrate")
+        assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
+        assert "ordersaga db migrate --init-roles" in refused.stderr
+        migrated = await cli(scratch, "db", "migrate", "--init-roles")
+        assert migrated.returncode == 0 and migrated.stdout == "schema is up to date\n"
+        await new_account(scratch)
+        conn = await asyncpg.connect(privileged(scratch))
+        try:
+            owners = await conn.fetch(
+                "SELECT DISTINCT pg_get_userbyid(relowner) AS owner FROM pg_class"
+                " WHERE relnamespace = 'public'::regnamespace"
+            )
+            assert [r["owner"] for r in owners] == [OWNER_ROLE]
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(privileged(scratch))

@@ -2,7 +2,8 @@
 
 ``core.db.create_pool`` skips asyncpg's reset query (our code keeps no session state); what
 asyncpg always does before a custom reset must still happen: a transaction left open by a
-cancelled activity is rolled back before the connection serves anyone else.
+cancelled activity is rolled back before the connection serves anyone else. (As the superuser:
+the probes are tables of their own, which the application role may not create.)
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import asyncio
 import pytest
 
 from core.db import create_pool
+from tests.conftest import privileged
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
 
 async def test_release_rolls_back_a_transaction_left_open(database_url: str) -> None:
-    pool = await create_pool(database_url, 1, 1)
+    pool = await create_pool(privileged(database_url), 1, 1)  # it creates tables
     try:
         async with pool.acquire() as conn:
             await conn.execute("CREATE TABLE IF NOT EXISTS pool_probe (v int)")
@@ -34,7 +36,7 @@ async def test_release_rolls_back_a_transaction_left_open(database_url: str) -> 
 
 
 async def test_cancelled_transaction_body_leaves_nothing_behind(database_url: str) -> None:
-    pool = await create_pool(database_url, 1, 1)
+    pool = await create_pool(privileged(database_url), 1, 1)  # it creates tables
     started = asyncio.Event()
 
     async def body() -> None:

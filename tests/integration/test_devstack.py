@@ -15,6 +15,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from temporalio.client import Client
 
+from core.db import role_of
 from core.settings import Settings
 from devstack.stack import (
     DevStack,
@@ -76,7 +77,17 @@ async def test_up_runs_embedded_services_and_down_stops_them(stack: DevStack) ->
     await r.aclose()
     conn = await asyncpg.connect(env["ORDERSAGA_DATABASE_URL"])
     assert await conn.fetchval("SELECT count(*) FROM schema_migrations") > 0
+    # the processes' URL is the application role's, migrated by the owner
+    assert await conn.fetchval("SELECT current_user") == "ordersaga_app"
+    assert not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    assert (
+        await conn.fetchval(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relname LIKE 'journal_%'"
+        )
+        == "ordersaga_owner"
+    )
     await conn.close()
+    assert role_of(env["ORDERSAGA_DATABASE_OWNER_URL"]) == "ordersaga_owner"
 
     # A second up starts nothing new.
     again = await stack.up()

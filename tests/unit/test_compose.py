@@ -139,13 +139,41 @@ def test_project_services_share_one_image_built_from_the_dockerfile(
     assert project_image not in {services[n]["image"] for n in INFRA}
 
 
+# Postgres roles: only the one-shot migrate service may connect as the owner or the admin.
+PRIVILEGED_ENV = ("ORDERSAGA_DATABASE_OWNER_URL", "ORDERSAGA_DATABASE_ADMIN_URL")
+
+
 def test_project_services_share_the_one_env_anchor(
     compose: dict[str, Any], services: dict[str, Any]
 ) -> None:
     shared = compose["x-ordersaga-env"]
     for name in (*PROJECT, "ordersaga"):
+        if name == "migrate":
+            continue
         # The same object, not an equal copy: a per-service edit could not drift silently.
         assert services[name]["environment"] is shared, name
+    # migrate: the shared block plus the owner's and the admin's URLs, nothing else
+    migrate = services["migrate"]["environment"]
+    assert {k: v for k, v in migrate.items() if k not in PRIVILEGED_ENV} == shared
+    assert set(migrate) - set(shared) == set(PRIVILEGED_ENV)
+    assert not set(PRIVILEGED_ENV) & set(shared)
+
+
+def test_migrate_creates_the_roles_and_runs_as_the_owner(
+    env: dict[str, str], services: dict[str, Any]
+) -> None:
+    migrate = {k: resolve(v) for k, v in services["migrate"]["environment"].items()}
+    assert argv(services["migrate"]) == ["db", "migrate", "--init-roles"]
+    app = urlsplit(env["ORDERSAGA_DATABASE_URL"])
+    owner = urlsplit(migrate["ORDERSAGA_DATABASE_OWNER_URL"])
+    admin = urlsplit(migrate["ORDERSAGA_DATABASE_ADMIN_URL"])
+    db = {k: resolve(v) for k, v in services["ledger-db"]["environment"].items()}
+    assert len({app.username, owner.username, admin.username}) == 3
+    assert (admin.username, admin.password) == (db["POSTGRES_USER"], db["POSTGRES_PASSWORD"])
+    assert owner.password and app.password and owner.password != app.password
+    for url in (owner, admin):
+        assert (url.hostname, url.port) == ("ledger-db", 5432)
+    assert owner.path == app.path
 
 
 def test_every_ordersaga_variable_is_a_settings_field(services: dict[str, Any]) -> None:
@@ -209,8 +237,8 @@ def test_database_url_points_at_the_ledger_postgres(
     url = urlsplit(env["ORDERSAGA_DATABASE_URL"])
     db = {k: resolve(v) for k, v in services["ledger-db"]["environment"].items()}
     assert (url.hostname, url.port) == ("ledger-db", 5432)
-    assert url.username == db["POSTGRES_USER"]
-    assert url.password == db["POSTGRES_PASSWORD"]
+    assert url.username != db["POSTGRES_USER"]  # the application role, never the superuser
+    assert url.password != db["POSTGRES_PASSWORD"]
     assert url.path.lstrip("/") == db["POSTGRES_DB"]
 
 
@@ -255,7 +283,7 @@ def test_commands_are_real_cli_commands(services: dict[str, Any]) -> None:
         command.make_context(name, args)
     assert argv(services["worker-orders"]) == ["worker", "--queues", "orders"]
     assert argv(services["worker-broker"]) == ["worker", "--queues", "broker"]
-    assert argv(services["migrate"]) == ["db", "migrate"]
+    assert argv(services["migrate"]) == ["db", "migrate", "--init-roles"]
     assert argv(services["marketdata"]) == ["marketdata"]
     assert argv(services["broker-listener"]) == ["broker-listener"]
 
