@@ -5,7 +5,6 @@ continues as new carrying its fills, and the fills that come after are booked on
 from __future__ import annotations
 
 import asyncio
-import json
 from decimal import Decimal
 
 import pytest
@@ -17,6 +16,7 @@ from core.statuses import OrderStatus
 from tests.support.brokersim import StartSim, brokersim_factory  # noqa: F401
 from tests.support.e2e import e2e_stack
 from tests.support.workerproc import workers_running
+from workflows.models import OrderInput
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
@@ -56,9 +56,10 @@ async def test_a_resting_order_continues_as_new_and_keeps_its_fills(
             run = oc.temporal.get_workflow_handle(handle.id, run_id=run_id)
             events = (await run.fetch_history()).events
             start = events[0].workflow_execution_started_event_attributes
-            state = json.loads(start.input.payloads[0].data).get("carried")
-            if state is not None:
-                carried.append(Decimal(state["filled_qty"]))
+            # The input as the workers' converter reads it (payloads are encrypted).
+            [inp] = await oc.temporal.data_converter.decode(start.input.payloads, [OrderInput])
+            if inp.carried is not None:
+                carried.append(inp.carried.filled_qty)
             end = events[-1]
             run_id = None
             if end.HasField("workflow_execution_continued_as_new_event_attributes"):
