@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     codec_server_host: str = "127.0.0.1"
     codec_server_port: int = Field(default=8234, ge=1, le=65_535)
     codec_server_cors_origin: str = "http://127.0.0.1:8233"
+    # Temporal over mTLS (a self-hosted cluster that authenticates clients by certificate): PEM
+    # files. A certificate and its key are presented together; the CA verifies the server (the
+    # system's roots without it); the server name is the one its certificate must carry when it
+    # is not the address's host. Any of them turns TLS on.
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    temporal_tls_ca_file: Path | None = None
+    temporal_tls_server_name: str = ""
 
     # Broker (Alpaca Trading API v2 compatible) and market data
     broker_url: str = "http://127.0.0.1:8787"

@@ -4,12 +4,15 @@ every payload encrypted when codec keys are configured (core/codec.py)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.service import TLSConfig
 
 from core.codec import CodecKeys, EncryptionCodec
+from core.errors import UserError
 from core.settings import Settings
 
 SEARCH_ATTRIBUTES = ("OrderStatus", "AccountId", "Symbol")
@@ -32,11 +35,44 @@ def converter_for(keys: CodecKeys | None) -> DataConverter:
     )
 
 
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """How to reach Temporal: mTLS from the certificate files, TLS with the system's roots
+    (``temporal_tls``, or an API key), or plain. A UserError of one line for files that do not go
+    together or cannot be read (a process refuses to start on them)."""
+    s = settings
+    cert, key, ca = s.temporal_tls_cert_file, s.temporal_tls_key_file, s.temporal_tls_ca_file
+    if (cert is None) != (key is None):
+        raise UserError(
+            "ORDERSAGA_TEMPORAL_TLS_CERT_FILE and ORDERSAGA_TEMPORAL_TLS_KEY_FILE go together:"
+            " set both or neither"
+        )
+    if cert is None and ca is None and not s.temporal_tls_server_name:
+        return s.temporal_tls or bool(s.temporal_api_key)
+    return TLSConfig(
+        client_cert=_pem("ORDERSAGA_TEMPORAL_TLS_CERT_FILE", cert),
+        client_private_key=_pem("ORDERSAGA_TEMPORAL_TLS_KEY_FILE", key),
+        server_root_ca_cert=_pem("ORDERSAGA_TEMPORAL_TLS_CA_FILE", ca),
+        domain=s.temporal_tls_server_name or None,
+    )
+
+
+def _pem(variable: str, path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise UserError(f"{variable}: {path} is not a PEM file")
+    return data
+
+
 async def connect(settings: Settings) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         api_key=settings.temporal_api_key or None,
-        tls=settings.temporal_tls or bool(settings.temporal_api_key),
+        tls=tls_config(settings),
     )
