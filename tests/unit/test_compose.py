@@ -31,7 +31,7 @@ from cli.main import cli
 from core.keys import RedisKeys
 from core.settings import Settings
 from core.temporal import SEARCH_ATTRIBUTES
-from tests.conftest import REDIS_URL
+from tests.conftest import APP_REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -445,7 +445,7 @@ async def test_marketdata_healthcheck_wants_fresh_quotes(
 ) -> None:
     # A prefix of its own: other tests' quote feeds write into the session's prefix.
     keys = RedisKeys(f"{redis_keys.prefix}healthcheck:")
-    monkeypatch.setenv("ORDERSAGA_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("ORDERSAGA_REDIS_URL", APP_REDIS_URL)
     monkeypatch.setenv("ORDERSAGA_REDIS_PREFIX", keys.prefix)
     monkeypatch.setenv("ORDERSAGA_MARKETDATA_SYMBOLS", "AAPL,MSFT")
     monkeypatch.setenv("ORDERSAGA_QUOTE_MAX_AGE_S", "10")
