@@ -174,13 +174,10 @@ async def check_redis(client: aioredis.Redis, settings: Settings, what: str = ""
     url = _safe(what or settings.redis_url)
     try:
         await client.ping()
-    except redis.AuthenticationError as exc:
+    except redis.AuthenticationError as exc:  # WRONGPASS, NOAUTH
         raise UserError(f"redis: {url}: authentication refused: {exc}") from None
-    except redis.ResponseError as exc:
-        text = str(exc)
-        if text.startswith(("NOAUTH", "NOPERM", "WRONGPASS")):
-            raise UserError(f"redis: {url}: {text}") from None
-        raise
+    except redis.exceptions.NoPermissionError as exc:  # NOPERM: a user without the commands
+        raise UserError(f"redis: {url}: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis
 
 from core.errors import UserError
 from core.redisconn import (
@@ -12,6 +13,7 @@ from core.redisconn import (
     FORBIDDEN_COMMANDS,
     acl_rules,
     app_acl_rules,
+    check_redis,
     key_pattern,
     redis_client,
     tls_options,
@@ -61,3 +63,28 @@ def test_tls_options_only_for_rediss_and_tls_files_with_redis_url_are_refused() 
     with pytest.raises(UserError, match="not rediss://") as refused:
         redis_client(plain)
     assert "secret" not in str(refused.value)
+
+
+class Refusing:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    async def ping(self) -> bool:
+        raise self.exc
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "exc",
+    [
+        redis.AuthenticationError("invalid username-password pair or user is disabled."),
+        redis.exceptions.NoPermissionError("this user has no permissions to run the 'ping'"),
+    ],
+)
+async def test_a_refused_login_at_start_is_one_line_without_the_password(exc: Exception) -> None:
+    s = Settings(redis_url="redis://app:secret@h:6379/0")
+    with pytest.raises(UserError) as refused:
+        await check_redis(Refusing(exc), s)  # type: ignore[arg-type]
+    assert "\n" not in str(refused.value) and "secret" not in str(refused.value)
+    assert str(refused.value).startswith("redis: redis://app:***@h:6379/0: ")
+    await check_redis(Refusing(redis.ConnectionError("down")), s)  # type: ignore[arg-type]
