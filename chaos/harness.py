@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-import redis.asyncio as aioredis
 from temporalio.client import Client
 
 from activities.broker import BrokerActivities, ListBrokerOrdersInput
@@ -38,6 +37,7 @@ from chaos.workload import (
 )
 from core.broker_client import BrokerClient, BrokerOrder
 from core.keys import RedisKeys
+from core.redisconn import redis_client
 from core.settings import Settings
 from core.statuses import TERMINAL_STATUS_NAMES, OrderStatus
 from core.temporal import connect
@@ -136,7 +136,7 @@ class _Run:
     async def _wait_for_quotes(self, timeout_s: float = 30) -> None:
         """The market-data feed must have quoted every symbol before market orders are priced."""
         keys = RedisKeys(self.settings.redis_prefix)
-        client = aioredis.Redis.from_url(self.settings.redis_url)
+        client = redis_client(self.settings)
         try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:

@@ -22,7 +22,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import redis.asyncio as aioredis
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
@@ -30,6 +29,7 @@ from temporalio.service import RPCError
 from chaos.workload import START_CASH, SYMBOLS
 from core.errors import UserError
 from core.keys import RedisKeys
+from core.redisconn import redis_client
 from core.settings import Settings
 from ordersaga.client import OrderClient
 from workflows.models import BrokerReport, OrderInput, OrderRequest
@@ -218,7 +218,7 @@ class Hostile:
         # the broker and books only its answer.
         filled = {**base, "filled_qty": "1", "filled_notional": "1", "status": "filled"}
         forged = {"event": {"event": "fill", "order": filled}}
-        redis = aioredis.Redis.from_url(self.settings.redis_url)
+        redis = redis_client(self.settings)
         try:
             before = int(await redis.llen(self.keys.listener_dead_letters()))
             for body in [*poison, forged]:
@@ -274,7 +274,7 @@ class Hostile:
         await self._admin("PUT", "/admin/quote_overrides", {symbol: override})
         self._count("quote_overrides_planted")
         await asyncio.sleep(1.2)  # a feed poll in flight has written by now
-        redis = aioredis.Redis.from_url(self.settings.redis_url)
+        redis = redis_client(self.settings)
         try:
             for _ in range(3):
                 record = template.replace("{s}", symbol).replace(
@@ -413,7 +413,7 @@ class Hostile:
     async def _fence_rollback(self, window_s: float) -> None:
         """A hot account's fence counter set back, as a restore from an old snapshot would."""
         acct = f"chaos{self.seed}-a000"
-        redis = aioredis.Redis.from_url(self.settings.redis_url)
+        redis = redis_client(self.settings)
         try:
             current = await redis.get(self.keys.fence(acct))
             await redis.set(self.keys.fence(acct), 1)

@@ -20,6 +20,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from core.keys import RedisKeys
+from core.redisconn import redis_client
 from core.settings import Settings
 from ordersaga.client import OrderClient
 from workflows.models import OrderRequest
@@ -304,7 +305,7 @@ async def shorten_locks(
     lock's expiry is cut to ``ttl_ms`` within a few ms of being taken, as if the workers' lock
     TTL were that short."""
     keys = RedisKeys(settings.redis_prefix)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     shorten = client.register_script(SHORTEN_LOCKS)
     lock_keys = [keys.lock(account) for account in accounts]
     deadline = time.monotonic() + window_s

@@ -196,12 +196,11 @@ async def run_demo(settings: Settings) -> int:
 
 async def _wait_for_quotes(oc: OrderClient, timeout_s: float = 20) -> None:
     """The market-data feed needs a moment after a fresh start before market orders can price."""
-    import redis.asyncio as aioredis
-
     from activities.marketdata import GetQuoteInput, MarketDataActivities
     from core.keys import RedisKeys
+    from core.redisconn import redis_client
 
-    redis = aioredis.Redis.from_url(oc.settings.redis_url, decode_responses=True)
+    redis = redis_client(oc.settings, decode_responses=True)
     reader = MarketDataActivities(
         redis, RedisKeys(oc.settings.redis_prefix), oc.settings.quote_max_age_s
     )

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     database_admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "ordersaga:"
+    # Redis' ACL user (core/redisconn.py, docs/SECURITY.md): the user and password travel in
+    # redis_url; `ordersaga redis init-acl` creates the user as the admin of redis_admin_url.
+    # rediss:// URLs verify the server with the CA file and may present a client certificate.
+    redis_admin_url: str = "redis://127.0.0.1:6379/0"
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
     db_pool_min: int = 1
     db_pool_max: int = 10
 

@@ -27,11 +27,12 @@ def check_quotes() -> str | None:
     import redis
 
     from core.keys import RedisKeys
+    from core.redisconn import sync_redis_client
     from core.settings import Settings
 
     settings = Settings()
     keys = RedisKeys(settings.redis_prefix)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, decode_responses=True)
+    client = sync_redis_client(settings, socket_timeout=3, decode_responses=True)
     try:
         raw = client.mget([keys.quote(s) for s in settings.symbols])
     except redis.RedisError as exc:

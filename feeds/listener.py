@@ -39,6 +39,7 @@ from core.broker_client import (
     parse_trade_event,
 )
 from core.keys import RedisKeys
+from core.redisconn import check_redis, redis_client
 from core.settings import Settings
 from feeds.deadletters import DeadLetters
 
@@ -235,8 +236,9 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run a listener built from settings (what ``ordersaga broker-listener`` does)."""
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings, decode_responses=True)
     try:
+        await check_redis(redis, settings)
         async with BrokerClient.from_settings(settings) as client:
             keys = RedisKeys(settings.redis_prefix)
             await BrokerListener(client, redis, keys, on_event, name).run(stop)

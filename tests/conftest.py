@@ -5,13 +5,17 @@ made the way production's are (docs/DEPLOY.md, "Postgres roles"): the roles crea
 server's superuser, the schema migrated as the owner, and the tests handed the application role's
 URL, so the suite proves the code needs no more than that role's privileges. A test that must
 change the schema or plant what the application role may not write asks for ``privileged(url)``.
+Redis likewise (docs/SECURITY.md): the session's prefix gets an ACL user of its own, made with
+the application's rules (``core.redisconn.acl_rules``), and the tests' clients and stacks log in
+as it (``APP_REDIS_URL``); only the clean-up at the end runs as the server's admin.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,15 +27,18 @@ import asyncpg
 import hypothesis
 import pytest
 import pytest_asyncio
+import redis
 import redis.asyncio as aioredis
 from temporalio.testing import WorkflowEnvironment
 
 from core.db import drop_database, init_roles, migrate, with_database
 from core.keys import RedisKeys
+from core.redisconn import acl_rules
 
 SERVER_DSN = os.environ.get(
     "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+# The Redis server's admin (may run ACL SETUSER); the tests themselves use APP_REDIS_URL.
 REDIS_URL = os.environ.get("ORDERSAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # The roles every test database is made with (cluster-wide; created once, if missing).
 OWNER_ROLE = "ordersaga_owner"
@@ -59,6 +66,19 @@ hypothesis.settings.load_profile(
 
 def unique_name(kind: str) -> str:
     return f"ordersaga_test_{kind}_{uuid.uuid4().hex[:10]}"
+
+
+def with_redis_user(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+# The session's Redis prefix and the ACL user limited to it (created by the redis_keys fixture,
+# deleted at the end of the session); every prefix a test makes is under this one.
+SESSION_REDIS_PREFIX = f"{unique_name('redis')}:"
+SESSION_REDIS_USER = unique_name("redis_user")
+APP_REDIS_URL = with_redis_user(REDIS_URL, SESSION_REDIS_USER, secrets.token_hex(16))
 
 
 def as_role(dsn: str, role: str) -> str:
@@ -117,18 +137,30 @@ async def db_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="session")
-def redis_keys() -> RedisKeys:
-    return RedisKeys(prefix=f"{unique_name('redis')}:")
+def redis_keys() -> Iterator[RedisKeys]:
+    """The session's prefix; its ACL user exists while the session runs."""
+    user, password = urlsplit(APP_REDIS_URL).username, urlsplit(APP_REDIS_URL).password
+    assert user and password
+    admin = redis.Redis.from_url(REDIS_URL)
+    admin.execute_command("ACL", "SETUSER", user, *acl_rules(SESSION_REDIS_PREFIX, password))
+    try:
+        yield RedisKeys(prefix=SESSION_REDIS_PREFIX)
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def redis_client(redis_keys: RedisKeys) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    """A client logged in as the session's ACL user (the application's rights)."""
+    client = aioredis.Redis.from_url(APP_REDIS_URL, decode_responses=True, driver_info=None)
     yield client
-    keys = [k async for k in client.scan_iter(match=redis_keys.pattern(), count=500)]
-    if keys:
-        await client.delete(*keys)
     await client.aclose()
+    admin = aioredis.Redis.from_url(REDIS_URL)  # SCAN is the admin's only
+    keys = [k async for k in admin.scan_iter(match=redis_keys.pattern(), count=500)]
+    if keys:
+        await admin.delete(*keys)
+    await admin.aclose()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

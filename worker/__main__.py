@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         parser.exit(2, f"python -m worker: {exc}\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(run_workers(settings, queues))
+    try:
+        asyncio.run(run_workers(settings, queues))
+    except UserError as exc:  # e.g. Redis refused the user or its password
+        parser.exit(2, f"python -m worker: {exc}\n")
     return 0
 
 

@@ -37,6 +37,7 @@ from activities.reconcile import ReconcileActivities
 from core.broker_client import BrokerClient
 from core.db import create_pool
 from core.keys import RedisKeys
+from core.redisconn import check_redis, redis_client
 from core.settings import SagaConfig, Settings
 from core.temporal import connect
 from workflows.order import OrderWorkflow
@@ -88,7 +89,8 @@ async def resources(settings: Settings, queues: Sequence[str]) -> AsyncIterator[
             res.pool = await create_pool(
                 settings.database_url, settings.db_pool_min, settings.db_pool_max
             )
-            res.redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+            res.redis = redis_client(settings, decode_responses=True)
+            await check_redis(res.redis, settings)  # a refused password: one line, no start
         if "broker" in queues:
             res.broker = BrokerClient.from_settings(settings)
         yield res

@@ -15,10 +15,11 @@ from cli.commands import (
     feeds,
     ledger,
     orders,
+    redisacl,
     worker,
 )
 
-_MODULES = (db, account, ledger, dev, broker, feeds, orders, worker, codec, chaos, demo)
+_MODULES = (db, account, ledger, dev, broker, feeds, orders, worker, codec, chaos, demo, redisacl)
 
 
 def register_all(cli: click.Group) -> None:

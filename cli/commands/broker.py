@@ -95,13 +95,12 @@ def register(cli: click.Group) -> None:
 
 
 async def _dead_letters(name: str, limit: int, as_json: bool) -> None:
-    import redis.asyncio as aioredis
-
     from core.keys import RedisKeys
+    from core.redisconn import redis_client
     from feeds.deadletters import DeadLetters
 
     settings = Settings()
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings, decode_responses=True)
     try:
         letters = await DeadLetters(redis, RedisKeys(settings.redis_prefix), name).recent(limit)
     finally:
@@ -122,16 +121,15 @@ async def _dead_letters(name: str, limit: int, as_json: bool) -> None:
 
 
 async def _replay(name: str, offset: int, as_json: bool) -> None:
-    import redis.asyncio as aioredis
-
     from core.broker_client import InvalidTradeEvent
     from core.keys import RedisKeys
+    from core.redisconn import redis_client
     from core.temporal import connect
     from feeds.deadletters import DeadLetterNotFound, DeadLetters
     from feeds.delivery import signal_workflows
 
     settings = Settings()
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings, decode_responses=True)
     try:
         letters = DeadLetters(redis, RedisKeys(settings.redis_prefix), name)
         # The broker listener's own callback: a signal to the order's workflow (or a reconcile).

@@ -7,11 +7,11 @@ import logging
 import signal
 
 import click
-import redis.asyncio as aioredis
 
 from cli.commands.common import run
 from core.broker_client import BrokerClient
 from core.keys import RedisKeys
+from core.redisconn import check_redis, redis_client
 from core.settings import Settings
 from feeds import listener
 from feeds.marketdata import MarketDataFeed
@@ -33,8 +33,9 @@ def _configure_logging() -> None:
 
 async def _marketdata(settings: Settings, symbols: list[str], interval_s: float) -> None:
     stop = _stop_on_signals()
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings, decode_responses=True)
     try:
+        await check_redis(redis, settings)
         async with BrokerClient.from_settings(settings) as client:
             keys = RedisKeys(settings.redis_prefix)
             feed = MarketDataFeed(client, redis, keys, symbols, interval_s)

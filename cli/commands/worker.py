@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from core.errors import UserError
 from core.settings import Settings
 
 
@@ -27,4 +28,7 @@ def register(cli: click.Group) -> None:
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        asyncio.run(run_workers(Settings(), names))
+        try:
+            asyncio.run(run_workers(Settings(), names))
+        except UserError as exc:  # e.g. Redis refused the user or its password
+            raise click.ClickException(str(exc)) from None

@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from core.broker_client import BrokerClient, TradeEvent
 from core.keys import RedisKeys
 from feeds.listener import BrokerListener
-from tests.conftest import REDIS_URL
+from tests.conftest import APP_REDIS_URL
 from tests.support.brokersim import BrokerSim, brokersim_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -30,7 +30,7 @@ sim = brokersim_fixture(fill_model={"mode": "instant", "auto": False})
 def cli(keys: RedisKeys, temporal: str, *args: str) -> tuple[int, str]:
     env = {
         **os.environ,
-        "ORDERSAGA_REDIS_URL": REDIS_URL,
+        "ORDERSAGA_REDIS_URL": APP_REDIS_URL,
         "ORDERSAGA_REDIS_PREFIX": keys.prefix,
         "ORDERSAGA_TEMPORAL_ADDRESS": temporal,
     }
@@ -74,9 +74,12 @@ async def set_aside_one_poison(sim: BrokerSim, redis: aioredis.Redis, keys: Redi
 
 
 async def test_list_refuse_and_replay(
-    sim: BrokerSim, redis_client: aioredis.Redis, temporal_env: WorkflowEnvironment
+    sim: BrokerSim,
+    redis_client: aioredis.Redis,
+    redis_keys: RedisKeys,
+    temporal_env: WorkflowEnvironment,
 ) -> None:
-    keys = RedisKeys(prefix=f"ordersaga_test_dl_{uuid.uuid4().hex[:8]}:")
+    keys = RedisKeys(prefix=f"{redis_keys.prefix}dl-{uuid.uuid4().hex[:8]}:")
     temporal = temporal_env.client.service_client.config.target_host
     good, poison_offset = await set_aside_one_poison(sim, redis_client, keys)
     try:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 from temporalio.client import Client
 
 from core.db import role_of
+from core.keys import RedisKeys
 from core.settings import Settings
 from devstack.stack import (
     DevStack,
@@ -72,8 +76,19 @@ async def test_up_runs_embedded_services_and_down_stops_them(stack: DevStack) ->
 
     client = await Client.connect(env["ORDERSAGA_TEMPORAL_ADDRESS"])
     assert await client.service_client.check_health()
-    r = aioredis.Redis.from_url(env["ORDERSAGA_REDIS_URL"])
+    # Redis: the stack's ACL user, its password generated in a file only its owner reads
+    url = urlsplit(env["ORDERSAGA_REDIS_URL"])
+    assert url.username == stack.redis_user()[0] and url.username.startswith("ordersaga_dev_")
+    assert url.password == (stack.state_dir / "redis.password").read_text().strip()
+    assert (stack.state_dir / "redis.password").stat().st_mode & 0o777 == 0o600
+    assert (stack.state_dir / "redis" / "redis.conf").stat().st_mode & 0o777 == 0o600
+    r = aioredis.Redis.from_url(env["ORDERSAGA_REDIS_URL"], driver_info=None)
     assert await r.ping()
+    assert await r.set(f"{env['ORDERSAGA_REDIS_PREFIX']}probe", 1)
+    with pytest.raises(NoPermissionError):
+        await r.flushall()
+    with pytest.raises(NoPermissionError):
+        await r.set("outside-the-prefix", 1)
     await r.aclose()
     conn = await asyncpg.connect(env["ORDERSAGA_DATABASE_URL"])
     assert await conn.fetchval("SELECT count(*) FROM schema_migrations") > 0
@@ -123,6 +138,48 @@ async def test_kill_and_restart_one_service(stack: DevStack) -> None:
     await stack.restart("redis")
     new = stack.pid_of("redis")
     assert new is not None and new != old
-    r = aioredis.Redis.from_url(stack.env()["ORDERSAGA_REDIS_URL"])
+    # the restarted server read the ACL user from its config again
+    r = aioredis.Redis.from_url(stack.env()["ORDERSAGA_REDIS_URL"], driver_info=None)
     assert await r.ping()
+    with pytest.raises(NoPermissionError):
+        await r.config_get("*")
     await r.aclose()
+
+
+async def test_on_the_machines_redis_up_creates_the_stacks_acl_user_and_down_deletes_it(
+    redis_keys: RedisKeys,
+) -> None:
+    state = Path(tempfile.mkdtemp(prefix="ordersaga-devstack-"))
+    ports = StackPorts(
+        postgres=free_port(), temporal=free_port(), temporal_ui=free_port(),
+        temporal_metrics=free_port(), temporal_http=free_port(), broker=free_port(),
+        codec=free_port(),
+    )  # fmt: skip
+    options = StackOptions(
+        state_dir=state, ports=ports, force_embedded=frozenset({"postgres"}), apps=(),
+        health_timeout_s=30,
+    )  # fmt: skip
+    prefix = f"{redis_keys.prefix}dev:"
+    settings = Settings(redis_url=REDIS_URL, redis_admin_url=REDIS_URL, redis_prefix=prefix)
+    dev = DevStack(settings, options, echo=quiet)
+    admin = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        rows = await dev.up()
+        assert {r.name: r.state for r in rows}["redis"] == "external"
+        user, password = dev.redis_user()
+        env = dev.env()
+        assert urlsplit(env["ORDERSAGA_REDIS_URL"]).username == user
+        assert env["ORDERSAGA_REDIS_PREFIX"] == prefix
+        assert password not in json.dumps(await dev.status(), default=str)
+        rule = await admin.execute_command("ACL", "GETUSER", user)
+        assert f"~{prefix}*" in str(rule)
+        r = aioredis.Redis.from_url(env["ORDERSAGA_REDIS_URL"], driver_info=None)
+        assert await r.set(f"{prefix}probe", 1)
+        with pytest.raises(NoPermissionError):
+            await r.get("ordersaga:lock:a1")  # the machine's own stack's keys
+        await r.aclose()
+    finally:
+        await dev.down()
+        shutil.rmtree(state, ignore_errors=True)
+    assert await admin.execute_command("ACL", "GETUSER", user) is None
+    await admin.aclose()

@@ -20,7 +20,7 @@ from core.broker_client import TradeEvent
 from core.keys import RedisKeys
 from core.settings import Settings
 from feeds import listener
-from tests.conftest import REDIS_URL
+from tests.conftest import APP_REDIS_URL
 from tests.support.brokersim import BrokerSim, brokersim_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -35,7 +35,7 @@ def start_cli(sim: BrokerSim, keys: RedisKeys, *args: str) -> subprocess.Popen[b
         "ORDERSAGA_MARKET_DATA_URL": sim.url,
         "ORDERSAGA_BROKER_KEY_ID": sim.key_id,
         "ORDERSAGA_BROKER_SECRET_KEY": sim.secret_key,
-        "ORDERSAGA_REDIS_URL": REDIS_URL,
+        "ORDERSAGA_REDIS_URL": APP_REDIS_URL,
         "ORDERSAGA_REDIS_PREFIX": keys.prefix,
     }
     return subprocess.Popen(
@@ -64,8 +64,10 @@ def stop(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
     return proc.returncode, output
 
 
-async def test_marketdata_command_fills_redis(sim: BrokerSim, redis_client: aioredis.Redis) -> None:
-    keys = RedisKeys(prefix=f"ordersaga_test_cli_{uuid.uuid4().hex[:8]}:")
+async def test_marketdata_command_fills_redis(
+    sim: BrokerSim, redis_client: aioredis.Redis, redis_keys: RedisKeys
+) -> None:
+    keys = RedisKeys(prefix=f"{redis_keys.prefix}cli-{uuid.uuid4().hex[:8]}:")
     proc = start_cli(sim, keys, "marketdata", "--symbols", "AAPL,msft", "--interval", "0.1")
     try:
         await eventually(lambda: _both(redis_client, keys), proc)
@@ -85,11 +87,11 @@ async def _both(redis: aioredis.Redis, keys: RedisKeys) -> bool:
 
 
 async def test_listener_serve_from_settings_stores_its_offset(
-    sim: BrokerSim, redis_client: aioredis.Redis
+    sim: BrokerSim, redis_client: aioredis.Redis, redis_keys: RedisKeys
 ) -> None:
     # In process: ``ordersaga broker-listener`` wires serve() to the saga's callback, which
     # needs Temporal; what is tested here is serve() built from settings alone.
-    keys = RedisKeys(prefix=f"ordersaga_test_cli_{uuid.uuid4().hex[:8]}:")
+    keys = RedisKeys(prefix=f"{redis_keys.prefix}cli-{uuid.uuid4().hex[:8]}:")
     status, _ = await sim.request(
         "POST",
         "/v2/orders",
@@ -101,7 +103,7 @@ async def test_listener_serve_from_settings_stores_its_offset(
         broker_url=sim.url,
         broker_key_id=sim.key_id,
         broker_secret_key=sim.secret_key,
-        redis_url=REDIS_URL,
+        redis_url=APP_REDIS_URL,
         redis_prefix=keys.prefix,
     )
     seen: list[int] = []

@@ -31,12 +31,14 @@ from core.broker_client import BrokerClient
 from core.codec import CodecKeys, new_key_entry
 from core.db import create_pool
 from core.keys import RedisKeys
+from core.redisconn import redis_client
 from core.settings import Settings
 from core.temporal import converter_for
 from feeds.delivery import signal_workflows
 from feeds.listener import BrokerListener
 from feeds.marketdata import MarketDataFeed
 from ordersaga.client import OrderClient
+from tests.conftest import APP_REDIS_URL
 from tests.support.brokersim import BrokerSim
 from worker.main import Resources, build_workers
 from workflows.models import OrderState
@@ -124,6 +126,7 @@ def saga_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extr
     values: dict[str, Any] = {
         "database_url": database_url,
         "redis_prefix": redis_keys.prefix,
+        "redis_url": APP_REDIS_URL,  # the session's ACL user (tests/conftest.py)
         "broker_url": sim_url,
         "market_data_url": sim_url,
         "orders_task_queue": f"orders-{tag}",
@@ -150,7 +153,7 @@ async def saga_stack(
     temporal: Client, settings: Settings, sim: BrokerSim
 ) -> AsyncIterator[SagaStack]:
     pool = await create_pool(settings.database_url, 2, 20)
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings, decode_responses=True)
     broker = BrokerClient.from_settings(settings)
     keys = RedisKeys(settings.redis_prefix)
     res = Resources(settings, pool=pool, redis=redis, broker=broker)

@@ -25,6 +25,7 @@ def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
         {
             "ORDERSAGA_TEMPORAL_ADDRESS": temporal_address,
             "ORDERSAGA_DATABASE_URL": settings.database_url,
+            "ORDERSAGA_REDIS_URL": settings.redis_url,
             "ORDERSAGA_REDIS_PREFIX": settings.redis_prefix,
             "ORDERSAGA_BROKER_URL": settings.broker_url,
             "ORDERSAGA_ORDERS_TASK_QUEUE": settings.orders_task_queue,

@@ -29,9 +29,10 @@ import yaml
 
 from cli.main import cli
 from core.keys import RedisKeys
+from core.redisconn import acl_rules
 from core.settings import Settings
 from core.temporal import SEARCH_ATTRIBUTES
-from tests.conftest import REDIS_URL
+from tests.conftest import APP_REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -251,6 +252,27 @@ def test_redis_url_points_at_the_redis_service(
     assert str(url.port) in services["redis"]["healthcheck"]["test"]
 
 
+def test_redis_has_a_password_and_the_applications_acl_user(
+    env: dict[str, str], services: dict[str, Any]
+) -> None:
+    redis = services["redis"]
+    args = [resolve(a) for a in argv(redis)]
+    url = urlsplit(env["ORDERSAGA_REDIS_URL"])
+    start = args.index("--user") + 1
+    end = next((i for i in range(start, len(args)) if args[i].startswith("--")), len(args))
+    user, rule = args[start], args[start + 1 : end]
+    # the processes log in as the user the server defines at every start, with the rule
+    # `ordersaga redis init-acl` sets (keys under the prefix, the project's commands only)
+    assert (url.username, url.password) == (user, rule[2].removeprefix(">"))
+    assert rule == acl_rules(env["ORDERSAGA_REDIS_PREFIX"], url.password or "")
+    # the default user (the admin) has a password of its own, which the health check uses
+    admin = option(args, "--requirepass")
+    assert admin and admin != url.password
+    assert resolve(redis["environment"]["REDISCLI_AUTH"]) == admin
+    for name, svc in services.items():
+        assert admin not in json.dumps(svc.get("environment", {})) or name == "redis", name
+
+
 def test_broker_urls_point_at_the_simulator(env: dict[str, str], services: dict[str, Any]) -> None:
     args = argv(services["broker-sim"])
     for var in ("ORDERSAGA_BROKER_URL", "ORDERSAGA_MARKET_DATA_URL"):
@@ -445,7 +467,7 @@ async def test_marketdata_healthcheck_wants_fresh_quotes(
 ) -> None:
     # A prefix of its own: other tests' quote feeds write into the session's prefix.
     keys = RedisKeys(f"{redis_keys.prefix}healthcheck:")
-    monkeypatch.setenv("ORDERSAGA_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("ORDERSAGA_REDIS_URL", APP_REDIS_URL)
     monkeypatch.setenv("ORDERSAGA_REDIS_PREFIX", keys.prefix)
     monkeypatch.setenv("ORDERSAGA_MARKETDATA_SYMBOLS", "AAPL,MSFT")
     monkeypatch.setenv("ORDERSAGA_QUOTE_MAX_AGE_S", "10")
