@@ -96,7 +96,7 @@ class BrokerClient:
             base_url=settings.broker_url,
             market_data_url=settings.market_data_url,
             key_id=settings.broker_key_id,
-            secret_key=settings.broker_secret_key,
+            secret_key=settings.broker_secret_key.get_secret_value(),
             connect_timeout_s=settings.broker_connect_timeout_s,
             request_timeout_s=settings.broker_request_timeout_s,
             max_connections=settings.broker_max_connections,

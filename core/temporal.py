@@ -37,6 +37,6 @@ async def connect(settings: Settings) -> Client:
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
-        api_key=settings.temporal_api_key or None,
-        tls=settings.temporal_tls or bool(settings.temporal_api_key),
+        api_key=settings.temporal_api_key.get_secret_value() or None,
+        tls=settings.temporal_tls or bool(settings.temporal_api_key.get_secret_value()),
     )
