@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from core.errors import UserError
 from core.settings import Settings
 
 
@@ -26,5 +27,10 @@ def register(cli: click.Group) -> None:
             names = parse_queues(queues)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
+        settings = Settings()
+        try:
+            settings.check_secrets(broker="broker" in names)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        asyncio.run(run_workers(Settings(), names))
+        asyncio.run(run_workers(settings, names))
