@@ -3,6 +3,7 @@ wherever they are shown, and the refusal of the dev defaults outside the dev sta
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -96,3 +97,18 @@ def test_the_dev_broker_secret_is_refused_outside_the_dev_stack(
     Settings(broker_secret_key=f"real-{SECRET}").check_secrets(broker=True)
     monkeypatch.setenv("ORDERSAGA_DEV_STACK", "1")
     Settings().check_secrets(broker=True)  # the dev stack's processes run on the dev keys
+
+
+def test_a_broker_error_names_the_url_without_its_credentials() -> None:
+    from core.broker_client import BrokerClient, BrokerUnavailable
+    from devstack.stack import free_port
+
+    async def ask() -> str:
+        url = f"http://key:{SECRET}@127.0.0.1:{free_port()}"  # nothing listens there
+        async with BrokerClient(url, key_id="k", secret_key=SECRET) as client:
+            with pytest.raises(BrokerUnavailable) as refused:
+                await client.get_order("o-1")
+        return str(refused.value)
+
+    message = asyncio.run(ask())
+    assert "key:***@127.0.0.1" in message and SECRET not in message
