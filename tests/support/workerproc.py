@@ -31,10 +31,10 @@ def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
             "ORDERSAGA_BROKER_TASK_QUEUE": settings.broker_task_queue,
             "ORDERSAGA_CODEC_KEYS": settings.codec_keys.get_secret_value(),
             "ORDERSAGA_BROKER_SECRET_KEY": settings.broker_secret_key.get_secret_value(),
-            # The dev broker keys are accepted only with the dev stack's marker.
-            "ORDERSAGA_DEV_STACK": "1" if settings.dev_stack else "0",
         }
     )
+    if settings.dev_stack:  # the dev broker keys are accepted only with the dev stack's marker
+        env["ORDERSAGA_DEV_STACK"] = "1"
     return env
 
 
