@@ -1,4 +1,8 @@
-"""``python -m brokersim --host H --port P --state FILE [--seed N] [--faults JSON]``."""
+"""``python -m brokersim --host H --port P --state FILE [--seed N] [--faults JSON]``.
+
+The keys it accepts are ORDERSAGA_BROKER_KEY_ID and ORDERSAGA_BROKER_SECRET_KEY (or --key-id and
+--secret-key); outside the dev stack it refuses the dev secret with one line (exit 2).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import asyncio
 import json
 import logging
 
+from pydantic import SecretStr
+
 from brokersim.server import serve
+from core.errors import UserError
 from core.settings import Settings
 
 
@@ -21,8 +28,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faults", type=json.loads, default=None, help="JSON fault config")
     parser.add_argument("--fill-model", type=json.loads, default=None, help="JSON fill model")
     parser.add_argument("--key-id", default=settings.broker_key_id)
-    parser.add_argument("--secret-key", default=settings.broker_secret_key)
+    parser.add_argument("--secret-key", default=None, help="default: ORDERSAGA_BROKER_SECRET_KEY")
     args = parser.parse_args(argv)
+    if args.secret_key is not None:
+        settings = settings.model_copy(update={"broker_secret_key": SecretStr(args.secret_key)})
+    try:
+        settings.check_secrets(broker=True)
+    except UserError as exc:
+        parser.exit(2, f"brokersim: {exc}\n")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(
         serve(
@@ -30,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             args.port,
             args.state,
             key_id=args.key_id,
-            secret_key=args.secret_key,
+            secret_key=settings.broker_secret_key.get_secret_value(),
             seed=args.seed,
             faults=args.faults,
             fill_model=args.fill_model,

@@ -78,7 +78,8 @@ class _Run:
 
     async def execute(self) -> None:
         s = self.settings
-        headers = {"APCA-API-KEY-ID": s.broker_key_id, "APCA-API-SECRET-KEY": s.broker_secret_key}
+        secret = s.broker_secret_key.get_secret_value()
+        headers = {"APCA-API-KEY-ID": s.broker_key_id, "APCA-API-SECRET-KEY": secret}
         temporal = await connect(s)
         # No connection floor: it would log its reconnect attempts while Postgres restarts.
         pool = await asyncpg.create_pool(s.database_url, min_size=0, max_size=20)

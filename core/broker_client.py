@@ -44,7 +44,7 @@ from core.broker_models import (  # the models and errors, importable from here 
     plain,
 )
 from core.quotes import InvalidQuote
-from core.settings import Settings
+from core.settings import Settings, masked
 
 __all__ = [
     "BrokerAuthError",
@@ -96,7 +96,7 @@ class BrokerClient:
             base_url=settings.broker_url,
             market_data_url=settings.market_data_url,
             key_id=settings.broker_key_id,
-            secret_key=settings.broker_secret_key,
+            secret_key=settings.broker_secret_key.get_secret_value(),
             connect_timeout_s=settings.broker_connect_timeout_s,
             request_timeout_s=settings.broker_request_timeout_s,
             max_connections=settings.broker_max_connections,
@@ -145,7 +145,7 @@ class BrokerClient:
         session = self._ensure_session()
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else None
-        what = f"{method} {url}"
+        what = f"{method} {masked(url)}"  # a URL with credentials in it prints without them
         try:
             async with session.request(
                 method, url, params=params, data=data, headers=headers
@@ -326,13 +326,13 @@ class BrokerClient:
                 headers={"Accept": "text/event-stream"},
             ) as resp:
                 if resp.status != 200:
-                    _check(resp.status, await resp.read(), f"GET {url}")
+                    _check(resp.status, await resp.read(), f"GET {masked(url)}")
                 async for frame in _parse_sse(resp.content):
                     yield frame
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise BrokerUnavailable(f"GET {url}: cannot connect: {exc}") from exc
+            raise BrokerUnavailable(f"GET {masked(url)}: cannot connect: {exc}") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise BrokerOutcomeUnknown(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+            raise BrokerOutcomeUnknown(f"GET {masked(url)}: {type(exc).__name__}: {exc}") from exc
 
 
 def _positive_int(value: object) -> int | None:

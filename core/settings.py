@@ -7,9 +7,11 @@ Temporal dev server on 7233, the broker simulator on 8787.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +20,11 @@ from core.codec import CodecKeyError, CodecKeys
 from core.errors import UserError
 
 DEFAULT_STATE_DIR = Path(".state")
+# The broker simulator's keys on a developer's machine. Only a process that runs under the dev
+# stack (ORDERSAGA_DEV_STACK) may start on them: anywhere else they are a forgotten setting.
+DEV_BROKER_KEY_ID = "ordersaga-dev-key"
+DEV_BROKER_SECRET_KEY = "ordersaga-dev-secret"
+MASK = "***"
 ORDERS_TASK_QUEUE = "orders"
 BROKER_TASK_QUEUE = "broker"
 
@@ -112,7 +119,7 @@ class Settings(BaseSettings):
     # Temporal
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
-    temporal_api_key: str = ""  # Temporal Cloud API key; setting it turns TLS on
+    temporal_api_key: SecretStr = SecretStr("")  # Temporal Cloud API key; setting it turns TLS on
     temporal_tls: bool = False
     temporal_ui_url: str = "http://127.0.0.1:8233"
     orders_task_queue: str = ORDERS_TASK_QUEUE
@@ -146,8 +153,10 @@ class Settings(BaseSettings):
     # Broker (Alpaca Trading API v2 compatible) and market data
     broker_url: str = "http://127.0.0.1:8787"
     market_data_url: str = ""  # defaults to broker_url (Alpaca serves them from different hosts)
-    broker_key_id: str = "ordersaga-dev-key"
-    broker_secret_key: str = "ordersaga-dev-secret"
+    # The key id names the key (like a user name: it shows in the broker's dashboard and in our
+    # logs' context), so it is plain; the secret key is the credential.
+    broker_key_id: str = DEV_BROKER_KEY_ID
+    broker_secret_key: SecretStr = SecretStr(DEV_BROKER_SECRET_KEY)
     broker_connect_timeout_s: float = 2.0
     broker_request_timeout_s: float = 5.0
     broker_max_connections: int = 50
@@ -176,6 +185,9 @@ class Settings(BaseSettings):
     # Local dev stack
     state_dir: Path = DEFAULT_STATE_DIR
     temporal_ui_port: int = 8233
+    # Set by `ordersaga dev up` in the environment of every process it starts (and by the test
+    # suite): the only place the dev defaults of secrets are accepted (check_secrets).
+    dev_stack: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -208,6 +220,23 @@ class Settings(BaseSettings):
         except CodecKeyError as exc:
             raise UserError(f"ORDERSAGA_CODEC_KEYS: {exc}") from None
 
+    def check_secrets(self, *, broker: bool = False) -> None:
+        """Refuse, with a UserError of one line naming the variable, to run on a default secret
+        outside the dev stack: a process that talks to the broker (``broker``) calls it at
+        start-up, before it connects to anything."""
+        if self.dev_stack:
+            return
+        if broker and self.broker_secret_key.get_secret_value() == DEV_BROKER_SECRET_KEY:
+            raise UserError(
+                "ORDERSAGA_BROKER_SECRET_KEY is the dev stack's default: set the broker's secret"
+                " key (only processes of `ordersaga dev up` may run on it)"
+            )
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # URLs stay strings (the drivers need them), but a printed Settings masks their passwords.
+        for name, value in super().__repr_args__():
+            yield name, masked(value) if name and name.endswith("_url") else value
+
     @model_validator(mode="after")
     def _market_data_defaults_to_broker(self) -> Settings:
         if not self.market_data_url:
@@ -230,6 +259,35 @@ class Settings(BaseSettings):
     @property
     def symbols(self) -> list[str]:
         return [s.strip().upper() for s in self.marketdata_symbols.split(",") if s.strip()]
+
+
+def masked(url: str) -> str:
+    """``url`` with its password, if it has one, replaced by ``***``: for every URL a process
+    prints or logs (postgresql://app:***@db:5432/ordersaga). Anything else comes back as is."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+# The settings whose values are secrets (SecretStr fields), as environment variables.
+SECRET_VARIABLES = (
+    "ORDERSAGA_BROKER_SECRET_KEY",
+    "ORDERSAGA_TEMPORAL_API_KEY",
+    "ORDERSAGA_CODEC_KEYS",
+    "ORDERSAGA_CODEC_SERVER_TOKEN",
+)
+
+
+def masked_env(env: dict[str, str]) -> dict[str, str]:
+    """An ``ORDERSAGA_*`` environment fit to print: secrets replaced by ``***``, URLs masked."""
+    return {k: MASK if k in SECRET_VARIABLES and v else masked(v) for k, v in env.items()}
 
 
 def settings_error(exc: ValidationError) -> str:

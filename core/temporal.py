@@ -47,7 +47,7 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
             " set both or neither"
         )
     if cert is None and ca is None and not s.temporal_tls_server_name:
-        return s.temporal_tls or bool(s.temporal_api_key)
+        return s.temporal_tls or bool(s.temporal_api_key.get_secret_value())
     return TLSConfig(
         client_cert=_pem("ORDERSAGA_TEMPORAL_TLS_CERT_FILE", cert),
         client_private_key=_pem("ORDERSAGA_TEMPORAL_TLS_KEY_FILE", key),
@@ -73,6 +73,6 @@ async def connect(settings: Settings) -> Client:
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
-        api_key=settings.temporal_api_key or None,
+        api_key=settings.temporal_api_key.get_secret_value() or None,
         tls=tls_config(settings),
     )

@@ -23,7 +23,7 @@ The URLs the rest of the stack must use are written to ``<state>/stack.json``;
 
 Layout under the state folder::
 
-    stack.json            the env overrides and where each service runs
+    stack.json            the env overrides (secrets included; mode 0600) and where each runs
     run/<name>.json       pid file: pid, start time, argv, address
     logs/<name>.log       stdout and stderr of the process
     pgdata/ redis/        embedded Postgres / Redis data (redis/redis.conf: the ACL user)
@@ -61,7 +61,7 @@ from core.codec import new_key_entry
 from core.db import database_name, init_roles, migrate, role_of
 from core.errors import UserError
 from core.redisconn import acl_rules, init_acl, redis_client
-from core.settings import DEFAULT_STATE_DIR, Settings
+from core.settings import DEFAULT_STATE_DIR, Settings, masked
 
 STACK_FILE = "stack.json"
 INFRA = ("postgres", "redis", "temporal")
@@ -162,7 +162,7 @@ class ServiceStatus:
             "service": self.name,
             "state": self.state,
             "pid": self.pid or "-",
-            "address": self.address,
+            "address": masked(self.address),  # an external store's URL: no password
             "log": self.log or "-",
         }
 
@@ -372,10 +372,15 @@ class DevStack:
         return data
 
     def _write_stack(self, env: dict[str, str], external: dict[str, str]) -> None:
+        """stack.json holds the env handed to the processes, secrets included (the codec token,
+        URLs with passwords): readable by its owner only, like the secret files beside it."""
         state = {"env": env, "external": external, "ports": self.ports}
         body = json.dumps(state, indent=2, sort_keys=True)
         tmp = self.path(STACK_FILE + ".tmp")
-        tmp.write_text(body + "\n")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(body + "\n")
         tmp.replace(self.path(STACK_FILE))
 
     def stack_env(self, dsn: str, redis_url: str) -> dict[str, str]:
@@ -389,6 +394,9 @@ class DevStack:
             "ORDERSAGA_TEMPORAL_UI_PORT": str(p["temporal_ui"]),
             "ORDERSAGA_BROKER_URL": f"http://127.0.0.1:{p['broker']}",
             "ORDERSAGA_STATE_DIR": str(self.state_dir),
+            # The marker that lets the stack's processes (and the CLI, through apply_stack_env)
+            # start on the dev defaults of secrets (Settings.check_secrets).
+            "ORDERSAGA_DEV_STACK": "1",
             # Every process encrypts with the stack's key; the codec server decodes for the UI.
             "ORDERSAGA_CODEC_KEYS_FILE": str(self.path(CODEC_KEYS_FILE)),
             "ORDERSAGA_CODEC_SERVER_TOKEN": _secret_file(
@@ -596,7 +604,7 @@ class DevStack:
         """The configured URL when that service is usable as is; None: run an embedded one."""
         if self.pid_of(name) is not None or self._embedded(name) or not answers:
             return None
-        self.echo(f"  {name}: using {configured}")
+        self.echo(f"  {name}: using {masked(configured)}")
         return configured
 
     async def _pg_answers(self) -> bool:
@@ -637,6 +645,7 @@ class DevStack:
             port = self.ports["postgres"]
             owner, dsn = _on_port(owner, port, True), _on_port(dsn, port, True)
             await self._ensure_running("postgres", {})
+            await self._accepting(admin)
         else:
             external["postgres"] = dsn
         if rurl is None:
@@ -681,6 +690,22 @@ class DevStack:
             self.echo(f"  redis: the stack's ACL user was not deleted: {exc}")
         finally:
             await admin.aclose()
+
+    async def _accepting(self, dsn: str) -> None:
+        """Wait until Postgres takes connections: its port answers before it has finished
+        starting up ("the database system is starting up"), more so on a busy machine."""
+        deadline = time.monotonic() + self.options.health_timeout_s
+        while True:
+            try:
+                conn = await asyncpg.connect(dsn, timeout=5)
+            except (asyncpg.CannotConnectNowError, OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    log = self._log_file("postgres")
+                    raise StackError(f"postgres does not take connections; see {log}") from None
+                await asyncio.sleep(0.2)
+                continue
+            await conn.close()
+            return
 
     async def _migrate(self, admin: str, owner: str, dsn: str) -> None:
         """Both roles and the database (as the admin), then the schema (as the owner)."""

@@ -40,6 +40,10 @@ SERVER_DSN = os.environ.get(
 )
 # The Redis server's admin (may run ACL SETUSER); the tests themselves use APP_REDIS_URL.
 REDIS_URL = os.environ.get("ORDERSAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The suite runs its processes (simulators, workers, feeds, CLI commands) on the dev broker keys,
+# as the dev stack does: every subprocess inherits the marker that allows them
+# (Settings.check_secrets). tests/integration/test_default_secrets.py starts them without it.
+os.environ.setdefault("ORDERSAGA_DEV_STACK", "1")
 # The roles every test database is made with (cluster-wide; created once, if missing).
 OWNER_ROLE = "ordersaga_owner"
 APP_ROLE = "ordersaga_app"

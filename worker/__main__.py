@@ -1,7 +1,8 @@
 """``python -m worker [--queues orders,broker]``: the worker process, without the CLI.
 
-Bad arguments print one line and exit 2. The process ends with ``os._exit`` once output is
-flushed: the Temporal SDK can abort at interpreter exit (sdk-python#300).
+Bad arguments, settings out of range and a default secret outside the dev stack
+(``Settings.check_secrets``) print one line and exit 2. The process ends with ``os._exit`` once
+output is flushed: the Temporal SDK can abort at interpreter exit (sdk-python#300).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"python -m worker: {exc}\n")
     try:
         settings = Settings.load()
+        settings.check_secrets(broker="broker" in queues)
     except UserError as exc:
         parser.exit(2, f"python -m worker: {exc}\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

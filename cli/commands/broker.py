@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from cli.commands.common import echo_json, run, table
 from core.errors import UserError
@@ -57,11 +57,7 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--key-id", default=settings.broker_key_id, help="Defaults to ORDERSAGA_BROKER_KEY_ID."
     )
-    @click.option(
-        "--secret-key",
-        default=settings.broker_secret_key,
-        help="Defaults to ORDERSAGA_BROKER_SECRET_KEY.",
-    )
+    @click.option("--secret-key", default=None, help="Defaults to ORDERSAGA_BROKER_SECRET_KEY.")
     def broker_sim(
         host: str,
         port: int,
@@ -70,11 +66,18 @@ def register(cli: click.Group) -> None:
         faults: dict[str, Any] | None,
         fill_model: dict[str, Any] | None,
         key_id: str,
-        secret_key: str,
+        secret_key: str | None,
     ) -> None:
         """Run the Alpaca-compatible broker simulator until SIGTERM / Ctrl-C."""
         from brokersim.server import serve  # the simulator is only needed by this command
 
+        keys = Settings()  # the keys it accepts; the dev secret only under the dev stack
+        if secret_key is not None:
+            keys = keys.model_copy(update={"broker_secret_key": SecretStr(secret_key)})
+        try:
+            keys.check_secrets(broker=True)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
         try:
             asyncio.run(
                 serve(
@@ -82,7 +85,7 @@ def register(cli: click.Group) -> None:
                     port,
                     state,
                     key_id=key_id,
-                    secret_key=secret_key,
+                    secret_key=keys.broker_secret_key.get_secret_value(),
                     seed=seed,
                     faults=faults,
                     fill_model=fill_model,

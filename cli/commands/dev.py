@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from cli.commands.common import echo_json, run, table
+from core.settings import masked_env
 from devstack.stack import DevStack, ServiceStatus, StackError, StackOptions
 
 T = TypeVar("T")
@@ -22,7 +23,8 @@ def _stack(state_dir: Path | None, embedded: bool = False) -> DevStack:
 
 
 def _show(stack: DevStack, rows: list[ServiceStatus], as_json: bool) -> None:
-    env = stack.env()
+    # Printed: secrets masked, URLs without their passwords (the full env is in stack.json, 0600).
+    env = masked_env(stack.env())
     if as_json:
         echo_json({"services": [r.as_row() for r in rows], "env": env})
         return

@@ -12,7 +12,7 @@ from cli.commands.common import run
 from core.broker_client import BrokerClient
 from core.keys import RedisKeys
 from core.redisconn import check_redis, redis_client
-from core.settings import Settings
+from core.settings import Settings, masked
 from feeds import listener
 from feeds.marketdata import MarketDataFeed
 
@@ -32,6 +32,7 @@ def _configure_logging() -> None:
 
 
 async def _marketdata(settings: Settings, symbols: list[str], interval_s: float) -> None:
+    settings.check_secrets(broker=True)
     stop = _stop_on_signals()
     redis = redis_client(settings, decode_responses=True)
     try:
@@ -42,7 +43,7 @@ async def _marketdata(settings: Settings, symbols: list[str], interval_s: float)
             logging.getLogger(__name__).info(
                 "market data: %s from %s every %.2fs",
                 ",".join(feed.symbols),
-                settings.market_data_url,
+                masked(settings.market_data_url),
                 interval_s,
             )
             await feed.run(stop)
@@ -54,6 +55,7 @@ async def _listen(settings: Settings, name: str) -> None:
     from core.temporal import connect
     from feeds.delivery import signal_workflows
 
+    settings.check_secrets(broker=True)
     # Each event becomes a signal to its order's workflow (or a targeted reconcile).
     deliver = signal_workflows(await connect(settings), settings)
     await listener.serve(settings, on_event=deliver, name=name, stop=_stop_on_signals())

@@ -27,8 +27,13 @@ def register(cli: click.Group) -> None:
             names = parse_queues(queues)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
+        settings = Settings()
+        try:
+            settings.check_secrets(broker="broker" in names)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         try:
-            asyncio.run(run_workers(Settings(), names))
+            asyncio.run(run_workers(settings, names))
         except UserError as exc:  # e.g. Redis refused the user or its password
             raise click.ClickException(str(exc)) from None

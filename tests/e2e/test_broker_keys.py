@@ -59,7 +59,10 @@ async def test_an_order_lives_through_a_broker_key_rotation_and_settles(
             assert (await oc.balance(acct)).of("USD").held > 0  # the hold is kept
 
             # Rolled back (or the workers got the new keys): the broker answers again.
-            restored = {"key_id": settings.broker_key_id, "secret_key": settings.broker_secret_key}
+            restored = {
+                "key_id": settings.broker_key_id,
+                "secret_key": settings.broker_secret_key.get_secret_value(),
+            }
             await keys_sim.admin("PUT", "/admin/keys", restored)
             keys_sim.key_id, keys_sim.secret_key = restored["key_id"], restored["secret_key"]
             await keys_sim.admin("POST", "/admin/tick")  # the order fills meanwhile

@@ -57,7 +57,7 @@ class BrokerSim:
         self.seed = seed
         self.fill_model = fill_model
         self.key_id = key_id or settings.broker_key_id
-        self.secret_key = secret_key or settings.broker_secret_key
+        self.secret_key = secret_key or settings.broker_secret_key.get_secret_value()
         self.port = 0
         self.url = ""
         self.log_path = self.state_path.with_suffix(".log")

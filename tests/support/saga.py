@@ -135,6 +135,7 @@ def saga_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extr
         "marketdata_interval_s": 0.2,
         "worker_grace_s": 2.0,
         "codec_keys": TEST_CODEC_KEYS,
+        "dev_stack": True,  # the simulator's dev keys (Settings.check_secrets)
     }
     saga: dict[str, Any] = {
         "fill_poll_interval_s": 1.0,

@@ -31,8 +31,11 @@ def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
             "ORDERSAGA_ORDERS_TASK_QUEUE": settings.orders_task_queue,
             "ORDERSAGA_BROKER_TASK_QUEUE": settings.broker_task_queue,
             "ORDERSAGA_CODEC_KEYS": settings.codec_keys.get_secret_value(),
+            "ORDERSAGA_BROKER_SECRET_KEY": settings.broker_secret_key.get_secret_value(),
         }
     )
+    if settings.dev_stack:  # the dev broker keys are accepted only with the dev stack's marker
+        env["ORDERSAGA_DEV_STACK"] = "1"
     return env
 
 

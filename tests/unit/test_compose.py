@@ -48,17 +48,41 @@ PROJECT = (
     "worker-orders",
     "worker-broker",
     "broker-listener",
+    "codec-server",
 )
 # Long-running project processes that poll Temporal or signal workflows.
 TEMPORAL_APPS = ("worker-orders", "worker-broker", "broker-listener")
 ONE_SHOTS = ("migrate", "temporal-setup", "reconcile-schedule")
 
-_VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+_VAR = re.compile(r"\$\{(\w+)(?:(:?-)([^}]*)|(:?\?)([^}]*))?\}")
+# The variables compose refuses to start without (``${NAME:?message}``: passwords and secrets),
+# with the values the tests render the file with (a .env in a deployment).
+REQUIRED = {
+    "LEDGER_DB_PASSWORD": "test-ledger-superuser-pw",
+    "LEDGER_OWNER_DB_PASSWORD": "test-ledger-owner-pw",
+    "LEDGER_APP_DB_PASSWORD": "test-ledger-app-pw",
+    "TEMPORAL_DB_PASSWORD": "test-temporal-db-pw",
+    "ORDERSAGA_BROKER_SECRET_KEY": "test-broker-secret",
+    "ORDERSAGA_CODEC_KEYS": "test:" + "A" * 43 + "=",
+    "ORDERSAGA_CODEC_SERVER_TOKEN": "test-codec-token",
+    "REDIS_ADMIN_PASSWORD": "test-redis-admin-pw",
+    "REDIS_APP_PASSWORD": "test-redis-app-pw",
+}
+
+
+def _resolve_one(m: re.Match[str]) -> str:
+    name, default, required = m.group(1), m.group(3), m.group(4)
+    if required:
+        assert m.group(5).strip(), f"${{{name}:?}} needs a message saying what to set"
+        assert name in REQUIRED, f"{name} is required by the file: add it to REQUIRED"
+        return REQUIRED[name]
+    return default or ""
 
 
 def resolve(value: object) -> str:
-    """The value compose would use with no .env file: each ${NAME:-default} becomes its default."""
-    return _VAR.sub(lambda m: m.group(2) or "", str(value))
+    """The value compose would use with REQUIRED as the .env file: each ${NAME:-default} becomes
+    its default, each ${NAME:?message} its value in REQUIRED."""
+    return _VAR.sub(_resolve_one, str(value))
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +95,18 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
     return compose["services"]
 
 
+def service_env(service: dict[str, Any]) -> dict[str, str]:
+    return {k: resolve(v) for k, v in service.get("environment", {}).items()}
+
+
 @pytest.fixture(scope="module")
-def env(compose: dict[str, Any]) -> dict[str, str]:
-    return {k: resolve(v) for k, v in compose["x-ordersaga-env"].items()}
+def env(services: dict[str, Any]) -> dict[str, str]:
+    """Every ORDERSAGA_* variable any project service gets, with its value (one per name)."""
+    merged: dict[str, str] = {}
+    for name in (*PROJECT, "ordersaga"):
+        for var, value in service_env(services[name]).items():
+            assert merged.setdefault(var, value) == value, f"{name}: {var} differs between services"
+    return merged
 
 
 def argv(service: dict[str, Any]) -> list[str]:
@@ -142,22 +175,97 @@ def test_project_services_share_one_image_built_from_the_dockerfile(
 
 # Postgres roles: only the one-shot migrate service may connect as the owner or the admin.
 PRIVILEGED_ENV = ("ORDERSAGA_DATABASE_OWNER_URL", "ORDERSAGA_DATABASE_ADMIN_URL")
+# Who gets what (docs/DEPLOY.md, "Settings"): each project service exactly these variables.
+CODEC_KEYS = {"ORDERSAGA_CODEC_KEYS"}
+TEMPORAL_ENV = CODEC_KEYS | {
+    "ORDERSAGA_TEMPORAL_ADDRESS",
+    "ORDERSAGA_TEMPORAL_NAMESPACE",
+    "ORDERSAGA_TEMPORAL_API_KEY",
+    "ORDERSAGA_ORDERS_TASK_QUEUE",
+    "ORDERSAGA_BROKER_TASK_QUEUE",
+}
+LEDGER_ENV = {"ORDERSAGA_DATABASE_URL"}
+REDIS_ENV = {"ORDERSAGA_REDIS_URL", "ORDERSAGA_REDIS_PREFIX"}
+BROKER_KEYS = {"ORDERSAGA_BROKER_KEY_ID", "ORDERSAGA_BROKER_SECRET_KEY"}
+BROKER_ENV = BROKER_KEYS | {
+    "ORDERSAGA_BROKER_URL",
+    "ORDERSAGA_MARKET_DATA_URL",
+    "ORDERSAGA_MARKET_DATA_FEED",
+}
+WORKER_ENV = {"ORDERSAGA_WORKER_GRACE_S"}
+SERVICE_ENV = {
+    "migrate": LEDGER_ENV | set(PRIVILEGED_ENV),
+    "reconcile-schedule": TEMPORAL_ENV,
+    "broker-sim": BROKER_KEYS,
+    "marketdata": REDIS_ENV | BROKER_ENV | {"ORDERSAGA_MARKETDATA_SYMBOLS"},
+    "worker-orders": TEMPORAL_ENV | LEDGER_ENV | REDIS_ENV | WORKER_ENV,
+    "worker-broker": TEMPORAL_ENV | BROKER_ENV | WORKER_ENV,
+    "broker-listener": TEMPORAL_ENV | REDIS_ENV | BROKER_ENV,
+    "codec-server": CODEC_KEYS
+    | {"ORDERSAGA_CODEC_SERVER_TOKEN", "ORDERSAGA_CODEC_SERVER_CORS_ORIGIN"},
+    "ordersaga": TEMPORAL_ENV | LEDGER_ENV | REDIS_ENV | {"ORDERSAGA_TEMPORAL_UI_URL"},
+}
 
 
-def test_project_services_share_the_one_env_anchor(
-    compose: dict[str, Any], services: dict[str, Any]
-) -> None:
-    shared = compose["x-ordersaga-env"]
-    for name in (*PROJECT, "ordersaga"):
-        if name == "migrate":
-            continue
-        # The same object, not an equal copy: a per-service edit could not drift silently.
-        assert services[name]["environment"] is shared, name
-    # migrate: the shared block plus the owner's and the admin's URLs, nothing else
-    migrate = services["migrate"]["environment"]
-    assert {k: v for k, v in migrate.items() if k not in PRIVILEGED_ENV} == shared
-    assert set(migrate) - set(shared) == set(PRIVILEGED_ENV)
-    assert not set(PRIVILEGED_ENV) & set(shared)
+def test_each_service_gets_only_the_variables_it_needs(services: dict[str, Any]) -> None:
+    assert set(SERVICE_ENV) == {*PROJECT, "ordersaga"}
+    for name, expected in SERVICE_ENV.items():
+        assert set(services[name].get("environment", {})) == expected, name
+
+
+def who_gets(services: dict[str, Any], var: str) -> set[str]:
+    return {n for n, s in services.items() if var in s.get("environment", {})}
+
+
+def test_secrets_go_only_where_they_are_used(services: dict[str, Any]) -> None:
+    # The ledger: never the simulator or the market-data feed; owner and admin: migrate only.
+    ledger = who_gets(services, "ORDERSAGA_DATABASE_URL")
+    assert not ledger & {"broker-sim", "marketdata", "codec-server", "worker-broker"}
+    for var in PRIVILEGED_ENV:
+        assert who_gets(services, var) == {"migrate"}, var
+    # The broker's secret: the simulator (which accepts it) and the processes that call it.
+    assert who_gets(services, "ORDERSAGA_BROKER_SECRET_KEY") == {
+        "broker-sim", "marketdata", "worker-broker", "broker-listener",
+    }  # fmt: skip
+    assert who_gets(services, "ORDERSAGA_CODEC_SERVER_TOKEN") == {"codec-server"}
+    # The codec's keys: every process that talks to Temporal, and the codec server.
+    assert who_gets(services, "ORDERSAGA_CODEC_KEYS") == {
+        "reconcile-schedule", "worker-orders", "worker-broker", "broker-listener", "ordersaga",
+        "codec-server",
+    }  # fmt: skip
+
+
+def test_passwords_and_secrets_have_no_default(compose: dict[str, Any]) -> None:
+    """Each is ``${NAME:?what to set}``: compose refuses to start without it, never falls back
+    to a value anyone can read in this file."""
+    text = COMPOSE_FILE.read_text()
+    for name in REQUIRED:
+        uses = re.findall(rf"\$\{{{name}(:?[-?])", text)
+        assert uses and set(uses) == {":?"}, f"{name}: {uses}"
+    secret_vars = {
+        "ORDERSAGA_BROKER_SECRET_KEY", "ORDERSAGA_CODEC_KEYS", "ORDERSAGA_CODEC_SERVER_TOKEN",
+    }  # fmt: skip
+    for name, svc in compose["services"].items():
+        for var, value in svc.get("environment", {}).items():
+            if var in secret_vars or "PASSWORD" in var or "PWD" in var:
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"{name}: {var}"
+            if var.endswith("_URL") and "@" in str(value):  # a password inside a URL
+                assert ":?" in str(value), f"{name}: {var}"
+
+
+def test_the_codec_server_serves_the_web_ui(services: dict[str, Any]) -> None:
+    codec, ui = services["codec-server"], services["temporal-ui"]
+    args = argv(codec)
+    assert args == ["codec-server", "--host", "0.0.0.0", "--port", "8234"]
+    assert container_ports(codec) == {8234: 8234}
+    assert codec["ports"] == ["127.0.0.1:8234:8234"]
+    ui_env = service_env(ui)
+    ui_origin = f"http://localhost:{container_ports(ui)[8080]}"
+    assert service_env(codec)["ORDERSAGA_CODEC_SERVER_CORS_ORIGIN"] == ui_origin
+    # The browser calls the endpoint: the published port, not the container's name.
+    assert ui_env["TEMPORAL_CODEC_ENDPOINT"] == "http://localhost:8234"
+    assert ui_env["TEMPORAL_DISABLE_WRITE_ACTIONS"] == "true"
+    assert "/healthz" in " ".join(codec["healthcheck"]["test"])
 
 
 def test_migrate_creates_the_roles_and_runs_as_the_owner(
@@ -189,20 +297,27 @@ def test_every_ordersaga_variable_is_a_settings_field(services: dict[str, Any]) 
     assert "ORDERSAGA_TEMPORAL_ADDRESS" in seen
 
 
-def test_the_shared_env_parses_as_settings(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+def test_each_service_env_parses_as_settings_and_passes_the_secrets_check(
+    env: dict[str, str], services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for var in [v for v in os.environ if v.startswith("ORDERSAGA_")]:
         monkeypatch.delenv(var)
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
+    for name in (*PROJECT, "ordersaga"):
+        with monkeypatch.context() as m:
+            for var, value in service_env(services[name]).items():
+                m.setenv(var, value)
+            settings = Settings()
+            # Outside the dev stack: a broker-facing process starts only on a real secret.
+            settings.check_secrets(
+                broker="ORDERSAGA_BROKER_SECRET_KEY" in services[name]["environment"]
+            )
+            assert not settings.dev_stack, name
+    monkeypatch.setenv("ORDERSAGA_TEMPORAL_ADDRESS", env["ORDERSAGA_TEMPORAL_ADDRESS"])
+    monkeypatch.setenv("ORDERSAGA_WORKER_GRACE_S", env["ORDERSAGA_WORKER_GRACE_S"])
     settings = Settings()
     assert settings.temporal_address == env["ORDERSAGA_TEMPORAL_ADDRESS"]
-    assert settings.database_url == env["ORDERSAGA_DATABASE_URL"]
     assert settings.worker_grace_s == float(env["ORDERSAGA_WORKER_GRACE_S"])
-    assert settings.saga.commission_rate == Decimal(
-        "0.0025"
-    )  # untouched fields keep their defaults
+    assert settings.saga.commission_rate == Decimal("0.0025")  # untouched: its default
 
 
 def test_temporal_address_points_at_the_temporal_service(
@@ -442,14 +557,21 @@ def test_docker_compose_renders_the_file() -> None:
             "no compose is installed (docker compose, docker-compose, or set"
             " ORDERSAGA_DOCKER_COMPOSE to one; .ci/run installs docker-compose)"
         )
-    result = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    # Only what a .env would hold: the required variables, nothing else of ours.
+    base = {k: v for k, v in os.environ.items() if k not in REQUIRED and "ORDERSAGA_" not in k}
+    render = [*command, "-f", str(COMPOSE_FILE), "config", "-q"]
+
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(render, capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
+
+    result = config({**base, **REQUIRED})
     assert result.returncode == 0, result.stderr
+    # Without a secret, compose refuses with the line saying what to set.
+    missing = config(
+        {**base, **{k: v for k, v in REQUIRED.items() if k != "LEDGER_APP_DB_PASSWORD"}}
+    )
+    assert missing.returncode != 0
+    assert "set LEDGER_APP_DB_PASSWORD" in missing.stderr, missing.stderr
 
 
 def _load_healthcheck() -> Any:
