@@ -23,7 +23,7 @@ from core.db import create_pool
 from core.errors import UserError
 from core.keys import RedisKeys
 from core.statuses import OrderStatus
-from tests.conftest import scratch_database
+from tests.conftest import REDIS_URL, scratch_database
 from tests.support.brokersim import BrokerSim
 from tests.support.e2e import Stack, stack_on
 from tests.support.workerproc import workers_running
@@ -117,8 +117,13 @@ async def test_a_quote_that_cannot_be_read_refuses_the_order_with_its_row(
     settings, oc, pool = stack.settings, stack.orders, stack.pool
     acct = await stack.funded_account("1000")
     # A key of the wrong type: every read of the quote fails (WRONGTYPE), as it would with the
-    # cache down; not a quote that reads as stale.
-    await redis_client.rpush(RedisKeys(settings.redis_prefix).quote("AAPL"), "not a quote")
+    # cache down; not a quote that reads as stale. Planted as the server's admin: the
+    # application's ACL user has no list command that could make it.
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await admin.rpush(RedisKeys(settings.redis_prefix).quote("AAPL"), "not a quote")
+    finally:
+        await admin.aclose()
     async with workers_running(temporal_env.client, settings):
         placed = await asyncio.wait_for(
             oc.place_order(account_id=acct, symbol="AAPL", side="buy", qty="1"), 30
