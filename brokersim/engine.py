@@ -97,6 +97,7 @@ class Engine:
         # Raw quote objects served instead of the computed ones (hostile-input tests; not kept
         # across a restart).
         self.quote_overrides: dict[str, Any] = {}
+        self.account_created = clock.now()  # the account's (GET /v2/account), kept in meta
 
     @classmethod
     def open(cls, store: Store, clock: SimClock, seed: int) -> Engine:
@@ -115,7 +116,9 @@ class Engine:
             engine.by_client[order.client_order_id] = order
             engine.next_seq = max(engine.next_seq, order.seq + 1)
         engine.last_offset = store.last_offset()
-        engine.save_meta(seed=engine.seed)
+        if "account_created" in meta:
+            engine.account_created = parse_rfc3339(meta["account_created"])
+        engine.save_meta(seed=engine.seed, account_created=rfc3339(engine.account_created))
         return engine
 
     # -- persistence ----------------------------------------------------------------------

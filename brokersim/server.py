@@ -29,6 +29,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from pydantic import ValidationError
 
+from brokersim.account import account_json, holdings, position_json, positions_json
 from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
 from brokersim.engine import Engine
 from brokersim.faults import FaultConfig, Faults
@@ -127,7 +128,7 @@ def _drop_connection(request: web.Request) -> web.Response:
 
 
 def _route_kind(path: str) -> str | None:
-    if path.startswith("/v2/orders"):
+    if path.startswith(("/v2/orders", "/v2/account", "/v2/positions")):
         return "trading"
     if path.startswith("/v2/stocks"):
         return "quotes"
@@ -174,6 +175,9 @@ class BrokerSimServer:
         r.add_get("/v2/orders:by_client_order_id", self.get_by_client_order_id)
         r.add_get("/v2/orders/{id}", self.get_order)
         r.add_delete("/v2/orders/{id}", self.cancel_order)
+        r.add_get("/v2/account", self.get_account)
+        r.add_get("/v2/positions", self.get_positions)
+        r.add_get("/v2/positions/{symbol}", self.get_position)
         r.add_get("/v2/stocks/quotes/latest", self.quotes)
         r.add_get("/v2/stocks/{symbol}/quotes/latest", self.quote)
         r.add_get("/v2/events/trade_updates", self.trade_updates)
@@ -318,6 +322,22 @@ class BrokerSimServer:
     async def cancel_order(self, request: web.Request) -> web.Response:
         self.engine.cancel(request.match_info["id"])
         return web.Response(status=204)
+
+    # -- the account ------------------------------------------------------------------------
+
+    async def get_account(self, request: web.Request) -> web.Response:
+        engine = self.engine
+        return _json(account_json(engine.orders.values(), engine.prices, engine.account_created))
+
+    async def get_positions(self, request: web.Request) -> web.Response:
+        return _json(positions_json(self.engine.orders.values(), self.engine.prices))
+
+    async def get_position(self, request: web.Request) -> web.Response:
+        symbol = request.match_info["symbol"].upper()
+        _, held = holdings(self.engine.orders.values())
+        if symbol not in held:
+            raise ApiError(404, 40410000, "position does not exist")
+        return _json(position_json(symbol, held[symbol], self.engine.prices[symbol]))
 
     # -- market data ----------------------------------------------------------------------
 

@@ -26,10 +26,12 @@ import aiohttp
 from core.broker_models import (  # the models and errors, importable from here as before
     DUPLICATE_CLIENT_ORDER_ID,
     NOT_CANCELABLE_CODE,
+    BrokerAccount,
     BrokerAuthError,
     BrokerError,
     BrokerOrder,
     BrokerOutcomeUnknown,
+    BrokerPosition,
     BrokerRejected,
     BrokerUnavailable,
     DuplicateClientOrderId,
@@ -47,11 +49,13 @@ from core.quotes import InvalidQuote
 from core.settings import Settings, masked
 
 __all__ = [
+    "BrokerAccount",
     "BrokerAuthError",
     "BrokerClient",
     "BrokerError",
     "BrokerOrder",
     "BrokerOutcomeUnknown",
+    "BrokerPosition",
     "BrokerRejected",
     "BrokerUnavailable",
     "DuplicateClientOrderId",
@@ -233,6 +237,17 @@ class BrokerClient:
         except OrderNotCancelable:
             return await self.get_order(broker_order_id)
         return None
+
+    # --- the account ----------------------------------------------------------------------
+
+    async def get_account(self) -> BrokerAccount:
+        return BrokerAccount.model_validate(await self._trading("GET", "/v2/account"))
+
+    async def list_positions(self) -> list[BrokerPosition]:
+        raw = await self._trading("GET", "/v2/positions")
+        if not isinstance(raw, list):
+            raise BrokerError("GET /v2/positions: the broker's answer is not a list")
+        return [BrokerPosition.model_validate(p) for p in raw]
 
     # --- market data ----------------------------------------------------------------------
 

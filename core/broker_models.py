@@ -125,6 +125,30 @@ class BrokerOrder(BaseModel):
         return not self.is_terminal
 
 
+class BrokerAccount(BaseModel):
+    """The brokerage account (Alpaca's Account entity, the fields the project reads)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    id: str
+    status: str
+    currency: str
+    cash: Decimal
+    equity: Decimal | None = None
+
+
+class BrokerPosition(BaseModel):
+    """One open position (Alpaca's Position entity, the fields the project reads): ``qty`` is
+    negative for a short."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    symbol: str
+    qty: Decimal
+    side: str = "long"
+    avg_entry_price: Decimal | None = None
+
+
 class Quote(BaseModel):
     model_config = ConfigDict(frozen=True)
 
