@@ -6,7 +6,7 @@ docs/DEPLOY.md, "Rolling out a new build", says how a rollout goes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from temporalio.api.deployment.v1 import WorkerDeploymentVersion as VersionProto
 from temporalio.api.enums.v1 import (
@@ -135,12 +135,14 @@ async def deployment_status(client: Client, name: str) -> DeploymentStatus:
                 status=_status(summary.status),
                 drainage=_drainage(summary.drainage_status),
                 created=(
-                    summary.create_time.ToDatetime() if summary.HasField("create_time") else None
+                    summary.create_time.ToDatetime(tzinfo=UTC)
+                    if summary.HasField("create_time")
+                    else None
                 ),
                 task_queues=await _task_queues(client, name, build),
             )
         )
-    versions.sort(key=lambda v: v.created or datetime.min, reverse=True)
+    versions.sort(key=lambda v: v.created or datetime.min.replace(tzinfo=UTC), reverse=True)
     current = routing.current_deployment_version.build_id
     ramping = routing.ramping_deployment_version.build_id
     return DeploymentStatus(
