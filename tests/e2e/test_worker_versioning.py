@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import VersioningBehavior
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from activities.ledger import check_ledger
 from core.codec import CodecKeys
@@ -41,6 +42,7 @@ from tests.support.brokersim import StartSim, brokersim_factory  # noqa: F401
 from tests.support.e2e import Stack, e2e_stack
 from tests.support.saga import SEARCH_ATTRIBUTES, TEST_CODEC_KEYS, temporal_binary
 from tests.support.workerproc import workers_running
+from worker.main import WORKFLOWS
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
@@ -122,29 +124,48 @@ async def polled_by_all_queues(client: Client, settings: Settings, build: str) -
     return await until(f"build {build} polling", probe)
 
 
+async def histories(client: Client, workflow_id: str) -> list[WorkflowHistory]:
+    """The history of each run of the workflow, first to last (following continue-as-new)."""
+    found: list[WorkflowHistory] = []
+    run_id: str | None = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        found.insert(0, history)
+        started = history.events[0].workflow_execution_started_event_attributes
+        run_id = started.continued_execution_run_id or None
+    return found
+
+
 async def runs_of(client: Client, workflow_id: str) -> list[list[tuple[str, int, datetime]]]:
     """Each run of the workflow, first to last: (build id, versioning behaviour, time) of every
     WorkflowTaskCompleted event, read from the event's ``deployment_version.build_id`` and
     ``versioning_behavior``."""
-    runs: list[list[tuple[str, int, datetime]]] = []
-    run_id: str | None = (await client.get_workflow_handle(workflow_id).describe()).run_id
-    while run_id:
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        runs.insert(
-            0,
-            [
-                (
-                    e.workflow_task_completed_event_attributes.deployment_version.build_id,
-                    e.workflow_task_completed_event_attributes.versioning_behavior,
-                    e.event_time.ToDatetime(tzinfo=UTC),
-                )
-                for e in history.events
-                if e.HasField("workflow_task_completed_event_attributes")
-            ],
-        )
-        started = history.events[0].workflow_execution_started_event_attributes
-        run_id = started.continued_execution_run_id or None
-    return runs
+    return [
+        [
+            (
+                e.workflow_task_completed_event_attributes.deployment_version.build_id,
+                e.workflow_task_completed_event_attributes.versioning_behavior,
+                e.event_time.ToDatetime(tzinfo=UTC),
+            )
+            for e in history.events
+            if e.HasField("workflow_task_completed_event_attributes")
+        ]
+        for history in await histories(client, workflow_id)
+    ]
+
+
+async def replays_its_move(client: Client, workflow_id: str) -> None:
+    """The gtc order's first run, which continued as new because a newer build was the target,
+    replays without a nondeterminism error: the flag it decided on is read from its history."""
+    first = (await histories(client, workflow_id))[0]
+    assert any(
+        e.workflow_task_started_event_attributes.target_worker_deployment_version_changed
+        for e in first.events
+        if e.HasField("workflow_task_started_event_attributes")
+    )
+    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=client.data_converter)
+    result = await replayer.replay_workflow(first, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
 
 
 async def resting(stack: Stack, account: str, order_id: str) -> None:
@@ -234,6 +255,7 @@ async def test_in_flight_orders_finish_on_their_build_while_new_ones_run_on_the_
             assert {(build, behaviour) for build, behaviour, _ in run} == {("A", pinned)}, run
             assert any(at > promoted_at for _, _, at in run), "no task after the promotion"
         first, *_, last = await runs_of(client, gtc_id)
+        await replays_its_move(client, gtc_id)
         assert {build for build, _, _ in first} == {"A"}, first
         assert {build for build, _, _ in last} == {"B"}, last
         final = await oc.get_order(*old[2])
