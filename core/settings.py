@@ -149,6 +149,14 @@ class Settings(BaseSettings):
     temporal_tls_key_file: Path | None = None
     temporal_tls_ca_file: Path | None = None
     temporal_tls_server_name: str = ""
+    # Worker versioning (docs/DEPLOY.md, "Rolling out a new build"): the workers of one build
+    # (orders and broker queues alike) are one version, <deployment_name>.<build_id>, of the
+    # Worker Deployment. An empty build id runs the workers unversioned (the dev stack, the
+    # tests); worker_versioning makes a build id mandatory, so a worker started without one
+    # refuses to start instead of polling unversioned beside the versioned ones.
+    deployment_name: str = Field("ordersaga", min_length=1, max_length=200, pattern=r"^[^.\s]+$")
+    build_id: str = Field("", max_length=200, pattern=r"^[^\s]*$")
+    worker_versioning: bool = False
 
     # Broker (Alpaca Trading API v2 compatible) and market data
     broker_url: str = "http://127.0.0.1:8787"

@@ -24,7 +24,8 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.broker import BrokerActivities
@@ -36,6 +37,7 @@ from activities.orders import OrderStore, OrderStoreActivities
 from activities.reconcile import ReconcileActivities
 from core.broker_client import BrokerClient
 from core.db import create_pool
+from core.errors import UserError
 from core.keys import RedisKeys
 from core.redisconn import check_redis, redis_client
 from core.settings import SagaConfig, Settings
@@ -53,6 +55,29 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 )
 QUEUES = ("orders", "broker")
 WORKFLOWS = (OrderWorkflow, ReconcileWorkflow)
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """The worker's version in the Worker Deployment, None for an unversioned worker (no build
+    id); a UserError of one line when versioning is required and the build id is missing.
+
+    Both workflow types are pinned: a run ends on the build that started it (an order's history
+    replays only on the code that wrote it; a reconcile run lasts minutes). The behaviour is the
+    worker's default rather than each ``@workflow.defn``'s because an unversioned worker may send
+    none (the server refuses the task's completion), and the same classes run unversioned in the
+    dev stack and the tests."""
+    if not settings.build_id:
+        if settings.worker_versioning:
+            raise UserError(
+                "ORDERSAGA_WORKER_VERSIONING is on but ORDERSAGA_BUILD_ID is empty:"
+                " a versioned worker needs its build id"
+            )
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(settings.deployment_name, settings.build_id),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
+    )
 
 
 def cache_workflow_bytecode(workflows: Sequence[type] = WORKFLOWS) -> None:
@@ -106,6 +131,9 @@ async def resources(settings: Settings, queues: Sequence[str]) -> AsyncIterator[
 def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list[Worker]:
     s = res.settings
     keys = RedisKeys(s.redis_prefix)
+    # One version for every queue of this build: a pinned order's activities (on the broker and
+    # asks queues) go to the broker workers of the build that runs the order.
+    version = deployment_config(s)
     workers: list[Worker] = []
     if "orders" in queues:
         assert res.pool is not None and res.redis is not None
@@ -140,6 +168,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                 max_concurrent_activities=s.orders_max_concurrent_activities,
                 max_concurrent_local_activities=s.orders_max_concurrent_local_activities,
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
+                deployment_config=version,
             )
         )
     if "broker" in queues:
@@ -158,6 +187,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                 ],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
+                deployment_config=version,
             )
         )
         # The orders' questions (polls, lookups) on a queue and slots of their own: however
@@ -169,6 +199,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                 activities=[broker.reconcile_order],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
+                deployment_config=version,
             )
         )
     return workers
@@ -186,6 +217,7 @@ def parse_queues(text: str) -> list[str]:
 async def run_workers(settings: Settings, queues: Sequence[str]) -> None:
     """Run until SIGTERM/SIGINT, then drain in-flight work within the grace period."""
     parse_queues(",".join(queues))
+    version = deployment_config(settings)  # a versioned worker without a build id: no start
     client = await connect(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -195,8 +227,9 @@ async def run_workers(settings: Settings, queues: Sequence[str]) -> None:
         workers = build_workers(client, res, queues)
         tasks = [asyncio.create_task(w.run()) for w in workers]
         names = ", ".join(w.task_queue for w in workers)
-        log.info("worker polling %s on %s", names, settings.temporal_address)
-        print(f"worker ready: queues {names}", flush=True)
+        build = f"; version {version.version.to_canonical_string()}" if version else "; unversioned"
+        log.info("worker polling %s on %s%s", names, settings.temporal_address, build)
+        print(f"worker ready: queues {names}{build}", flush=True)
         done_waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([done_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         log.info("draining (grace %.0fs)", settings.worker_grace_s)

@@ -132,16 +132,28 @@ class FollowBroker(SagaBase):
             await self._wait_for_reports()
             reports, self._reports = self._reports, []
             final = await self._apply_reports(reports)
-            if final is None and self._should_continue_as_new():
+            why = self._should_continue_as_new() if final is None else None
+            if why is not None:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._reports:
-                    self._note("continued as new (history is long); fills carried over")
-                    workflow.continue_as_new(
-                        OrderInput(request=self._state.request, carried=self._state)
-                    )
+                    self._note(f"continued as new ({why}); fills carried over")
+                    self._continue()
         status = BROKER_FINAL[final.status]
         await self._void(f"broker says {final.status}")
         await self._finish(status, f"broker: {final.status}")
+
+    def _continue(self) -> None:
+        """Continue as new carrying the whole state. A versioned run (pinned to the build that
+        started it) starts the new run on the deployment's target build, as a new order would:
+        the carried state is plain data, which every build reads, while the history it leaves
+        behind replays only on the build that wrote it."""
+        versioned = workflow.info().get_current_deployment_version() is not None
+        workflow.continue_as_new(
+            OrderInput(request=self._state.request, carried=self._state),
+            initial_versioning_behavior=(
+                workflow.ContinueAsNewVersioningBehavior.AUTO_UPGRADE if versioned else None
+            ),
+        )
 
     async def _wait_for_reports(self) -> None:
         """Until a report or a cancel arrives, or the poll interval passes: then ask the broker.

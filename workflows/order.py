@@ -89,6 +89,12 @@ __all__ = [
 STRICT_INPUT_PATCH = "strict-input-v1"
 
 
+# Pinned when the workers are versioned (worker/main.py, deployment_config; the SDK refuses a
+# behaviour on the definition to unversioned workers): an order runs to its end on the build that
+# started it (its history replays only on the code that wrote it), so a new build changes new
+# orders without a patch. A gtc order that outlives its build moves onto the current one at a
+# continue-as-new (FollowBroker._continue). Changes that must reach running orders still go
+# behind workflow.patched (docs/DEPLOY.md).
 @workflow.defn
 class OrderWorkflow(FollowBroker):
     @workflow.init

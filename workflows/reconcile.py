@@ -60,6 +60,9 @@ class ReconcileReport(BaseModel):
 ASK = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 
 
+# Pinned like the orders when the workers are versioned (worker/main.py): a run lasts seconds
+# to minutes, so it finishes on the build that started it and the next scheduled run starts on
+# the current one; nothing of it needs to replay on another build's code.
 @workflow.defn
 class ReconcileWorkflow:
     @workflow.run

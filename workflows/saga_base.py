@@ -433,12 +433,25 @@ class SagaBase:
             params_hash=req.params_hash(),
         )
 
-    def _should_continue_as_new(self) -> bool:
+    def _should_continue_as_new(self) -> str | None:
+        """Why the run should continue as new now, None while it should not.
+
+        A gtc order may outlive the build it is pinned to by weeks, keeping that build's workers
+        needed; once a newer build is the deployment's target it moves onto it at its next
+        wake-up (a continue-as-new starts the new run on the target: ``_continue``). A day order
+        ends with its trading day, on its own build. The server sets the flag in the workflow
+        task's started event, so a replay decides the same; unversioned runs never see it."""
         info = workflow.info()
-        return (
-            info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > self._cfg.max_history_events
-        )
+        if info.is_continue_as_new_suggested():
+            return "Temporal suggests it"
+        if info.get_current_history_length() > self._cfg.max_history_events:
+            return "history is long"
+        if (
+            self._state.request.time_in_force == "gtc"
+            and info.is_target_worker_deployment_version_changed()
+        ):
+            return "moving onto the current build"
+        return None
 
     def _set_status(self, status: OrderStatus, detail: str) -> None:
         self._state.status = status

@@ -11,6 +11,7 @@ from cli.commands import (
     codec,
     db,
     demo,
+    deploy,
     dev,
     feeds,
     ledger,
@@ -19,7 +20,21 @@ from cli.commands import (
     worker,
 )
 
-_MODULES = (db, account, ledger, dev, broker, feeds, orders, worker, codec, chaos, demo, redisacl)
+_MODULES = (
+    db,
+    account,
+    ledger,
+    dev,
+    broker,
+    feeds,
+    orders,
+    worker,
+    codec,
+    chaos,
+    demo,
+    redisacl,
+    deploy,
+)
 
 
 def register_all(cli: click.Group) -> None:

@@ -53,3 +53,19 @@ def test_a_worker_with_a_negative_commission_does_not_start() -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "ORDERSAGA_SAGA__COMMISSION_RATE" in lines[0], done.stderr
+
+
+def test_a_versioned_worker_without_a_build_id_does_not_start() -> None:
+    env = {**os.environ, "ORDERSAGA_WORKER_VERSIONING": "true"}
+    env.pop("ORDERSAGA_BUILD_ID", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "--queues", "broker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ORDERSAGA_BUILD_ID" in lines[0], done.stderr
+    assert "worker ready" not in done.stdout

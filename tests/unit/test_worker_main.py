@@ -11,10 +11,13 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from pydantic import ValidationError
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 
 import worker.main as composition
+from core.errors import UserError
 from core.settings import Settings
-from worker.main import WORKFLOWS, cache_workflow_bytecode
+from worker.main import WORKFLOWS, cache_workflow_bytecode, deployment_config
 
 
 def specs(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -84,3 +87,38 @@ def test_the_orders_worker_passes_the_client_libraries_through_the_sandbox() -> 
     made = specs(Settings())
     runner = made[Settings().orders_task_queue]["workflow_runner"]
     assert {"redis", "asyncpg", "aiohttp"} <= set(runner.restrictions.passthrough_modules)
+
+
+def test_unversioned_by_default() -> None:
+    made = specs(Settings())
+    assert {spec["deployment_config"] for spec in made.values()} == {None}
+
+
+def test_every_queue_of_a_build_is_one_version_and_its_workflows_are_pinned() -> None:
+    settings = Settings(build_id="2026.11.29-a", deployment_name="saga")
+    made = specs(settings)
+    assert set(made) == {
+        settings.orders_task_queue,
+        settings.broker_task_queue,
+        settings.asks_task_queue,
+    }
+    for spec in made.values():
+        config = spec["deployment_config"]
+        assert config.use_worker_versioning
+        assert config.version == WorkerDeploymentVersion("saga", "2026.11.29-a")
+        assert config.default_versioning_behavior == VersioningBehavior.PINNED
+
+
+def test_versioning_required_without_a_build_id_is_one_line() -> None:
+    with pytest.raises(UserError, match="ORDERSAGA_BUILD_ID is empty") as caught:
+        deployment_config(Settings(worker_versioning=True))
+    assert "\n" not in str(caught.value)
+    assert deployment_config(Settings(worker_versioning=True, build_id="b1")) is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("deployment_name", "a.b"), ("deployment_name", ""), ("build_id", "a b")]
+)
+def test_names_the_server_would_misread_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**{field: value})
