@@ -30,6 +30,7 @@ from core.broker_client import (
     DuplicateClientOrderId,
     OrderNotFound,
 )
+from core.telemetry import NOOP_METRICS, ProcessMetrics
 
 # --- inputs and results -------------------------------------------------------------------
 
@@ -127,12 +128,37 @@ def _same_order(order: BrokerOrder, req: SubmitOrderInput) -> bool:
     return (order.symbol, order.side, order.qty) == (req.symbol, req.side, req.qty)
 
 
+BROKER_ERROR_KINDS = (
+    errors.BROKER_REJECTED,
+    errors.BROKER_AUTH,
+    errors.BROKER_ORDER_NOT_FOUND,
+    errors.BROKER_UNAVAILABLE,
+    errors.BROKER_OUTCOME_UNKNOWN,
+)
+BROKER_CALLS = ("submit_order", "cancel_order", "reconcile_order", "list_broker_orders")
+
+
 # --- activities ---------------------------------------------------------------------------
 
 
 class BrokerActivities:
-    def __init__(self, client: BrokerClient) -> None:
+    def __init__(self, client: BrokerClient, metrics: ProcessMetrics = NOOP_METRICS) -> None:
         self._client = client
+        self._metrics = metrics
+        # Every kind at 0 from the start: a rate over a series that appears with its first error
+        # misses that error.
+        for kind in BROKER_ERROR_KINDS:
+            for call in BROKER_CALLS:
+                metrics.broker_errors.add(0, {"kind": kind, "call": call})
+
+    def _count(self, kind: str, call: str) -> None:
+        self._metrics.broker_errors.add(1, {"kind": kind, "call": call})
+
+    def _failed(self, exc: BrokerError, call: str) -> ApplicationError:
+        """The broker's error as Temporal sees it, counted by kind (``ordersaga_broker_errors``)."""
+        err = _app_error(exc)
+        self._count(err.type or "BrokerError", call)
+        return err
 
     @activity.defn
     async def submit_order(self, req: SubmitOrderInput) -> SubmitOrderResult:
@@ -159,16 +185,17 @@ class BrokerActivities:
             order = await self._existing(req, "the broker says the order already exists")
         except BrokerOutcomeUnknown as exc:
             activity.logger.warning("submit %s: outcome unknown (%s)", req.client_order_id, exc)
+            self._count(errors.BROKER_OUTCOME_UNKNOWN, "submit_order")
             order = await self._existing(req, f"outcome of the submit unknown: {exc}")
         except BrokerError as exc:
-            raise _app_error(exc) from exc
+            raise self._failed(exc, "submit_order") from exc
         return SubmitOrderResult.of(order)
 
     async def _existing(self, req: SubmitOrderInput, why: str) -> BrokerOrder:
         try:
             order = await self._client.get_order_by_client_id(req.client_order_id)
         except BrokerError as exc:
-            raise _app_error(exc) from exc
+            raise self._failed(exc, "submit_order") from exc
         if order is None:
             raise ApplicationError(
                 f"order {req.client_order_id} not at the broker yet ({why});"
@@ -204,7 +231,7 @@ class BrokerActivities:
         except OrderNotFound:
             return CancelOrderResult(status="absent")
         except BrokerError as exc:
-            raise _app_error(exc) from exc
+            raise self._failed(exc, "cancel_order") from exc
         return CancelOrderResult(status=order.status, order=order)
 
     @activity.defn
@@ -218,7 +245,7 @@ class BrokerActivities:
         try:
             order = await self._client.get_order_by_client_id(req.client_order_id)
         except BrokerError as exc:
-            raise _app_error(exc) from exc
+            raise self._failed(exc, "reconcile_order") from exc
         if order is None:
             return ReconcileOrderResult(state="absent")
         return ReconcileOrderResult(state="terminal" if order.is_terminal else "open", order=order)
@@ -238,7 +265,7 @@ class BrokerActivities:
                     status=req.status, limit=req.page_size, after=after, direction="asc"
                 )
             except BrokerError as exc:
-                raise _app_error(exc) from exc
+                raise self._failed(exc, "list_broker_orders") from exc
             fresh = [o for o in page if o.id not in seen]
             seen.update((o.id, o) for o in fresh)
             if len(page) < req.page_size:

@@ -17,6 +17,7 @@ from temporalio import activity
 
 from core.orderkey import InvalidOrderKey, OrderKey
 from core.statuses import TERMINAL_STATUS_NAMES
+from core.telemetry import BREAK_KINDS, NOOP_METRICS, ProcessMetrics
 
 
 class BrokerOrderView(BaseModel):
@@ -43,6 +44,9 @@ class Break(BaseModel):
 class FindBreaksInput(BaseModel):
     broker_orders: list[BrokerOrderView]
     stuck_after_s: float = 900.0
+    # Every broker order was listed (a scheduled run, not one targeted at a few orders): the
+    # result is the whole picture, and sets the open-breaks gauges.
+    full: bool = False
 
 
 class FindBreaksResult(BaseModel):
@@ -60,8 +64,9 @@ def _ours(client_order_id: str) -> OrderKey | None:
 
 
 class ReconcileActivities:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, metrics: ProcessMetrics = NOOP_METRICS) -> None:
         self._pool = pool
+        self._metrics = metrics
 
     @activity.defn
     async def find_breaks(self, inp: FindBreaksInput) -> FindBreaksResult:
@@ -85,7 +90,18 @@ class ReconcileActivities:
                     detail=f"{row['status']} since {row['updated_at'].isoformat()}",
                 )
             )
+        if inp.full:
+            self._gauge(result)
         return result
+
+    def _gauge(self, result: FindBreaksResult) -> None:
+        """The breaks of a full run, by kind, as ``ordersaga_breaks_open`` (and the late orders
+        as ``ordersaga_late_orders``). Until the breaks table records their resolution, a late
+        order stays in every later run's result (its row is still missing at the broker's side)."""
+        for kind in BREAK_KINDS:
+            count = sum(1 for b in result.breaks if b.kind == kind)
+            self._metrics.breaks_open.set(count, {"kind": kind})
+        self._metrics.late_orders.set(len(result.late))
 
     async def _classify(
         self, conn: asyncpg.Connection, bo: BrokerOrderView, result: FindBreaksResult

@@ -81,6 +81,9 @@ class ChaosStack(DevStack):
             temporal_http=free_port(),
             broker=free_port(),
             codec=free_port(),
+            worker_metrics=free_port(),
+            listener_metrics=free_port(),
+            marketdata_metrics=free_port(),
         )
         options = StackOptions(
             state_dir=state_dir, ports=ports, force_embedded=True, redis_persistent=False

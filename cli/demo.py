@@ -189,6 +189,9 @@ async def run_demo(settings: Settings) -> int:
     ns = settings.temporal_namespace
     url = f"{settings.temporal_ui_url}/namespaces/{ns}/workflows?query={quote(ids)}"
     click.echo(f"Web UI, these orders: {url}")
+    click.echo("metrics (Prometheus; /healthz and /readyz beside each):")
+    for app, metrics_url in stack.metrics_urls().items():
+        click.echo(f"  {app:<16} {metrics_url}")
     click.echo("the stack stays up; stop it with: ordersaga dev down")
     statuses = {s.status for s in finals}
     return 0 if report.ok and OrderStatus.SETTLED in statuses else 1

@@ -190,6 +190,13 @@ class Settings(BaseSettings):
     broker_max_concurrent_activities: int = 20
     worker_grace_s: float = 10.0
 
+    # Metrics and health (core/telemetry.py): each long-running process serves /metrics, /healthz
+    # and /readyz on metrics_host:metrics_port (0: off; the CLI's --metrics-port sets it per
+    # process), and reads its gauges from Postgres, the broker and Redis every metrics_interval_s.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65_535)
+    metrics_interval_s: float = Field(default=15.0, gt=0, le=3_600)
+
     # Local dev stack
     state_dir: Path = DEFAULT_STATE_DIR
     temporal_ui_port: int = 8233

@@ -9,6 +9,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from core.codec import CodecKeys, EncryptionCodec
@@ -68,11 +69,14 @@ def _pem(variable: str, path: Path | None) -> bytes | None:
     return data
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """The project's client; ``runtime``: the process's one runtime (core/telemetry.py), whose
+    exporter carries the SDK's metrics and the workflows' (None: the SDK's default runtime)."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         api_key=settings.temporal_api_key.get_secret_value() or None,
         tls=tls_config(settings),
+        runtime=runtime,
     )

@@ -104,9 +104,14 @@ APPS: tuple[AppSpec, ...] = (
         ),
         port="broker",
     ),
-    AppSpec("marketdata", ("marketdata",)),
-    AppSpec("worker", ("worker", "--queues", "orders,broker"), ready_line="worker ready"),
-    AppSpec("broker-listener", ("broker-listener",)),
+    # Each long-running process serves /metrics, /healthz and /readyz on a port of its own.
+    AppSpec("marketdata", ("marketdata", "--metrics-port", "{marketdata_metrics_port}")),
+    AppSpec(
+        "worker",
+        ("worker", "--queues", "orders,broker", "--metrics-port", "{worker_metrics_port}"),
+        ready_line="worker ready",
+    ),
+    AppSpec("broker-listener", ("broker-listener", "--metrics-port", "{listener_metrics_port}")),
     # Decodes payloads for the Web UI (the dev server's --ui-codec-endpoint) and the CLI.
     AppSpec("codec-server", ("codec-server", "--port", "{codec_port}"), port="codec"),
 )
@@ -127,6 +132,17 @@ class StackPorts:
     temporal_http: int | None = None
     broker: int | None = None
     codec: int | None = None
+    worker_metrics: int | None = None
+    listener_metrics: int | None = None
+    marketdata_metrics: int | None = None
+
+
+# The metrics and health ports of the stack's processes (METRICS_APPS: app name -> port name).
+METRICS_APPS = {
+    "worker": "worker_metrics",
+    "broker-listener": "listener_metrics",
+    "marketdata": "marketdata_metrics",
+}
 
 
 @dataclass(frozen=True)
@@ -346,6 +362,9 @@ class DevStack:
             "temporal_http": temporal + 10,
             "broker": _url_port(s.broker_url, 8787),
             "codec": s.codec_server_port,
+            "worker_metrics": 9464,
+            "listener_metrics": 9466,
+            "marketdata_metrics": 9467,
         }
         return {k: getattr(given, k) or v for k, v in defaults.items()}
 
@@ -742,6 +761,14 @@ class DevStack:
             state = "running" if pid else "stopped"
             rows.append(ServiceStatus(name, state, pid, info["address"], str(self._log_file(name))))
         return rows
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Where each of the stack's long-running processes serves its metrics."""
+        return {
+            app: f"http://127.0.0.1:{self.ports[port]}/metrics"
+            for app, port in METRICS_APPS.items()
+            if app in self.app_names()
+        }
 
     def env(self) -> dict[str, str]:
         """The ORDERSAGA_* overrides of the last ``up()`` (empty before)."""

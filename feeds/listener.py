@@ -29,6 +29,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
+from temporalio.client import Client
 
 from core.broker_client import (
     BrokerAuthError,
@@ -41,11 +42,22 @@ from core.broker_client import (
 from core.keys import RedisKeys
 from core.redisconn import check_redis, redis_client
 from core.settings import Settings
+from core.telemetry import (
+    NOOP_METRICS,
+    OpsServer,
+    ProcessMetrics,
+    Telemetry,
+    broker_check,
+    redis_check,
+    temporal_check,
+)
 from feeds.deadletters import DeadLetters
 
 log = logging.getLogger(__name__)
 
 OnEvent = Callable[[TradeEvent], Awaitable[None]]
+# The most stored events one lag measurement reads.
+LAG_PROBE = 1000
 
 
 async def log_event(event: TradeEvent) -> None:
@@ -79,8 +91,12 @@ class BrokerListener:
         idle_timeout_s: float = 30.0,
         resync_s: float = 30.0,
         save_every_s: float = 0.5,
+        metrics: ProcessMetrics = NOOP_METRICS,
     ) -> None:
         self._client = client
+        self._metrics = metrics
+        metrics.listener_dead_letters.add(0)  # the series exists before the first poison event
+        metrics.collector_errors.add(0, {"source": "broker"})
         self._redis = redis
         self._key = keys.listener_offset(name)
         self.dead_letters = DeadLetters(redis, keys, name)
@@ -210,10 +226,12 @@ class BrokerListener:
     async def _set_aside(self, frame: EventFrame, reason: str) -> None:
         await self.dead_letters.add(frame.offset, reason, frame.text)
         self.dead_lettered += 1
+        self._metrics.listener_dead_letters.add(1)
         log.warning("listener %r: event %s dead-lettered: %s", self.name, frame.offset, reason)
 
     async def _advance(self, offset: int) -> None:
         self.offset = offset
+        self._metrics.listener_offset.set(offset)
         if asyncio.get_running_loop().time() >= self._save_due:
             await self._save()
 
@@ -222,6 +240,28 @@ class BrokerListener:
             await self._redis.set(self._key, self.offset)
             self._saved = self.offset
             self._save_due = asyncio.get_running_loop().time() + self.save_every_s
+
+    async def measure_lag(self) -> int:
+        """The broker's newest event offset minus the last one delivered (``ordersaga_listener_lag
+        _events``): one read of the broker's stored events after ours, at most LAG_PROBE of them,
+        so a lag beyond it reads as LAG_PROBE."""
+        frames = await self._client.event_frames_since(self.offset, limit=LAG_PROBE)
+        newest = max((f.offset for f in frames if f.offset is not None), default=self.offset)
+        lag = max(0, newest - self.offset)
+        self._metrics.listener_lag.set(lag)
+        self._metrics.listener_offset.set(self.offset)
+        return lag
+
+    async def watch_lag(self, interval_s: float, stop: asyncio.Event) -> None:
+        """``measure_lag`` every ``interval_s`` until ``stop``; a broker that does not answer
+        leaves the gauge as it was (its outage is reported by /readyz and the broker errors)."""
+        while not stop.is_set():
+            try:
+                await self.measure_lag()
+            except Exception as exc:  # the broker down, a bad answer: try again next time
+                self._metrics.collector_errors.add(1, {"source": "broker"})
+                log.debug("listener %r: lag not measured: %s", self.name, exc)
+            await _sleep_unless(stop, interval_s)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
@@ -234,13 +274,43 @@ async def serve(
     on_event: OnEvent = log_event,
     name: str = "default",
     stop: asyncio.Event | None = None,
+    *,
+    telemetry: Telemetry | None = None,
+    temporal: Client | None = None,
 ) -> None:
-    """Run a listener built from settings (what ``ordersaga broker-listener`` does)."""
+    """Run a listener built from settings (what ``ordersaga broker-listener`` does). With
+    ``telemetry``: its metrics and health on ``metrics_port`` (ready: Redis and ``temporal``
+    answer; the broker reported), and the lag measured every ``metrics_interval_s``."""
+    stop = stop or asyncio.Event()
     redis = redis_client(settings, decode_responses=True)
     try:
         await check_redis(redis, settings)
-        async with BrokerClient.from_settings(settings) as client:
+        async with (
+            BrokerClient.from_settings(settings) as client,
+            contextlib.AsyncExitStack() as extras,
+        ):
             keys = RedisKeys(settings.redis_prefix)
-            await BrokerListener(client, redis, keys, on_event, name).run(stop)
+            metrics = ProcessMetrics(telemetry.meter if telemetry else None)
+            listener = BrokerListener(client, redis, keys, on_event, name, metrics=metrics)
+            if telemetry is not None:
+                required = {"redis": redis_check(redis)}
+                if temporal is not None:
+                    required["temporal"] = temporal_check(temporal)
+                ops = OpsServer(
+                    settings.metrics_host,
+                    settings.metrics_port,
+                    telemetry.exporter,
+                    required,
+                    {"broker": broker_check(client)},
+                )
+                await extras.enter_async_context(ops)
+                lag = asyncio.create_task(listener.watch_lag(settings.metrics_interval_s, stop))
+                extras.push_async_callback(_cancel, lag)
+            await listener.run(stop)
     finally:
         await redis.aclose()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

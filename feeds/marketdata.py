@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from core.broker_client import BrokerClient, BrokerError, Quote
 from core.keys import RedisKeys
 from core.quotes import InvalidQuote, parse_quote_record
+from core.telemetry import NOOP_METRICS, ProcessMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,14 @@ def quote_record(quote: Quote, received_at: float) -> str:
     )
 
 
+def _age(record: str | bytes | None, now: float) -> float:
+    """Seconds since the record was stored; -1 for none or one without a readable time."""
+    try:
+        return now - float(json.loads(record)["received_at"]) if record else -1.0
+    except (ValueError, KeyError, TypeError):
+        return -1.0
+
+
 class MarketDataFeed:
     """Polls the broker's latest quotes every ``interval_s`` and writes them to Redis."""
 
@@ -59,7 +68,10 @@ class MarketDataFeed:
         symbols: list[str],
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        metrics: ProcessMetrics = NOOP_METRICS,
     ) -> None:
+        self._metrics = metrics
+        metrics.collector_errors.add(0, {"source": "redis"})
         self._client = client
         self._redis = redis
         self._keys = keys
@@ -99,6 +111,18 @@ class MarketDataFeed:
         self.polls += 1
         return {s: q for s, q in quotes.items() if s in records}
 
+    async def record_ages(self) -> dict[str, float]:
+        """Each symbol's quote age in Redis, as the reader judges it (now minus ``received_at``;
+        -1 when none is stored), into ``ordersaga_quote_age_seconds``. Read from Redis, not
+        from this feed's memory: what the saga prices with is what Redis holds."""
+        raw = await self._redis.mget([self._keys.quote(s) for s in self.symbols])
+        now = self._clock()
+        ages: dict[str, float] = {}
+        for symbol, value in zip(self.symbols, raw, strict=True):
+            ages[symbol] = _age(value, now)
+            self._metrics.quote_age.set(ages[symbol], {"symbol": symbol})
+        return ages
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Poll until ``stop`` is set. Broker and Redis errors are logged and polling goes on."""
         stop = stop or asyncio.Event()
@@ -112,6 +136,11 @@ class MarketDataFeed:
             except Exception:  # a bug must not stop the prices: log it and poll again
                 self.errors += 1
                 log.exception("market-data poll failed unexpectedly")
+            try:
+                await self.record_ages()
+            except (aioredis.RedisError, OSError) as exc:
+                self._metrics.collector_errors.add(1, {"source": "redis"})
+                log.debug("quote ages not read: %s", exc)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
             except TimeoutError:

@@ -41,7 +41,19 @@ from core.errors import UserError
 from core.keys import RedisKeys
 from core.redisconn import check_redis, redis_client
 from core.settings import SagaConfig, Settings
+from core.telemetry import (
+    NOOP_METRICS,
+    OpsServer,
+    ProcessMetrics,
+    Telemetry,
+    broker_check,
+    new_telemetry,
+    postgres_check,
+    redis_check,
+    temporal_check,
+)
 from core.temporal import connect
+from worker.collector import Collector
 from workflows.order import OrderWorkflow
 from workflows.reconcile import ReconcileWorkflow
 
@@ -128,7 +140,12 @@ async def resources(settings: Settings, queues: Sequence[str]) -> AsyncIterator[
             await res.pool.close()
 
 
-def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list[Worker]:
+def build_workers(
+    client: Client,
+    res: Resources,
+    queues: Sequence[str],
+    metrics: ProcessMetrics = NOOP_METRICS,
+) -> list[Worker]:
     s = res.settings
     keys = RedisKeys(s.redis_prefix)
     # One version for every queue of this build: a pinned order's activities (on the broker and
@@ -144,7 +161,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
         )
         quotes = MarketDataActivities(res.redis, keys, max_age_s=s.quote_max_age_s)
         store = OrderStoreActivities(OrderStore(res.pool))
-        reconcile = ReconcileActivities(res.pool)
+        reconcile = ReconcileActivities(res.pool, metrics)
         config = ConfigActivities(SagaConfig.from_settings(s))
         workers.append(
             Worker(
@@ -173,7 +190,7 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
         )
     if "broker" in queues:
         assert res.broker is not None
-        broker = BrokerActivities(res.broker)
+        broker = BrokerActivities(res.broker, metrics)
         workers.append(
             Worker(
                 client,
@@ -218,23 +235,54 @@ async def run_workers(settings: Settings, queues: Sequence[str]) -> None:
     """Run until SIGTERM/SIGINT, then drain in-flight work within the grace period."""
     parse_queues(",".join(queues))
     version = deployment_config(settings)  # a versioned worker without a build id: no start
-    client = await connect(settings)
+    telemetry = new_telemetry() if settings.metrics_port else None
+    client = await connect(settings, telemetry.runtime if telemetry else None)
+    metrics = ProcessMetrics(telemetry.meter if telemetry else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with resources(settings, queues) as res:
-        workers = build_workers(client, res, queues)
+    async with resources(settings, queues) as res, contextlib.AsyncExitStack() as extras:
+        workers = build_workers(client, res, queues, metrics)
         tasks = [asyncio.create_task(w.run()) for w in workers]
         names = ", ".join(w.task_queue for w in workers)
+        if telemetry is not None:
+            ops = await extras.enter_async_context(ops_server(settings, telemetry, client, res))
+            print(f"worker metrics: http://{ops.host}:{ops.port}/metrics", flush=True)
+            if res.pool is not None:
+                collector = Collector(res.pool, metrics, settings.reconcile_stuck_after_s)
+                gauges = asyncio.create_task(collector.run(settings.metrics_interval_s, stop))
+                extras.push_async_callback(_finish, gauges)
         build = f"; version {version.version.to_canonical_string()}" if version else "; unversioned"
         log.info("worker polling %s on %s%s", names, settings.temporal_address, build)
         print(f"worker ready: queues {names}{build}", flush=True)
         done_waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([done_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
         log.info("draining (grace %.0fs)", settings.worker_grace_s)
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         for t in tasks:
             if t.done() and not t.cancelled() and t.exception():
                 raise t.exception()  # type: ignore[misc]
         done_waiter.cancel()
+
+
+def ops_server(
+    settings: Settings, telemetry: Telemetry, client: Client, res: Resources
+) -> OpsServer:
+    """/metrics, /healthz and /readyz: ready when Temporal and the stores this worker uses
+    answer; the broker (the broker queue's) only reported."""
+    required = {"temporal": temporal_check(client)}
+    if res.pool is not None:
+        required["postgres"] = postgres_check(res.pool)
+    if res.redis is not None:
+        required["redis"] = redis_check(res.redis)
+    reported = {"broker": broker_check(res.broker)} if res.broker is not None else {}
+    return OpsServer(
+        settings.metrics_host, settings.metrics_port, telemetry.exporter, required, reported
+    )
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

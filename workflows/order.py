@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from core.settings import SagaConfig
     from core.statuses import OrderStatus
     from workflows.following import FollowBroker
+    from workflows.metrics import record_decision
     from workflows.models import (
         BrokerReport,
         CancelResult,
@@ -115,6 +116,7 @@ class OrderWorkflow(FollowBroker):
         self._resume = False
         self._stage = "validating"  # what the accept phase is doing: a failure's reason names it
         self._undecodable = inp.undecodable
+        self._refusal_kind: str | None = None  # the metric's category where the text has none
         self._backoff = False
         self._poll_s = self._cfg.fill_poll_interval_s
 
@@ -206,6 +208,7 @@ class OrderWorkflow(FollowBroker):
                 if not is_cancelled_exception(err) and workflow.patched(DECIDED_OR_REFUSED_PATCH):
                     self._compensations.clear()
                     await self._refuse(self._failure_reason(err), recorded=False, void=True)
+                    record_decision(self._state.status, self._state.reason)
                     return self._state
                 # Cancelled before the decision (or started before the patch): every step so far
                 # has a compensation; run them, keep the error. Only on failures that end the
@@ -218,6 +221,7 @@ class OrderWorkflow(FollowBroker):
                     raise
                 await self._compensate()
                 raise
+            record_decision(self._state.status, self._state.reason, self._refusal_kind)
             if self._state.terminal:
                 return self._state
         await self._past_the_pivot()
@@ -270,10 +274,12 @@ class OrderWorkflow(FollowBroker):
     async def _accept(self) -> None:
         req = self._state.request
         if self._undecodable:  # refused at the door; its ids may be anyone's: no row
+            self._refusal_kind = "invalid"
             await self._refuse(f"invalid request: {self._undecodable}", recorded=True)
             return
         reason = validate_request(req) or foreign_ids(req, self._state.workflow_id)
         if reason:
+            self._refusal_kind = "invalid"
             # recorded=True writes no row. Patched only here: the marker goes into refused runs'
             # histories only.
             await self._refuse(reason, recorded=workflow.patched(STRICT_INPUT_PATCH))

@@ -84,7 +84,11 @@ class ReconcileWorkflow:
         ]
         found = await workflow.execute_activity_method(
             ReconcileActivities.find_breaks,
-            FindBreaksInput(broker_orders=views, stuck_after_s=inp.stuck_after_s),
+            FindBreaksInput(
+                broker_orders=views,
+                stuck_after_s=inp.stuck_after_s,
+                full=not inp.client_order_ids,
+            ),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=ASK,
         )

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from core.orderkey import InvalidOrderKey, OrderKey
     from core.settings import SagaConfig
     from core.statuses import OrderStatus
+    from workflows.metrics import record_terminal
     from workflows.models import (
         BrokerReport,
         OrderState,
@@ -454,6 +455,8 @@ class SagaBase:
         return None
 
     def _set_status(self, status: OrderStatus, detail: str) -> None:
+        if status.terminal and not self._state.status.terminal:
+            record_terminal(status, self._pivoted)
         self._state.status = status
         self._note(f"{status.value}: {detail}" if detail else status.value)
         self._upsert_search_attributes()

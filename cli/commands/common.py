@@ -15,6 +15,7 @@ import click
 from core.errors import UserError
 from core.ids import is_id, is_symbol
 from core.money import CASH_ASSET, InvalidAmount
+from core.settings import Settings
 from core.statuses import OrderStatus
 
 T = TypeVar("T")
@@ -149,3 +150,17 @@ def int_between(low: int, high: int) -> Callback:
         return value
 
     return check
+
+
+# The long-running commands' port for /metrics, /healthz and /readyz (core/telemetry.py): each
+# process of a machine needs its own, so it is an option as well as ORDERSAGA_METRICS_PORT.
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65_535),
+    default=None,
+    help="Serve /metrics, /healthz and /readyz on this port (0: off; default: settings).",
+)
+
+
+def with_metrics_port(settings: Settings, port: int | None) -> Settings:
+    return settings if port is None else settings.model_copy(update={"metrics_port": port})

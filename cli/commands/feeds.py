@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
 import click
 
-from cli.commands.common import run
+from cli.commands.common import metrics_port_option, run, with_metrics_port
 from core.broker_client import BrokerClient
 from core.keys import RedisKeys
 from core.redisconn import check_redis, redis_client
 from core.settings import Settings, masked
+from core.telemetry import OpsServer, ProcessMetrics, broker_check, new_telemetry, redis_check
 from feeds import listener
 from feeds.marketdata import MarketDataFeed
 
@@ -35,11 +37,25 @@ async def _marketdata(settings: Settings, symbols: list[str], interval_s: float)
     settings.check_secrets(broker=True)
     stop = _stop_on_signals()
     redis = redis_client(settings, decode_responses=True)
+    telemetry = new_telemetry() if settings.metrics_port else None
     try:
         await check_redis(redis, settings)
-        async with BrokerClient.from_settings(settings) as client:
+        async with (
+            BrokerClient.from_settings(settings) as client,
+            contextlib.AsyncExitStack() as extras,
+        ):
             keys = RedisKeys(settings.redis_prefix)
-            feed = MarketDataFeed(client, redis, keys, symbols, interval_s)
+            metrics = ProcessMetrics(telemetry.meter if telemetry else None)
+            feed = MarketDataFeed(client, redis, keys, symbols, interval_s, metrics=metrics)
+            if telemetry is not None:  # ready: Redis answers (the broker only reported)
+                ops = OpsServer(
+                    settings.metrics_host,
+                    settings.metrics_port,
+                    telemetry.exporter,
+                    {"redis": redis_check(redis)},
+                    {"broker": broker_check(client)},
+                )
+                await extras.enter_async_context(ops)
             logging.getLogger(__name__).info(
                 "market data: %s from %s every %.2fs",
                 ",".join(feed.symbols),
@@ -57,18 +73,30 @@ async def _listen(settings: Settings, name: str) -> None:
 
     settings.check_secrets(broker=True)
     # Each event becomes a signal to its order's workflow (or a targeted reconcile).
-    deliver = signal_workflows(await connect(settings), settings)
-    await listener.serve(settings, on_event=deliver, name=name, stop=_stop_on_signals())
+    telemetry = new_telemetry() if settings.metrics_port else None
+    client = await connect(settings, telemetry.runtime if telemetry else None)
+    deliver = signal_workflows(client, settings)
+    await listener.serve(
+        settings,
+        on_event=deliver,
+        name=name,
+        stop=_stop_on_signals(),
+        telemetry=telemetry,
+        temporal=client,
+    )
 
 
 def register(cli: click.Group) -> None:
     @cli.command("marketdata")
     @click.option("--symbols", default=None, help="Comma-separated (default: settings).")
     @click.option("--interval", type=float, default=None, help="Seconds between polls.")
-    def marketdata_cmd(symbols: str | None, interval: float | None) -> None:
+    @metrics_port_option
+    def marketdata_cmd(
+        symbols: str | None, interval: float | None, metrics_port: int | None
+    ) -> None:
         """Keep the latest quote per symbol in Redis (runs until interrupted)."""
         _configure_logging()
-        settings = Settings()
+        settings = with_metrics_port(Settings(), metrics_port)
         chosen = [s.strip().upper() for s in symbols.split(",")] if symbols else settings.symbols
         run(
             _marketdata(
@@ -78,7 +106,8 @@ def register(cli: click.Group) -> None:
 
     @cli.command("broker-listener")
     @click.option("--name", default="default", help="Listener name (its offset key in Redis).")
-    def broker_listener_cmd(name: str) -> None:
+    @metrics_port_option
+    def broker_listener_cmd(name: str, metrics_port: int | None) -> None:
         """Consume the broker's trade events from the stored offset (runs until interrupted)."""
         _configure_logging()
-        run(_listen(Settings(), name))
+        run(_listen(with_metrics_port(Settings(), metrics_port), name))

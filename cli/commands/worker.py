@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from cli.commands.common import metrics_port_option, with_metrics_port
 from core.errors import UserError
 from core.settings import Settings
 
@@ -19,7 +20,8 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="Task queues to poll: orders, broker, or both (comma-separated).",
     )
-    def worker_cmd(queues: str) -> None:
+    @metrics_port_option
+    def worker_cmd(queues: str, metrics_port: int | None) -> None:
         """Run a worker (SIGTERM drains in-flight work within the grace period)."""
         from worker.main import parse_queues, run_workers  # the worker's imports, only here
 
@@ -34,6 +36,6 @@ def register(cli: click.Group) -> None:
             raise click.ClickException(str(exc)) from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         try:
-            asyncio.run(run_workers(settings, names))
+            asyncio.run(run_workers(with_metrics_port(settings, metrics_port), names))
         except UserError as exc:  # e.g. Redis refused the user or its password
             raise click.ClickException(str(exc)) from None

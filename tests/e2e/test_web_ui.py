@@ -75,6 +75,8 @@ async def ui_stack(browser_available: None) -> AsyncIterator[DevStack]:
         ports = StackPorts(
             temporal=free_port(), temporal_ui=free_port(), temporal_metrics=free_port(),
             temporal_http=free_port(), broker=free_port(), codec=free_port(),
+            worker_metrics=free_port(), listener_metrics=free_port(),
+            marketdata_metrics=free_port(),
         )  # fmt: skip
         options = StackOptions(
             state_dir=state,

@@ -193,14 +193,15 @@ BROKER_ENV = BROKER_KEYS | {
     "ORDERSAGA_MARKET_DATA_FEED",
 }
 WORKER_ENV = {"ORDERSAGA_WORKER_GRACE_S"}
+METRICS_ENV = {"ORDERSAGA_METRICS_HOST"}
 SERVICE_ENV = {
     "migrate": LEDGER_ENV | set(PRIVILEGED_ENV),
     "reconcile-schedule": TEMPORAL_ENV,
     "broker-sim": BROKER_KEYS,
-    "marketdata": REDIS_ENV | BROKER_ENV | {"ORDERSAGA_MARKETDATA_SYMBOLS"},
-    "worker-orders": TEMPORAL_ENV | LEDGER_ENV | REDIS_ENV | WORKER_ENV,
-    "worker-broker": TEMPORAL_ENV | BROKER_ENV | WORKER_ENV,
-    "broker-listener": TEMPORAL_ENV | REDIS_ENV | BROKER_ENV,
+    "marketdata": REDIS_ENV | BROKER_ENV | METRICS_ENV | {"ORDERSAGA_MARKETDATA_SYMBOLS"},
+    "worker-orders": TEMPORAL_ENV | LEDGER_ENV | REDIS_ENV | WORKER_ENV | METRICS_ENV,
+    "worker-broker": TEMPORAL_ENV | BROKER_ENV | WORKER_ENV | METRICS_ENV,
+    "broker-listener": TEMPORAL_ENV | REDIS_ENV | BROKER_ENV | METRICS_ENV,
     "codec-server": CODEC_KEYS
     | {"ORDERSAGA_CODEC_SERVER_TOKEN", "ORDERSAGA_CODEC_SERVER_CORS_ORIGIN"},
     "ordersaga": TEMPORAL_ENV | LEDGER_ENV | REDIS_ENV | {"ORDERSAGA_TEMPORAL_UI_URL"},
@@ -418,11 +419,42 @@ def test_commands_are_real_cli_commands(services: dict[str, Any]) -> None:
         assert command is not None, f"{name}: not an ordersaga command: {argv(services[name])}"
         # Parsing checks every option and its type without running the command.
         command.make_context(name, args)
-    assert argv(services["worker-orders"]) == ["worker", "--queues", "orders"]
-    assert argv(services["worker-broker"]) == ["worker", "--queues", "broker"]
+    assert argv(services["worker-orders"])[:3] == ["worker", "--queues", "orders"]
+    assert argv(services["worker-broker"])[:3] == ["worker", "--queues", "broker"]
     assert argv(services["migrate"]) == ["db", "migrate", "--init-roles"]
-    assert argv(services["marketdata"]) == ["marketdata"]
-    assert argv(services["broker-listener"]) == ["broker-listener"]
+    assert argv(services["marketdata"])[:1] == ["marketdata"]
+    assert argv(services["broker-listener"])[:1] == ["broker-listener"]
+
+
+# The long-running project services: each serves /metrics, /healthz and /readyz (core/telemetry.py).
+SERVED = ("worker-orders", "worker-broker", "broker-listener", "marketdata")
+
+
+def test_long_running_services_serve_metrics_and_are_healthy_when_ready(
+    env: dict[str, str], services: dict[str, Any]
+) -> None:
+    # Reachable from a Prometheus on the compose network, never published on the host.
+    assert env["ORDERSAGA_METRICS_HOST"] == "0.0.0.0"
+    ports = {}
+    for name in SERVED:
+        svc = services[name]
+        ports[name] = int(option(argv(svc), "--metrics-port"))
+        assert "ports" not in svc, name
+        # The health check asks /readyz on the service's own port: ready means Temporal, Postgres
+        # and Redis answer as this process uses them; a broker outage does not make it unhealthy.
+        test = svc["healthcheck"]["test"]
+        assert test[:4] == ["CMD", "python", "/app/deploy/healthcheck.py", "http"], name
+        assert test[4] == f"http://127.0.0.1:{ports[name]}/readyz", name
+        assert svc["healthcheck"]["interval"] and svc["healthcheck"]["retries"], name
+    assert len(set(ports.values())) == len(SERVED), ports  # each service its own port
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        f"{sd['names'][0]}:{sd['port']}"
+        for job in scrape["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+    }
+    assert targets == {f"{name}:{port}" for name, port in ports.items()}
+    assert scrape["rule_files"] == ["alerts.yml"]
 
 
 def test_start_order(services: dict[str, Any]) -> None:
