@@ -6,6 +6,7 @@ import click
 
 from cli.commands import (
     account,
+    breaks,
     broker,
     chaos,
     codec,
@@ -19,7 +20,21 @@ from cli.commands import (
     worker,
 )
 
-_MODULES = (db, account, ledger, dev, broker, feeds, orders, worker, codec, chaos, demo, redisacl)
+_MODULES = (
+    db,
+    account,
+    ledger,
+    dev,
+    broker,
+    feeds,
+    orders,
+    breaks,
+    worker,
+    codec,
+    chaos,
+    demo,
+    redisacl,
+)
 
 
 def register_all(cli: click.Group) -> None:
