@@ -41,7 +41,7 @@ from core.redisconn import check_redis, redis_client
 from core.settings import SagaConfig, Settings
 from core.temporal import connect
 from workflows.order import OrderWorkflow
-from workflows.reconcile import ReconcileWorkflow
+from workflows.reconcile import IncrementalReconcileWorkflow, ReconcileWorkflow
 
 log = logging.getLogger("ordersaga.worker")
 # Modules the workflow sandbox must never import afresh: the workflows import them passed through,
@@ -52,7 +52,7 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
 )
 QUEUES = ("orders", "broker")
-WORKFLOWS = (OrderWorkflow, ReconcileWorkflow)
+WORKFLOWS = (OrderWorkflow, ReconcileWorkflow, IncrementalReconcileWorkflow)
 
 
 def cache_workflow_bytecode(workflows: Sequence[type] = WORKFLOWS) -> None:
@@ -135,6 +135,11 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                     store.record_order,
                     store.update_order,
                     reconcile.find_breaks,
+                    reconcile.classify_page,
+                    reconcile.followed_not_seen,
+                    reconcile.read_watermark,
+                    reconcile.advance_watermark,
+                    reconcile.find_order_breaks,
                     config.saga_config,
                 ],
                 max_concurrent_activities=s.orders_max_concurrent_activities,
@@ -154,7 +159,10 @@ def build_workers(client: Client, res: Resources, queues: Sequence[str]) -> list
                     broker.cancel_order,
                     # Orders started before the asks queue still ask here.
                     broker.reconcile_order,
+                    # ReconcileWorkflow runs started before the incremental reconciler
                     broker.list_broker_orders,
+                    broker.list_broker_orders_page,
+                    broker.get_broker_orders,
                 ],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),

@@ -240,8 +240,9 @@ async def test_breaks_cli_lists_shows_and_resolves(state: tuple[str, asyncpg.Poo
     done = await cli(url, "breaks", "list", "--resolved", "--json")
     assert found["id"] in [b["id"] for b in json.loads(done.stdout)]
 
+    resolved_already = f"break {found['id']} was resolved by ops-lee"
     for args, message in [
-        (("resolve", str(found["id"]), "--by", "x"), f"break {found['id']} was resolved by ops-lee"),
+        (("resolve", str(found["id"]), "--by", "x"), resolved_already),
         (("resolve", "987654321", "--by", "x"), "no break 987654321"),
         (("show", "987654321"), "no break 987654321"),
         (("show", "abc"), "invalid break id 'abc'"),
