@@ -338,14 +338,16 @@ class IncrementalReconcileWorkflow:
     async def _settle_page(
         self, inp: SweepInput, cur: SweepCursor, views: list[BrokerOrderView], gone: list[str]
     ) -> None:
+        rep = cur.report
+        rep.pages += 1
+        if not views and not gone:
+            return  # an empty page (the end of a listing): nothing to classify
         found = await workflow.execute_activity_method(
             ReconcileActivities.classify_page,
             ClassifyPageInput(broker_orders=views, mark=cur.mark, forget_ids=gone),
             start_to_close_timeout=STEP,
             retry_policy=BOUNDED,
         )
-        rep = cur.report
-        rep.pages += 1
         rep.checked += found.checked
         rep.late_orders += len(found.late)
         rep.breaks_recorded += found.breaks
