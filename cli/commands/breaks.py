@@ -15,7 +15,7 @@ from activities.reconcile import (
     list_breaks,
     resolve_break,
 )
-from cli.commands.account import ledger_pool
+from cli.commands import account
 from cli.commands.common import echo_json, int_between, printable, run, table, text_value
 from core.errors import UserError
 
@@ -29,7 +29,7 @@ def _break_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
 
 
 async def _pooled(fn: Any) -> Any:
-    async with ledger_pool() as pool:
+    async with account.ledger_pool() as pool:
         try:
             return await fn(pool)
         except (UnknownBreak, BreakAlreadyResolved) as exc:
