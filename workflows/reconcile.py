@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 class ReconcileInput(BaseModel):
     broker_task_queue: str = "broker"
     stuck_after_s: float = 900.0
-    client_order_ids: list[str] = Field(default_factory=list)  # empty: every broker order
+    # empty: every broker order in one listing (runs started before IncrementalReconcileWorkflow)
+    client_order_ids: list[str] = Field(default_factory=list)
 
     @classmethod
     def from_settings(
