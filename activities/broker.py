@@ -101,6 +101,36 @@ class ListBrokerOrdersResult(BaseModel):
     """True when the listing stopped before the last page (max_orders reached)."""
 
 
+class ListBrokerOrdersPageInput(BaseModel):
+    """One page of the broker's orders created after ``after``, oldest first. ``skip_ids`` are
+    orders created at ``after`` + 1 µs that an earlier page already returned (pages overlap by
+    one microsecond so orders sharing the boundary time are not skipped)."""
+
+    status: Literal["open", "closed", "all"] = "all"
+    after: datetime | None = None
+    skip_ids: list[str] = Field(default_factory=list)
+    limit: int = 500
+
+
+class ListBrokerOrdersPageResult(BaseModel):
+    orders: list[BrokerOrder]
+    last: bool
+    """No page after this one (the broker returned fewer than ``limit``)."""
+    next_after: datetime | None = None
+    next_skip_ids: list[str] = Field(default_factory=list)
+    stalled: bool = False
+    """A full page of orders all already returned (one timestamp): the API cannot page past."""
+
+
+class GetBrokerOrdersInput(BaseModel):
+    broker_order_ids: list[str]
+
+
+class GetBrokerOrdersResult(BaseModel):
+    orders: list[BrokerOrder] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list)
+
+
 # --- error mapping ------------------------------------------------------------------------
 
 
@@ -278,3 +308,50 @@ class BrokerActivities:
                 break
             after = last - timedelta(microseconds=1)
         return ListBrokerOrdersResult(orders=list(seen.values())[: req.max_orders], truncated=True)
+
+    @activity.defn
+    async def list_broker_orders_page(
+        self, req: ListBrokerOrdersPageInput
+    ) -> ListBrokerOrdersPageResult:
+        """One page of broker orders and the cursor of the next; one request to the broker.
+
+        A read: retries change nothing. The result is at most one page (``limit`` ≤ the broker's
+        own maximum, 500), so no listing passes through workflow history in one payload.
+        """
+        try:
+            page = await self._client.list_orders(
+                status=req.status, limit=req.limit, after=req.after, direction="asc"
+            )
+        except BrokerError as exc:
+            raise _app_error(exc) from exc
+        skip = set(req.skip_ids)
+        fresh = [o for o in page if o.id not in skip]
+        last = len(page) < req.limit
+        if not page or last:
+            return ListBrokerOrdersPageResult(orders=fresh, last=True)
+        boundary = page[-1].submitted_at or page[-1].created_at
+        if boundary is None or not fresh:
+            return ListBrokerOrdersPageResult(orders=fresh, last=True, stalled=True)
+        # The next page starts 1 µs before the boundary: it returns these again first (all of
+        # them, as the broker orders by time); fewer than a page of them, or it is stalled.
+        at_boundary = [o.id for o in page if (o.submitted_at or o.created_at) == boundary]
+        return ListBrokerOrdersPageResult(
+            orders=fresh,
+            last=False,
+            next_after=boundary - timedelta(microseconds=1),
+            next_skip_ids=at_boundary,
+        )
+
+    @activity.defn
+    async def get_broker_orders(self, req: GetBrokerOrdersInput) -> GetBrokerOrdersResult:
+        """The named broker orders as they stand, one request each; those the broker does not
+        have are listed as missing. A read: retries change nothing."""
+        result = GetBrokerOrdersResult()
+        for broker_order_id in req.broker_order_ids:
+            try:
+                result.orders.append(await self._client.get_order(broker_order_id))
+            except OrderNotFound:
+                result.missing.append(broker_order_id)
+            except BrokerError as exc:
+                raise _app_error(exc) from exc
+        return result

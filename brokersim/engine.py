@@ -7,6 +7,7 @@ All methods are synchronous and run on the event loop's thread, so they never in
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
 import uuid
@@ -91,6 +92,10 @@ class Engine:
         self.fill_model = FillModel()
         self.orders: dict[str, Order] = {}
         self.by_client: dict[str, Order] = {}
+        # The listing's indexes, as a real broker's: (created_at, seq, id) in order, and the
+        # orders not final; a listing or a tick costs what it returns, not every order ever kept.
+        self.by_created: list[tuple[datetime, int, str]] = []
+        self.open_orders: dict[str, Order] = {}
         self.last_offset = 0
         self.next_seq = 1
         self.listeners: list[Callable[[], None]] = []
@@ -115,6 +120,9 @@ class Engine:
             engine.orders[order.id] = order
             engine.by_client[order.client_order_id] = order
             engine.next_seq = max(engine.next_seq, order.seq + 1)
+            if order.is_open:
+                engine.open_orders[order.id] = order
+        engine.by_created = sorted((o.created_at, o.seq, o.id) for o in engine.orders.values())
         engine.last_offset = store.last_offset()
         if "account_created" in meta:
             engine.account_created = parse_rfc3339(meta["account_created"])
@@ -194,6 +202,9 @@ class Engine:
         self._commit(batch)
         self.orders[order.id] = order
         self.by_client[order.client_order_id] = order
+        bisect.insort(self.by_created, (order.created_at, order.seq, order.id))
+        if order.is_open:
+            self.open_orders[order.id] = order
         return order
 
     def _far_from_market(self, order: Order) -> bool:
@@ -217,17 +228,28 @@ class Engine:
     def list_orders(
         self, status: str, limit: int, after: datetime | None, direction: str
     ) -> list[Order]:
-        def wanted(o: Order) -> bool:
-            if o.is_open != (status == "open") and status != "all":
-                return False
-            return after is None or o.created_at > after
-
-        found = sorted(
-            (o for o in self.orders.values() if wanted(o)),
-            key=lambda o: (o.created_at, o.seq),
-            reverse=direction == "desc",
-        )
-        return found[:limit]
+        """Orders created after ``after`` by (created_at, seq), ``asc`` or ``desc``, at most
+        ``limit``; ``open`` from the open orders only, the others from the creation index."""
+        if status == "open":
+            found = sorted(
+                (o for o in self.open_orders.values() if after is None or o.created_at > after),
+                key=lambda o: (o.created_at, o.seq),
+                reverse=direction == "desc",
+            )
+            return found[:limit]
+        start = 0
+        if after is not None:  # past every entry created at or before ``after``
+            start = bisect.bisect_right(self.by_created, (after, float("inf"), ""))
+        entries = self.by_created[start:]
+        ids = (e[2] for e in (reversed(entries) if direction == "desc" else entries))
+        out: list[Order] = []
+        for order_id in ids:
+            order = self.orders[order_id]
+            if status == "all" or not order.is_open:
+                out.append(order)
+                if len(out) == limit:
+                    break
+        return out
 
     def cancel(self, order_id: str) -> Order:
         """Mark an order pending_cancel; a later tick cancels it (fills may still race it)."""
@@ -266,7 +288,7 @@ class Engine:
         return {"tick": self.tick_no, "fills": fills, "canceled": canceled, "expired": expired}
 
     def _open_orders(self) -> list[Order]:
-        return sorted((o for o in self.orders.values() if o.is_open), key=lambda o: o.seq)
+        return sorted(self.open_orders.values(), key=lambda o: o.seq)
 
     def _walk(self, now: datetime) -> None:
         # One RNG per (seed, tick): the walk repeats for a seed, also across restarts.
@@ -291,6 +313,7 @@ class Engine:
         if order.remaining == 0:
             order.status = "filled"
             order.filled_at = now
+            self.open_orders.pop(order.id, None)
             kind = "fill"
         else:
             # A pending cancel stays pending: the cancel is processed after this fill.
@@ -302,6 +325,7 @@ class Engine:
 
     def _finish(self, batch: _Batch, order: Order, status: str, now: datetime) -> None:
         order.status = status
+        self.open_orders.pop(order.id, None)
         if status == "canceled":
             order.canceled_at = now
         else:

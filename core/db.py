@@ -42,6 +42,10 @@ APP_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "error_positions": ("SELECT", "INSERT", "UPDATE"),
     "ledger_operations": ("SELECT", "INSERT"),
     "orders": ("SELECT", "INSERT", "UPDATE"),
+    # the reconciler's state; `breaks resolve` is an UPDATE too: a break is never deleted
+    "reconcile_breaks": ("SELECT", "INSERT", "UPDATE"),
+    "reconcile_watermarks": ("SELECT", "INSERT", "UPDATE"),
+    "reconcile_followed": ("SELECT", "INSERT", "UPDATE"),
     "schema_migrations": ("SELECT",),  # commands check the schema is current before they run
 }
 

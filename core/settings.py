@@ -182,6 +182,16 @@ class Settings(BaseSettings):
     saga: SagaSettings = Field(default_factory=SagaSettings)
     reconcile_every_s: float = 300.0
     reconcile_stuck_after_s: float = 900.0
+    # Each run lists the broker orders created after the watermark minus this much again (an
+    # order the broker shows a moment after a newer one is not missed), page by page.
+    reconcile_overlap_s: float = Field(default=300.0, ge=0)
+    reconcile_page_size: int = Field(default=500, ge=1, le=500)  # Alpaca's and the simulator's max
+    # Pages per workflow run before it continues as new (a long catch-up keeps histories small).
+    reconcile_pages_per_run: int = Field(default=8, ge=1)
+    # The scheduled run's execution timeout and attempts: a stuck run ends, and the schedule's
+    # next run starts from the watermark the stuck one left.
+    reconcile_run_timeout_s: float = Field(default=900.0, gt=0)
+    reconcile_run_attempts: int = Field(default=2, ge=1)
 
     # Worker pools (the bulkhead: the broker queue has its own slots)
     orders_max_concurrent_activities: int = 100

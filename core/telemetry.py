@@ -60,7 +60,6 @@ LISTENER_OFFSET = PREFIX + "listener_offset"
 LISTENER_DEAD_LETTERS = PREFIX + "listener_dead_letters"
 QUOTE_AGE = PREFIX + "quote_age_seconds"  # label symbol
 COLLECTOR_ERRORS = PREFIX + "collector_errors"
-BREAK_KINDS = ("late_order", "fill_mismatch", "stuck")
 
 # Seconds. A decision takes milliseconds to a lock wait's 30 s; an order lives seconds to weeks.
 HISTOGRAM_BUCKETS: dict[str, list[float]] = {

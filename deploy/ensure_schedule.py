@@ -1,7 +1,7 @@
-"""One-shot for the compose stack: create the reconciler's Temporal Schedule if it is missing.
+"""One-shot for the compose stack: create the reconciler's Temporal Schedule, or bring an
+existing one up to date (its action, timeout, retries and interval; a paused schedule stays paused).
 
-Run inside the project image (``python /app/deploy/ensure_schedule.py``); a re-run leaves an
-existing schedule as it is.
+Run inside the project image (``python /app/deploy/ensure_schedule.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ordersaga.schedules import SCHEDULE_ID, ensure_reconcile_schedule
 async def _main() -> None:
     settings = Settings()
     created = await ensure_reconcile_schedule(await connect(settings), settings)
-    state = "created" if created else "already exists"
+    state = "created" if created else "updated"
     print(f"schedule {SCHEDULE_ID} {state} (every {settings.reconcile_every_s:.0f}s)", flush=True)
 
 

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from activities.reconcile import BREAK_KINDS
 from core.statuses import TERMINAL_STATUS_NAMES, OrderStatus
 from core.telemetry import ProcessMetrics
 
@@ -27,6 +28,11 @@ OPEN_ORDERS = (
 )
 STUCK_ORDERS = "SELECT count(*) FROM orders WHERE status <> ALL($1::text[]) AND updated_at < $2"
 ERROR_FILLS = "SELECT count(*) FROM error_positions WHERE posted_qty > 0"
+# The reconciler's open breaks (activities/reconcile.py records them), by kind; a late order is
+# one of them until someone resolves it.
+OPEN_BREAKS = (
+    "SELECT kind, count(*) AS n FROM reconcile_breaks WHERE resolved_at IS NULL GROUP BY kind"
+)
 OPEN_STATUSES = tuple(s.value for s in OrderStatus if not s.terminal)
 
 
@@ -49,6 +55,7 @@ class Collector:
             cutoff = datetime.now().astimezone() - self._stuck_after
             stuck = await conn.fetchval(STUCK_ORDERS, TERMINAL_STATUS_NAMES, cutoff)
             error_fills = await conn.fetchval(ERROR_FILLS)
+            breaks = {r["kind"]: r["n"] for r in await conn.fetch(OPEN_BREAKS)}
         # An asset whose last hold closed goes to 0 rather than keeping its old count.
         self._assets |= set(holds)
         for asset in self._assets:
@@ -57,6 +64,9 @@ class Collector:
             m.orders_open.set(orders.get(status, 0), {"status": status})
         m.orders_stuck.set(int(stuck))
         m.error_account_fills.set(int(error_fills))
+        for kind in BREAK_KINDS:
+            m.breaks_open.set(breaks.get(kind, 0), {"kind": kind})
+        m.late_orders.set(breaks.get("late_order", 0))
 
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -55,7 +55,7 @@ from core.telemetry import (
 from core.temporal import connect
 from worker.collector import Collector
 from workflows.order import OrderWorkflow
-from workflows.reconcile import ReconcileWorkflow
+from workflows.reconcile import IncrementalReconcileWorkflow, ReconcileWorkflow
 
 log = logging.getLogger("ordersaga.worker")
 # Modules the workflow sandbox must never import afresh: the workflows import them passed through,
@@ -66,7 +66,7 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
 )
 QUEUES = ("orders", "broker")
-WORKFLOWS = (OrderWorkflow, ReconcileWorkflow)
+WORKFLOWS = (OrderWorkflow, ReconcileWorkflow, IncrementalReconcileWorkflow)
 
 
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
@@ -161,7 +161,7 @@ def build_workers(
         )
         quotes = MarketDataActivities(res.redis, keys, max_age_s=s.quote_max_age_s)
         store = OrderStoreActivities(OrderStore(res.pool))
-        reconcile = ReconcileActivities(res.pool, metrics)
+        reconcile = ReconcileActivities(res.pool)
         config = ConfigActivities(SagaConfig.from_settings(s))
         workers.append(
             Worker(
@@ -180,6 +180,11 @@ def build_workers(
                     store.record_order,
                     store.update_order,
                     reconcile.find_breaks,
+                    reconcile.classify_page,
+                    reconcile.followed_not_seen,
+                    reconcile.read_watermark,
+                    reconcile.advance_watermark,
+                    reconcile.find_order_breaks,
                     config.saga_config,
                 ],
                 max_concurrent_activities=s.orders_max_concurrent_activities,
@@ -200,7 +205,10 @@ def build_workers(
                     broker.cancel_order,
                     # Orders started before the asks queue still ask here.
                     broker.reconcile_order,
+                    # ReconcileWorkflow runs started before the incremental reconciler
                     broker.list_broker_orders,
+                    broker.list_broker_orders_page,
+                    broker.get_broker_orders,
                 ],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),

@@ -6,6 +6,7 @@ import click
 
 from cli.commands import (
     account,
+    breaks,
     broker,
     chaos,
     codec,
@@ -28,6 +29,7 @@ _MODULES = (
     broker,
     feeds,
     orders,
+    breaks,
     worker,
     codec,
     chaos,

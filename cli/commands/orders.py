@@ -187,19 +187,27 @@ def register(cli: click.Group) -> None:
             click.echo("no orders")
 
     @cli.command("reconcile")
+    @click.option(
+        "--full", is_flag=True, help="Every broker order from the first, not from the watermark."
+    )
     @click.option("--json", "as_json", is_flag=True)
-    def reconcile(as_json: bool) -> None:
-        """Run the reconciler now and print its report."""
+    def reconcile(full: bool, as_json: bool) -> None:
+        """Run the reconciler now (page by page) and print its report; breaks are recorded
+        (`ordersaga breaks list`)."""
         from ordersaga.schedules import run_reconcile_now
 
-        report = run(run_reconcile_now(Settings()))
+        report = run(run_reconcile_now(Settings(), full=full))
         if as_json:
             echo_json(report.model_dump(mode="json"))
             return
+        watermark = report.watermark.isoformat() if report.watermark else "none"
         click.echo(
-            f"checked {report.checked} broker orders; late orders {report.late_orders}; "
+            f"checked {report.checked} broker orders in {report.pages} pages; "
+            f"late orders {report.late_orders}; "
             f"canceled at broker {report.canceled_at_broker}; "
-            f"error fills booked {report.error_fills_booked}"
+            f"error fills booked {report.error_fills_booked}; "
+            f"breaks recorded {report.breaks_recorded}; stuck {report.stuck}; "
+            f"parked {report.parked}; watermark {watermark}"
         )
-        for b in report.breaks:
-            click.echo(f"  {b.kind:<14} {b.client_order_id}  {b.detail}")
+        if report.breaks_recorded or report.stuck or report.parked:
+            click.echo("see `ordersaga breaks list`")

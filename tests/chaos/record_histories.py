@@ -40,7 +40,12 @@ from tests.support.brokersim import BrokerSim
 from tests.support.saga import SagaStack, saga_settings, saga_stack, start_dev_server
 from workflows.models import BrokerReport, OrderState
 from workflows.order import OrderWorkflow
-from workflows.reconcile import ReconcileInput, ReconcileWorkflow
+from workflows.reconcile import (
+    IncrementalReconcileWorkflow,
+    ReconcileInput,
+    ReconcileWorkflow,
+    SweepInput,
+)
 
 SERVER_DSN = os.environ.get(
     "ORDERSAGA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -219,9 +224,38 @@ async def reconcile_late_order(saga: SagaStack) -> str:
     return workflow_id
 
 
-# Histories of the reconciler, recorded by workflow id.
+async def reconcile_incremental(saga: SagaStack) -> str:
+    """The scheduled reconciler's run: a late order among the new ones (its fill booked to the
+    error account), a resting order followed, pages of 2 and a continue-as-new after 3; the
+    history recorded is the chain's first run (the watermark read, three pages settled, the
+    watermark advanced, the continue-as-new)."""
+    acct = await saga.funded_account("10")
+    key = f"{acct}/late-2"
+    body = {"client_order_id": key, "symbol": "MSFT", "qty": "1", "side": "buy",
+            "type": "market", "time_in_force": "day"}  # fmt: skip
+    status, _ = await saga.sim.request("POST", "/v2/orders", body)
+    if status != 200:
+        raise RuntimeError(f"the simulator refused the late order: {status}")
+    await cancel_resting_limit(saga)  # a few more broker orders of ours
+    inp = SweepInput.from_settings(saga.settings).model_copy(
+        update={"page_size": 2, "pages_per_run": 3}
+    )
+    handle = await saga.temporal.start_workflow(
+        IncrementalReconcileWorkflow.run,
+        inp,
+        id=f"reconcile/record/{uuid.uuid4().hex[:8]}",
+        task_queue=saga.settings.orders_task_queue,
+    )
+    report = await handle.result()
+    if report.late_orders < 1 or report.pages < 3:
+        raise RuntimeError(f"reconcile_incremental: {report}")
+    return f"{handle.id}@{handle.first_execution_run_id}"
+
+
+# Histories of the reconciler, recorded by workflow id (``id@run``: that run of the chain).
 RECONCILES: dict[str, Callable[[SagaStack], Awaitable[str]]] = {
     "reconcile_late_order": reconcile_late_order,
+    "reconcile_incremental": reconcile_incremental,
 }
 
 SCENARIOS: dict[str, tuple[Scenario, OrderStatus]] = {
@@ -279,7 +313,9 @@ async def _record_one(saga: SagaStack, name: str, out: Path) -> None:
         if final.status != expected:
             raise RuntimeError(f"{name}: ended {final.status}, expected {expected}: {final.reason}")
         workflow_id, ended = final.workflow_id, final.status.value
-    history = await saga.temporal.get_workflow_handle(workflow_id).fetch_history()
+    workflow_id, _, run_id = workflow_id.partition("@")
+    handle = saga.temporal.get_workflow_handle(workflow_id, run_id=run_id or None)
+    history = await handle.fetch_history()
     (out / f"{name}.json").write_text(history.to_json() + "\n")
     print(f"{name}: {ended}, {len(history.events)} events")
 

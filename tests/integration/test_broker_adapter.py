@@ -19,7 +19,9 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from activities.broker import (
     BrokerActivities,
     CancelOrderInput,
+    GetBrokerOrdersInput,
     ListBrokerOrdersInput,
+    ListBrokerOrdersPageInput,
     ReconcileOrderInput,
     SubmitOrderInput,
 )
@@ -331,3 +333,23 @@ async def test_list_broker_orders_pages_through_everything(acts: BrokerActivitie
     listed = await acts.list_broker_orders(ListBrokerOrdersInput(after=after, page_size=2))
     assert [o.id for o in listed.orders] == ids[1:]
     assert not listed.truncated
+
+
+async def test_list_broker_orders_page_by_page_each_once(acts: BrokerActivities) -> None:
+    """The incremental reconciler's listing: one page per call and the cursor of the next."""
+    first = await acts.submit_order(market_buy(new_id()))
+    ids = [first.broker_order_id]
+    for _ in range(4):
+        ids.append((await acts.submit_order(market_buy(new_id()))).broker_order_id)
+    req = ListBrokerOrdersPageInput(after=first.order.created_at, limit=2)
+    got: list[str] = []
+    for _ in range(10):
+        page = await acts.list_broker_orders_page(req)
+        assert len(page.orders) <= 2 and not page.stalled
+        got += [o.id for o in page.orders]
+        if page.last:
+            break
+        req = req.model_copy(update={"after": page.next_after, "skip_ids": page.next_skip_ids})
+    assert got == ids[1:]
+    found = await acts.get_broker_orders(GetBrokerOrdersInput(broker_order_ids=[ids[0], "nope"]))
+    assert [o.id for o in found.orders] == [ids[0]] and found.missing == ["nope"]

@@ -183,6 +183,19 @@ async def test_list_orders_filters_by_status_and_orders_by_time(brokersim) -> No
     assert ids(await brokersim.admin("GET", f"/v2/orders?status=all&after={after}")) == [
         second["id"]
     ]
+    # The listing's indexes (by creation time, and the open orders) are rebuilt on a restart
+    # and follow an order that ends.
+    brokersim.restart()
+    assert ids(await brokersim.admin("GET", "/v2/orders?status=all&direction=asc")) == [
+        done["id"],
+        first["id"],
+        second["id"],
+    ]
+    await brokersim.admin("DELETE", f"/v2/orders/{first['id']}")
+    await tick(brokersim)
+    assert ids(await brokersim.admin("GET", "/v2/orders?status=open")) == [second["id"]]
+    closed = await brokersim.admin("GET", "/v2/orders?status=closed&direction=asc")
+    assert ids(closed) == [done["id"], first["id"]]
 
 
 BAD_BODIES = [

@@ -72,6 +72,11 @@ async def test_breaks_are_found_and_agreeing_orders_pass() -> None:
             got = await ReconcileActivities(pool).find_breaks(
                 FindBreaksInput(broker_orders=listing, stuck_after_s=600)
             )
+            # every break is a record too (issue 15), one row per kind and order
+            recorded = {
+                (r["kind"], r["order_key"])
+                for r in await pool.fetch("SELECT kind, order_key FROM reconcile_breaks")
+            }
         finally:
             await pool.close()
     assert got.checked == len(listing)
@@ -86,3 +91,4 @@ async def test_breaks_are_found_and_agreeing_orders_pass() -> None:
         "gave",
         "never",
     }
+    assert recorded == {(b.kind, b.client_order_id) for b in got.breaks}

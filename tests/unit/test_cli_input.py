@@ -104,6 +104,12 @@ PLACE = ["order", "place", "--account", "alice", "--symbol", "AAPL", "--side", "
         (["account", "withdraw", "alice", "1e-1000030"], "decimals"),
         (["account", "show", "al/ice"], "invalid id"),
         (["account", "open", "alice", "--currency", "USD\x00"], "control"),
+        (["breaks", "show", "abc"], "invalid break id"),
+        (["breaks", "show", "0"], "invalid break id"),
+        (["breaks", "resolve", "7"], "--by is required"),
+        (["breaks", "resolve", "7", "--by", " "], "--by is required"),
+        (["breaks", "resolve", "7", "--by", "ops\x00"], "control"),
+        (["breaks", "list", "--limit", "0"], "from 1 to 1000"),
     ],
 )
 def test_bad_arguments_are_refused_before_connecting(args: list[str], says: str) -> None:

@@ -36,7 +36,7 @@ from workflows.order import (
     WORKER_SETTINGS_PATCH,
     OrderWorkflow,
 )
-from workflows.reconcile import ReconcileWorkflow
+from workflows.reconcile import IncrementalReconcileWorkflow, ReconcileWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 LOCAL_STEPS = HISTORIES / "local-steps"
@@ -66,7 +66,7 @@ def _replayer() -> Replayer:
     # The workers' converter, payload codec included: histories recorded before the codec (plain
     # payloads) replay through it unchanged.
     return Replayer(
-        workflows=[OrderWorkflow, ReconcileWorkflow],
+        workflows=[OrderWorkflow, ReconcileWorkflow, IncrementalReconcileWorkflow],
         data_converter=converter_for(CodecKeys.parse(TEST_CODEC_KEYS)),
     )
 
@@ -106,7 +106,7 @@ def _workflow_type(events: list[dict[str, Any]]) -> str:
 
 def test_the_reconciler_has_a_recorded_history() -> None:
     types = {_workflow_type(json.loads(p.read_text())["events"]) for p in HISTORIES.glob("*.json")}
-    assert "ReconcileWorkflow" in types
+    assert {"ReconcileWorkflow", "IncrementalReconcileWorkflow"} <= types
 
 
 @pytest.mark.parametrize("directory", SETS, ids=SET_IDS)
