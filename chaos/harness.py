@@ -177,6 +177,7 @@ class _Run:
             "burst_orders": len(t.burst_keys),
         }
         self.report.client_errors = t.place_errors
+        self.report.refused_reasons = dict(t.refused_reasons.most_common())
         self.report.throughput_orders_per_s = round(t.placed / max(self.report.placing_s, 0.1), 2)
 
     def _listener_up(self) -> bool:

@@ -32,6 +32,7 @@ class ChaosReport(BaseModel):
     late_orders: int = 0
     # Orders whose reserve was refused for a stale fence and that locked again (short_lock_ttl).
     stale_fence_relocks: int = 0
+    refused_reasons: dict[str, int] = Field(default_factory=dict)  # refused at once, why
     reconcile: dict[str, int] = Field(default_factory=dict)
     placing_s: float = 0.0
     settling_s: float = 0.0
@@ -56,6 +57,8 @@ class ChaosReport(BaseModel):
             + ", ".join(f"{k} {v}" for k, v in sorted(self.orders_by_status.items())),
             "client: " + ", ".join(f"{k} {v}" for k, v in sorted(self.client.items())),
             f"stale-fence re-locks: {self.stale_fence_relocks}",
+            "refused at once: "
+            + (", ".join(f"{k} {v}" for k, v in self.refused_reasons.items()) or "none"),
             f"broker orders: {self.broker_orders} (late: {self.late_orders});"
             " reconcile: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reconcile.items())),
             "faults injected: "

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -70,6 +71,14 @@ class ClientTally:
     # orders whose lock can expire under their reserve.
     short_ttl_orders: list[tuple[str, str]] = field(default_factory=list)
     burst_keys: list[str] = field(default_factory=list)  # the hot-account bursts' orders
+    # Why orders were refused at once, by the reason's first words (numbers and ids cut off).
+    refused_reasons: Counter[str] = field(default_factory=Counter)
+
+
+def reason_kind(reason: str | None) -> str:
+    """A refusal's reason without its particulars ("insufficient funds", "no price", ...)."""
+    text = (reason or "none").split(":")[0]
+    return " ".join(w for w in text.split()[:4] if not any(c.isdigit() for c in w))
 
 
 def account_ids(seed: int, n: int) -> list[str]:
@@ -191,6 +200,7 @@ class Clients:
         self.tally.placed += 1
         if not result.accepted:
             self.tally.refused += 1
+            self.tally.refused_reasons[reason_kind(result.reason)] += 1
             return
         if short:
             self.tally.short_ttl_orders.append(

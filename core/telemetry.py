@@ -59,6 +59,7 @@ LISTENER_LAG = PREFIX + "listener_lag_events"
 LISTENER_OFFSET = PREFIX + "listener_offset"
 LISTENER_DEAD_LETTERS = PREFIX + "listener_dead_letters"
 QUOTE_AGE = PREFIX + "quote_age_seconds"  # label symbol
+QUOTE_MISSING = PREFIX + "quote_missing"  # label symbol
 COLLECTOR_ERRORS = PREFIX + "collector_errors"
 
 # Seconds. A decision takes milliseconds to a lock wait's 30 s; an order lives seconds to weeks.
@@ -129,8 +130,13 @@ class ProcessMetrics:
         self.listener_dead_letters = m.create_counter(
             LISTENER_DEAD_LETTERS, "Broker events the listener set aside as poison"
         )
+        # The SDK refuses a negative gauge value (a ValueError): a missing quote is a gauge of
+        # its own, and an age is never below 0.
         self.quote_age = m.create_gauge_float(
-            QUOTE_AGE, "Seconds since the feed stored the symbol's quote (-1: none stored)", "s"
+            QUOTE_AGE, "Seconds since the feed stored the symbol's quote", "s"
+        )
+        self.quote_missing = m.create_gauge(
+            QUOTE_MISSING, "1 while no readable quote of the symbol is stored, else 0"
         )
         self.collector_errors = m.create_counter(
             COLLECTOR_ERRORS, "Failed reads of the gauges from Postgres or the broker"

@@ -49,12 +49,16 @@ def quote_record(quote: Quote, received_at: float) -> str:
     )
 
 
-def _age(record: str | bytes | None, now: float) -> float:
-    """Seconds since the record was stored; -1 for none or one without a readable time."""
+def _age(record: str | bytes | None, now: float) -> float | None:
+    """Seconds since the record was stored (0 for a time ahead of ``now``); None for no record
+    or one without a readable time."""
     try:
-        return now - float(json.loads(record)["received_at"]) if record else -1.0
+        received = float(json.loads(record)["received_at"]) if record else None
     except (ValueError, KeyError, TypeError):
-        return -1.0
+        return None
+    if received is None or received != received:  # none, or NaN
+        return None
+    return max(0.0, now - received)
 
 
 class MarketDataFeed:
@@ -111,16 +115,20 @@ class MarketDataFeed:
         self.polls += 1
         return {s: q for s, q in quotes.items() if s in records}
 
-    async def record_ages(self) -> dict[str, float]:
+    async def record_ages(self) -> dict[str, float | None]:
         """Each symbol's quote age in Redis, as the reader judges it (now minus ``received_at``;
-        -1 when none is stored), into ``ordersaga_quote_age_seconds``. Read from Redis, not
+        None when none is stored or its time cannot be read), into
+        ``ordersaga_quote_age_seconds`` and ``ordersaga_quote_missing``. Read from Redis, not
         from this feed's memory: what the saga prices with is what Redis holds."""
         raw = await self._redis.mget([self._keys.quote(s) for s in self.symbols])
         now = self._clock()
-        ages: dict[str, float] = {}
+        ages: dict[str, float | None] = {}
         for symbol, value in zip(self.symbols, raw, strict=True):
-            ages[symbol] = _age(value, now)
-            self._metrics.quote_age.set(ages[symbol], {"symbol": symbol})
+            age = ages[symbol] = _age(value, now)
+            labels = {"symbol": symbol}
+            self._metrics.quote_missing.set(int(age is None), labels)
+            if age is not None:
+                self._metrics.quote_age.set(age, labels)
         return ages
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -141,6 +149,9 @@ class MarketDataFeed:
             except (aioredis.RedisError, OSError) as exc:
                 self._metrics.collector_errors.add(1, {"source": "redis"})
                 log.debug("quote ages not read: %s", exc)
+            except Exception:  # the gauges must never stop the prices (it did once)
+                self._metrics.collector_errors.add(1, {"source": "redis"})
+                log.exception("quote ages not recorded")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
             except TimeoutError:

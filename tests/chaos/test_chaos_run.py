@@ -49,7 +49,7 @@ async def test_short_chaos_run_has_no_violations() -> None:
     assert hostile["signals_sent"] >= 1, hostile
     assert hostile["dead_letters"] >= 7, hostile
     assert hostile["refused_no_price"] >= 6, hostile
-    assert hostile["caller_orders_accepted"] >= 1, hostile
+    assert hostile.get("caller_orders_accepted", 0) >= 1, report.render()
     assert hostile["colliding_deposits_accepted"] >= 1, hostile
     assert hostile["fence_steps_back"] >= 1, hostile
     # The short lock TTL made some reserve lose its lock and the saga lock again (the stale-fence
