@@ -39,6 +39,9 @@ async def test_short_chaos_run_has_no_violations() -> None:
     assert sum(report.orders_by_status.values()) == placed, report.orders_by_status
     # The mix reached every ending: fills, cancels, expiries, refusals.
     assert {"SETTLED", "CANCELED", "REJECTED"} <= set(report.orders_by_status)
+    # Refused at once only as the plan and the faults explain (the poor account, corrupt-quote
+    # windows): about 17 of 200 in a healthy run; a dead price feed made it 86.
+    assert report.client["refused_at_once"] <= ORDERS // 5, report.render()
     # Orders lost to the broker's 45 s late window reached the reconciler and the error account.
     assert report.late_orders >= 1, report.render()
     assert len(report.invariants) == 12 and all(r.ok for r in report.invariants)
