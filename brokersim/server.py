@@ -51,11 +51,13 @@ from brokersim.inputs import (
     ApiError,
     invalid,
     number,
+    parse_json_object,
     read_json_object,
     shown,
     whole,
 )
 from brokersim.store import Store
+from brokersim.stream import TradingStream
 
 log = logging.getLogger("brokersim")
 
@@ -177,6 +179,7 @@ class BrokerSimServer:
         # handled in all: a test waits for a count to drain instead of sleeping past a fault.
         self.requests: Counter[str] = Counter()
         engine.listeners.append(self._wake)
+        self.stream = TradingStream(engine, lambda: (self._key_id, self._secret_key))
 
     def close_streams(self) -> None:
         """End open event streams so shutdown need not wait for them."""
@@ -209,6 +212,10 @@ class BrokerSimServer:
         r.add_get("/v2/stocks/quotes/latest", self.quotes)
         r.add_get("/v2/stocks/{symbol}/quotes/latest", self.quote)
         r.add_get("/v2/events/trade_updates", self.trade_updates)
+        r.add_get("/stream", self.trading_stream)
+        r.add_get("/admin/streams", self.get_streams)
+        r.add_post("/admin/streams/drop", self.drop_streams)
+        r.add_post("/admin/streams/allow", self.allow_streams)
         r.add_get("/admin/faults", self.get_faults)
         r.add_put("/admin/faults", self.put_faults)
         r.add_get("/admin/clock", self.get_clock)
@@ -479,7 +486,29 @@ class BrokerSimServer:
         for _ in range(copies):
             await response.write(frame.encode())
 
+    async def trading_stream(self, request: web.Request) -> web.StreamResponse:
+        """Alpaca's trading websocket (brokersim/stream.py); its own authenticate message
+        checks the keys, so the route is outside the header check."""
+        return await self.stream.handle(request, self.faults.config.unreachable)
+
     # -- admin ----------------------------------------------------------------------------
+
+    async def get_streams(self, request: web.Request) -> web.Response:
+        return _json(self.stream.status())
+
+    async def drop_streams(self, request: web.Request) -> web.Response:
+        """Drop every websocket (no close frame); ``{"refuse": true}`` also turns new ones away
+        until ``POST /admin/streams/allow``."""
+        raw = await request.read()
+        body = parse_json_object(raw) if raw else {}
+        if set(body) - {"refuse"} or not isinstance(body.get("refuse", False), bool):
+            raise invalid('body must be {} or {"refuse": true|false}')
+        dropped = self.stream.drop_all(refuse=body.get("refuse", False))
+        return _json({"dropped": dropped, **self.stream.status()})
+
+    async def allow_streams(self, request: web.Request) -> web.Response:
+        self.stream.refusing = False
+        return _json(self.stream.status())
 
     async def get_requests(self, request: web.Request) -> web.Response:
         names = ("in_flight", "hung", "late", "handled")
@@ -496,6 +525,8 @@ class BrokerSimServer:
             raise invalid(f"invalid fault configuration: {_one_line(exc)}") from None
         self.engine.save_meta(faults=config.model_dump())
         self._wake()  # open streams re-check the unreachable switch
+        if config.unreachable:
+            self.stream.drop_all()
         return _json(config.model_dump())
 
     def _clock_info(self) -> dict[str, Any]:
@@ -624,6 +655,7 @@ async def serve(
         await stop.wait()
     finally:
         server.close_streams()
+        await server.stream.close_all()
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
