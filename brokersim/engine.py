@@ -100,6 +100,9 @@ class Engine:
         self.orders: dict[str, Order] = {}
         self.by_client: dict[str, Order] = {}
         self.last_offset = 0
+        # Net filled quantity per symbol (fill events carry it as position_qty), kept as fills
+        # happen: summing every order's fills at each fill would be quadratic.
+        self.positions: dict[str, Decimal] = {}
         self.next_seq = 1
         self.listeners: list[Callable[[], None]] = []
         # Raw quote objects served instead of the computed ones (hostile-input tests; not kept
@@ -124,6 +127,8 @@ class Engine:
             engine.by_client[order.client_order_id] = order
             engine.next_seq = max(engine.next_seq, order.seq + 1)
         engine.last_offset = store.last_offset()
+        for order in engine.orders.values():
+            engine._move_position(order, order.filled_qty)
         if "account_created" in meta:
             engine.account_created = parse_rfc3339(meta["account_created"])
         engine.save_meta(seed=engine.seed, account_created=rfc3339(engine.account_created))
@@ -166,7 +171,7 @@ class Engine:
         }
         if qty is not None:
             # Alpaca's fill events carry the account's position in the symbol after the fill.
-            event["position_qty"] = str(self._position_qty(order))
+            event["position_qty"] = str(plain(self.positions.get(order.symbol, Decimal(0))))
         batch.orders[order.id] = order
         batch.events.append((self.last_offset, json.dumps(event)))
 
@@ -207,14 +212,9 @@ class Engine:
         self.by_client[order.client_order_id] = order
         return order
 
-    def _position_qty(self, filled: Order) -> Decimal:
-        orders = {**self.orders, filled.id: filled}.values()
-        held = sum(
-            (o.filled_qty if o.side == "buy" else -o.filled_qty)
-            for o in orders
-            if o.symbol == filled.symbol
-        )
-        return plain(Decimal(held))
+    def _move_position(self, order: Order, qty: Decimal) -> None:
+        signed = qty if order.side == "buy" else -qty
+        self.positions[order.symbol] = self.positions.get(order.symbol, Decimal(0)) + signed
 
     def replace(self, order_id: str, body: dict[str, Any]) -> Order:
         """PATCH /v2/orders/{id}: a new order with the changed fields that ``replaces`` the old
@@ -365,6 +365,7 @@ class Engine:
         qty = order.next_fill()
         order.filled_qty += qty
         order.filled_notional += qty * price
+        self._move_position(order, qty)
         if order.remaining == 0:
             order.status = "filled"
             order.filled_at = now
