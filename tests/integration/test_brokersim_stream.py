@@ -143,3 +143,36 @@ async def test_admin_drop_and_refuse(sim: BrokerSim) -> None:
             break
         await asyncio.sleep(0.02)
     assert (await sim.admin("GET", "/admin/streams"))["connections"] == 0
+
+
+async def test_hostile_messages_never_break_the_stream(sim: BrokerSim) -> None:
+    async with aiohttp.ClientSession() as session, session.ws_connect(stream_url(sim)) as ws:
+        await ws.send_bytes(b"\xff\xfe not json")
+        assert (await receive(ws))["data"]["status"] == "unauthorized"
+    async with connected(sim, listen=False) as ws:
+        for junk in ("not json", "[1, 2]", '{"action": "fly"}', '{"action": "listen"}'):
+            await ws.send_str(junk)
+            answer = await receive(ws)
+            assert answer["stream"] in ("error", "listening"), answer
+        await ws.send_str('{"action": "listen", "data": {"streams": ["trade_updates"]}}')
+        assert (await receive(ws))["data"] == {"streams": ["trade_updates"]}
+        await ws.send_bytes(b"x" * (128 * 1024))  # above the 64 KiB a message may have
+        assert (await ws.receive(timeout=5)).type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+        )
+    status, _ = await sim.request("GET", "/admin/streams")
+    assert status == 200
+
+
+async def test_the_stream_follows_a_key_rotation(sim: BrokerSim) -> None:
+    old_secret = sim.secret_key
+    await sim.admin("PUT", "/admin/keys", {"key_id": sim.key_id, "secret_key": "rotated-secret"})
+    sim.secret_key = "rotated-secret"
+    async with connected(sim):
+        pass
+    async with aiohttp.ClientSession() as session, session.ws_connect(stream_url(sim)) as ws:
+        await ws.send_json(
+            {"action": "authenticate", "data": {"key_id": sim.key_id, "secret_key": old_secret}}
+        )
+        assert (await receive(ws))["data"]["status"] == "unauthorized"
