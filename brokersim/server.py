@@ -400,15 +400,15 @@ class BrokerSimServer:
         return _json(calendar(start, end))
 
     async def list_assets(self, request: web.Request) -> web.Response:
-        status = request.query.get("status", "active")
+        status = request.query.get("status")  # Alpaca: every status unless one is named
         asset_class = request.query.get("asset_class", "us_equity")
-        if status not in ASSET_STATUSES:
+        if status is not None and status not in ASSET_STATUSES:
             raise invalid(f"invalid status: {shown(status)}")
         if asset_class not in ASSET_CLASSES:
             raise invalid(f"invalid asset_class: {shown(asset_class)}")
         exchange = request.query.get("exchange")
         assets = [asset_json(s) for s in sorted(self.engine.prices)]
-        if status != "active" or asset_class != "us_equity":
+        if status not in (None, "active") or asset_class != "us_equity":
             assets = []  # every simulated asset is an active US equity
         return _json([a for a in assets if exchange in (None, "", a["exchange"])])
 
