@@ -20,7 +20,10 @@ import redis.asyncio as aioredis
 
 from core.broker_client import BrokerAuthError, BrokerClient, TradeEvent
 from core.keys import RedisKeys
+from core.settings import Settings
 from feeds.listener import BrokerListener
+from feeds.listener import serve as serve_listener
+from tests.conftest import APP_REDIS_URL
 from tests.support.brokersim import BrokerSim, brokersim_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -210,3 +213,31 @@ async def test_wrong_keys_stop_the_listener(
         listener = ws_listener(wrong, redis_client, redis_keys, States())
         with pytest.raises(BrokerAuthError):
             await asyncio.wait_for(listener.run(), 10)
+
+
+async def test_the_setting_runs_the_listener_on_the_websocket(
+    sim: BrokerSim, client: BrokerClient, redis_keys: RedisKeys
+) -> None:
+    """``ordersaga broker-listener`` (``listener.serve``) with ORDERSAGA_BROKER_STREAM=websocket:
+    the stream URL comes from the broker URL; an order open before it started is looked up."""
+    settings = Settings(
+        broker_url=sim.url,
+        broker_key_id=sim.key_id,
+        broker_secret_key=sim.secret_key,
+        redis_url=APP_REDIS_URL,
+        redis_prefix=redis_keys.prefix,
+        broker_stream="websocket",
+    )
+    seen = States()
+    before = await buy(client)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_listener(settings, on_event=seen, name="ws-cli", stop=stop))
+    try:
+        await eventually(lambda: seen.last(before) == ("new", Decimal(0)), "the open order")
+        await listening(sim)
+        await tick(sim)
+        await eventually(lambda: seen.last(before) == ("partially_filled", 1), "a live fill")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert all(event.offset is None for event in seen.events)
