@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from brokersim.assets import asset_id, exchange
 from brokersim.clock import rfc3339
 from brokersim.orders import Order, plain
 
@@ -23,12 +24,6 @@ STARTING_CASH = Decimal("10000000")
 ACCOUNT_ID = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
 CENTS = Decimal("0.01")
 AVG_QUANTUM = Decimal("0.0001")
-# Stable asset ids per symbol (Alpaca's are UUIDs; any fixed ones do).
-_ASSET_NAMESPACE = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")
-
-
-def asset_id(symbol: str) -> str:
-    return str(uuid.uuid5(_ASSET_NAMESPACE, f"us_equity/{symbol}"))
 
 
 @dataclass
@@ -65,7 +60,7 @@ def position_json(symbol: str, h: Holding, price: Decimal) -> dict[str, object]:
     return {
         "asset_id": asset_id(symbol),
         "symbol": symbol,
-        "exchange": "NASDAQ",
+        "exchange": exchange(symbol),
         "asset_class": "us_equity",
         "asset_marginable": True,
         "avg_entry_price": str(plain(avg)),

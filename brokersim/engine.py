@@ -22,7 +22,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from brokersim import inputs
 from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
 from brokersim.inputs import ApiError, Parts, TickMillis, bad_request, invalid, shown
-from brokersim.orders import TERMINAL, Order, fill_parts, parse_order_request
+from brokersim.orders import (
+    REPLACEABLE,
+    TERMINAL,
+    Order,
+    fill_parts,
+    parse_order_request,
+    parse_replace_request,
+    plain,
+)
 from brokersim.store import Store
 
 CENT = Decimal("0.01")
@@ -97,6 +105,9 @@ class Engine:
         self.by_created: list[tuple[datetime, int, str]] = []
         self.open_orders: dict[str, Order] = {}
         self.last_offset = 0
+        # Net filled quantity per symbol (fill events carry it as position_qty), kept as fills
+        # happen: summing every order's fills at each fill would be quadratic.
+        self.positions: dict[str, Decimal] = {}
         self.next_seq = 1
         self.listeners: list[Callable[[], None]] = []
         # Raw quote objects served instead of the computed ones (hostile-input tests; not kept
@@ -124,6 +135,8 @@ class Engine:
                 engine.open_orders[order.id] = order
         engine.by_created = sorted((o.created_at, o.seq, o.id) for o in engine.orders.values())
         engine.last_offset = store.last_offset()
+        for order in engine.orders.values():
+            engine._move_position(order, order.filled_qty)
         if "account_created" in meta:
             engine.account_created = parse_rfc3339(meta["account_created"])
         engine.save_meta(seed=engine.seed, account_created=rfc3339(engine.account_created))
@@ -155,7 +168,7 @@ class Engine:
     ) -> None:
         order.updated_at = now
         self.last_offset += 1
-        event = {
+        event: dict[str, Any] = {
             "offset": self.last_offset,
             "event": kind,
             "execution_id": str(uuid.uuid4()),
@@ -164,6 +177,9 @@ class Engine:
             "qty": None if qty is None else str(qty),
             "order": order.to_json(),
         }
+        if qty is not None:
+            # Alpaca's fill events carry the account's position in the symbol after the fill.
+            event["position_qty"] = str(plain(self.positions.get(order.symbol, Decimal(0))))
         batch.orders[order.id] = order
         batch.events.append((self.last_offset, json.dumps(event)))
 
@@ -206,6 +222,67 @@ class Engine:
         if order.is_open:
             self.open_orders[order.id] = order
         return order
+
+    def _move_position(self, order: Order, qty: Decimal) -> None:
+        signed = qty if order.side == "buy" else -qty
+        self.positions[order.symbol] = self.positions.get(order.symbol, Decimal(0)) + signed
+
+    def replace(self, order_id: str, body: dict[str, Any]) -> Order:
+        """PATCH /v2/orders/{id}: a new order with the changed fields that ``replaces`` the old
+        one; the old one goes ``pending_replace`` then ``replaced`` (with ``replaced_by`` and
+        ``replaced_at``) and keeps its fills. The new order is a fresh order: its qty is the
+        request's (default the old order's qty), and it starts unfilled."""
+        old = self.get(order_id)
+        if old.status not in REPLACEABLE:
+            raise ApiError(422, 42210000, "order is not open")
+        req = parse_replace_request(body, old)
+        if req.client_order_id in self.by_client:
+            raise invalid("client_order_id must be unique")
+        now = self.clock.now()
+        parts = self.fill_model.parts if self.fill_model.mode == "partial" else 1
+        new = Order(
+            id=str(uuid.uuid4()),
+            client_order_id=req.client_order_id,
+            seq=self.next_seq,
+            symbol=old.symbol,
+            qty=req.qty,
+            side=old.side,
+            order_type=old.order_type,
+            time_in_force=req.time_in_force,
+            limit_price=req.limit_price,
+            status="new",
+            created_at=now,
+            updated_at=now,
+            expires_at=next_close(now) if req.time_in_force == "day" else None,
+            parts=fill_parts(req.qty, parts),
+            replaces=old.id,
+        )
+        if self._far_from_market(new):
+            raise invalid("limit_price is more than 50% away from the market")
+        batch = _Batch()
+        old.status = "pending_replace"
+        self._emit(batch, old, "pending_replace", now)
+        old.status, old.replaced_at, old.replaced_by = "replaced", now, new.id
+        self._emit(batch, old, "replaced", now)
+        self._emit(batch, new, "new", now)
+        self.next_seq += 1
+        self._commit(batch)
+        self.orders[new.id] = new
+        self.by_client[new.client_order_id] = new
+        return new
+
+    def cancel_all(self) -> list[Order]:
+        """DELETE /v2/orders: a cancel request for every open order (each goes pending_cancel
+        unless it already is), in one transaction."""
+        batch = _Batch()
+        now = self.clock.now()
+        orders = self._open_orders()
+        for order in orders:
+            if order.status != "pending_cancel":
+                order.status = "pending_cancel"
+                self._emit(batch, order, "pending_cancel", now)
+        self._commit(batch)
+        return orders
 
     def _far_from_market(self, order: Order) -> bool:
         if order.limit_price is None:
@@ -310,6 +387,7 @@ class Engine:
         qty = order.next_fill()
         order.filled_qty += qty
         order.filled_notional += qty * price
+        self._move_position(order, qty)
         if order.remaining == 0:
             order.status = "filled"
             order.filled_at = now

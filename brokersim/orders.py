@@ -1,4 +1,9 @@
-"""The order record, its Alpaca-shaped JSON and request validation."""
+"""The order record, its Alpaca-shaped JSON and request validation.
+
+``Order.to_json`` is Alpaca's Order entity with every field the reference documents, each null
+where the reference says it may be (``brokersim/schemas/order.json`` holds the schema, with its
+source, and the contract tests check every answer against it).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from brokersim import inputs
+from brokersim.assets import asset_id
 from brokersim.clock import parse_rfc3339, rfc3339
 from brokersim.inputs import invalid, shown
 
-OPEN = ("new", "accepted", "partially_filled", "pending_cancel")
-TERMINAL = ("filled", "canceled", "expired", "rejected")
+OPEN = ("pending_new", "accepted", "new", "partially_filled", "pending_cancel", "pending_replace")
+TERMINAL = ("filled", "canceled", "expired", "rejected", "replaced")
+# What PATCH /v2/orders/{id} may replace: an order being canceled or replaced may not.
+REPLACEABLE = ("pending_new", "accepted", "new", "partially_filled")
 SIDES = ("buy", "sell")
 TYPES = ("market", "limit")
 TIFS = ("day", "gtc", "ioc")
@@ -63,6 +71,9 @@ class Order:
     canceled_at: datetime | None = None
     expired_at: datetime | None = None
     failed_at: datetime | None = None
+    replaced_at: datetime | None = None
+    replaced_by: str | None = None
+    replaces: str | None = None
     matched_once: bool = field(default=False)
 
     @property
@@ -84,6 +95,8 @@ class Order:
         return (self.filled_notional / self.filled_qty).quantize(AVG_QUANTUM)
 
     def to_json(self) -> dict[str, Any]:
+        """Alpaca's Order entity, field for field (simple orders by quantity: ``notional``,
+        ``stop_price``, the trailing fields and ``legs`` are null), plus ``filled_notional``."""
         return {
             "id": self.id,
             "client_order_id": self.client_order_id,
@@ -92,20 +105,36 @@ class Order:
             "submitted_at": rfc3339(self.created_at),
             "filled_at": _ts(self.filled_at),
             "expired_at": _ts(self.expired_at),
+            "expires_at": _ts(self.expires_at),
             "canceled_at": _ts(self.canceled_at),
             "failed_at": _ts(self.failed_at),
-            "asset_class": "us_equity",
+            "replaced_at": _ts(self.replaced_at),
+            "replaced_by": self.replaced_by,
+            "replaces": self.replaces,
+            "asset_id": asset_id(self.symbol),
             "symbol": self.symbol,
+            "asset_class": "us_equity",
+            "notional": None,
             "qty": str(self.qty),
             "filled_qty": str(plain(self.filled_qty)),
             "filled_avg_price": _dec(self.filled_avg_price),
-            "filled_notional": str(self.filled_notional),
+            "filled_notional": str(self.filled_notional),  # an extension: the exact sum
+            "order_class": "simple",
             "order_type": self.order_type,
             "type": self.order_type,
             "side": self.side,
+            "position_intent": "buy_to_open" if self.side == "buy" else "sell_to_close",
             "time_in_force": self.time_in_force,
             "limit_price": _dec(self.limit_price),
+            "stop_price": None,
             "status": self.status,
+            "extended_hours": False,
+            "legs": None,
+            "trail_percent": None,
+            "trail_price": None,
+            "hwm": None,
+            "subtag": None,
+            "source": None,
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -142,6 +171,10 @@ class Order:
             canceled_at=_dt(r["canceled_at"]),
             expired_at=_dt(r["expired_at"]),
             failed_at=_dt(r["failed_at"]),
+            # State files from before replace existed have none of these.
+            replaced_at=_dt(r.get("replaced_at")),
+            replaced_by=r.get("replaced_by"),
+            replaces=r.get("replaces"),
             matched_once=r["_matched_once"],
         )
 
@@ -211,5 +244,35 @@ def parse_order_request(body: dict[str, Any], symbols: set[str]) -> OrderRequest
         order_type=order_type,
         time_in_force=tif,
         limit_price=_limit_price(body, order_type),
+        client_order_id=_client_order_id(body.get("client_order_id")),
+    )
+
+
+def parse_replace_request(body: dict[str, Any], old: Order) -> OrderRequest:
+    """Validate a PATCH /v2/orders/{id} body against the order it replaces; each field given
+    overrides the old order's, the others stay (Alpaca's rule). 422 on the first problem."""
+    fields = ("qty", "time_in_force", "limit_price", "stop_price", "trail", "client_order_id")
+    if unknown := sorted(set(body) - set(fields)):
+        raise invalid(f"unknown fields: {shown(', '.join(unknown))}")
+    if not any(body.get(name) is not None for name in fields):
+        raise invalid("nothing to replace: give qty, time_in_force, limit_price or client_order_id")
+    if body.get("stop_price") is not None or body.get("trail") is not None:
+        raise invalid("stop_price and trail apply to stop and trailing stop orders only")
+    if body.get("limit_price") is not None and old.order_type != "limit":
+        raise invalid("limit_price applies to limit orders only")
+    qty = old.qty if body.get("qty") is None else plain(inputs.qty(body["qty"]))
+    tif = old.time_in_force
+    if body.get("time_in_force") is not None:
+        tif = _choice(body, "time_in_force", TIFS)
+    limit = old.limit_price
+    if body.get("limit_price") is not None:
+        limit = plain(inputs.price(body["limit_price"]))
+    return OrderRequest(
+        symbol=old.symbol,
+        qty=qty,
+        side=old.side,
+        order_type=old.order_type,
+        time_in_force=tif,
+        limit_price=limit,
         client_order_id=_client_order_id(body.get("client_order_id")),
     )

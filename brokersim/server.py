@@ -20,6 +20,7 @@ import re
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date, timedelta
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,16 @@ from aiohttp.web_request import BaseRequest
 from pydantic import ValidationError
 
 from brokersim.account import account_json, holdings, position_json, positions_json
-from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
+from brokersim.assets import ASSET_CLASSES, ASSET_STATUSES, asset_json, find_asset
+from brokersim.clock import (
+    NEW_YORK,
+    SimClock,
+    calendar,
+    market_clock,
+    next_close,
+    parse_rfc3339,
+    rfc3339,
+)
 from brokersim.engine import Engine
 from brokersim.faults import FaultConfig, Faults
 from brokersim.inputs import (
@@ -41,11 +51,13 @@ from brokersim.inputs import (
     ApiError,
     invalid,
     number,
+    parse_json_object,
     read_json_object,
     shown,
     whole,
 )
 from brokersim.store import Store
+from brokersim.stream import TradingStream
 
 log = logging.getLogger("brokersim")
 
@@ -53,6 +65,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 KEEPALIVE_S = 10.0
 MAX_LIST_LIMIT = 500
 MAX_EVENT_LIMIT = 10_000
+CALENDAR_DEFAULT_DAYS = 30
+CALENDAR_MAX_DAYS = 3660
 _STATUSES = {s.value for s in HTTPStatus}
 
 
@@ -115,6 +129,16 @@ def _int_param(request: web.Request, name: str, default: int, maximum: int) -> i
     return min(whole(raw, name, 0, 2**62), maximum)
 
 
+def _date_param(request: web.Request, name: str, default: date) -> date:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return date.fromisoformat(raw) if len(raw) == 10 else parse_rfc3339(raw).date()
+    except ValueError:
+        raise invalid(f"invalid {name}: {shown(raw)} (a date or an RFC 3339 time)") from None
+
+
 def _gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
@@ -155,6 +179,7 @@ class BrokerSimServer:
         # handled in all: a test waits for a count to drain instead of sleeping past a fault.
         self.requests: Counter[str] = Counter()
         engine.listeners.append(self._wake)
+        self.stream = TradingStream(engine, lambda: (self._key_id, self._secret_key))
 
     def close_streams(self) -> None:
         """End open event streams so shutdown need not wait for them."""
@@ -174,13 +199,23 @@ class BrokerSimServer:
         r.add_get("/v2/orders", self.list_orders)
         r.add_get("/v2/orders:by_client_order_id", self.get_by_client_order_id)
         r.add_get("/v2/orders/{id}", self.get_order)
+        r.add_delete("/v2/orders", self.cancel_all_orders)
         r.add_delete("/v2/orders/{id}", self.cancel_order)
+        r.add_patch("/v2/orders/{id}", self.replace_order)
         r.add_get("/v2/account", self.get_account)
         r.add_get("/v2/positions", self.get_positions)
         r.add_get("/v2/positions/{symbol}", self.get_position)
+        r.add_get("/v2/clock", self.get_market_clock)
+        r.add_get("/v2/calendar", self.get_calendar)
+        r.add_get("/v2/assets", self.list_assets)
+        r.add_get("/v2/assets/{symbol}", self.get_asset)
         r.add_get("/v2/stocks/quotes/latest", self.quotes)
         r.add_get("/v2/stocks/{symbol}/quotes/latest", self.quote)
         r.add_get("/v2/events/trade_updates", self.trade_updates)
+        r.add_get("/stream", self.trading_stream)
+        r.add_get("/admin/streams", self.get_streams)
+        r.add_post("/admin/streams/drop", self.drop_streams)
+        r.add_post("/admin/streams/allow", self.allow_streams)
         r.add_get("/admin/faults", self.get_faults)
         r.add_put("/admin/faults", self.put_faults)
         r.add_get("/admin/clock", self.get_clock)
@@ -323,6 +358,16 @@ class BrokerSimServer:
         self.engine.cancel(request.match_info["id"])
         return web.Response(status=204)
 
+    async def cancel_all_orders(self, request: web.Request) -> web.Response:
+        """Alpaca's 207 multi-status: one ``{id, status, body}`` per open order."""
+        canceled = self.engine.cancel_all()
+        return _json([{"id": o.id, "status": 200, "body": o.to_json()} for o in canceled], 207)
+
+    async def replace_order(self, request: web.Request) -> web.Response:
+        order = self.engine.get(request.match_info["id"])  # 404 before the body is read
+        body = await read_json_object(request)
+        return _json(self.engine.replace(order.id, body).to_json())
+
     # -- the account ------------------------------------------------------------------------
 
     async def get_account(self, request: web.Request) -> web.Response:
@@ -338,6 +383,40 @@ class BrokerSimServer:
         if symbol not in held:
             raise ApiError(404, 40410000, "position does not exist")
         return _json(position_json(symbol, held[symbol], self.engine.prices[symbol]))
+
+    # -- clock, calendar, assets -------------------------------------------------------------
+
+    async def get_market_clock(self, request: web.Request) -> web.Response:
+        return _json(market_clock(self.engine.clock.now()))
+
+    async def get_calendar(self, request: web.Request) -> web.Response:
+        today = self.engine.clock.now().astimezone(NEW_YORK).date()
+        start = _date_param(request, "start", today)
+        end = _date_param(request, "end", start + timedelta(days=CALENDAR_DEFAULT_DAYS))
+        if end < start:
+            raise invalid("end must not be before start")
+        if (end - start).days > CALENDAR_MAX_DAYS:
+            raise invalid(f"at most {CALENDAR_MAX_DAYS} days at once")
+        return _json(calendar(start, end))
+
+    async def list_assets(self, request: web.Request) -> web.Response:
+        status = request.query.get("status")  # Alpaca: every status unless one is named
+        asset_class = request.query.get("asset_class", "us_equity")
+        if status is not None and status not in ASSET_STATUSES:
+            raise invalid(f"invalid status: {shown(status)}")
+        if asset_class not in ASSET_CLASSES:
+            raise invalid(f"invalid asset_class: {shown(asset_class)}")
+        exchange = request.query.get("exchange")
+        assets = [asset_json(s) for s in sorted(self.engine.prices)]
+        if status not in (None, "active") or asset_class != "us_equity":
+            assets = []  # every simulated asset is an active US equity
+        return _json([a for a in assets if exchange in (None, "", a["exchange"])])
+
+    async def get_asset(self, request: web.Request) -> web.Response:
+        found = find_asset(set(self.engine.prices), request.match_info["symbol"])
+        if found is None:
+            raise ApiError(404, 40410000, "asset not found")
+        return _json(found)
 
     # -- market data ----------------------------------------------------------------------
 
@@ -407,7 +486,29 @@ class BrokerSimServer:
         for _ in range(copies):
             await response.write(frame.encode())
 
+    async def trading_stream(self, request: web.Request) -> web.StreamResponse:
+        """Alpaca's trading websocket (brokersim/stream.py); its own authenticate message
+        checks the keys, so the route is outside the header check."""
+        return await self.stream.handle(request, self.faults.config.unreachable)
+
     # -- admin ----------------------------------------------------------------------------
+
+    async def get_streams(self, request: web.Request) -> web.Response:
+        return _json(self.stream.status())
+
+    async def drop_streams(self, request: web.Request) -> web.Response:
+        """Drop every websocket (no close frame); ``{"refuse": true}`` also turns new ones away
+        until ``POST /admin/streams/allow``."""
+        raw = await request.read()
+        body = parse_json_object(raw) if raw else {}
+        if set(body) - {"refuse"} or not isinstance(body.get("refuse", False), bool):
+            raise invalid('body must be {} or {"refuse": true|false}')
+        dropped = self.stream.drop_all(refuse=body.get("refuse", False))
+        return _json({"dropped": dropped, **self.stream.status()})
+
+    async def allow_streams(self, request: web.Request) -> web.Response:
+        self.stream.refusing = False
+        return _json(self.stream.status())
 
     async def get_requests(self, request: web.Request) -> web.Response:
         names = ("in_flight", "hung", "late", "handled")
@@ -424,6 +525,8 @@ class BrokerSimServer:
             raise invalid(f"invalid fault configuration: {_one_line(exc)}") from None
         self.engine.save_meta(faults=config.model_dump())
         self._wake()  # open streams re-check the unreachable switch
+        if config.unreachable:
+            self.stream.drop_all()
         return _json(config.model_dump())
 
     def _clock_info(self) -> dict[str, Any]:
@@ -552,6 +655,7 @@ async def serve(
         await stop.wait()
     finally:
         server.close_streams()
+        await server.stream.close_all()
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker

@@ -349,6 +349,95 @@ class BrokerClient:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise BrokerOutcomeUnknown(f"GET {masked(url)}: {type(exc).__name__}: {exc}") from exc
 
+    async def trade_stream_frames(
+        self, url: str | None = None, heartbeat_s: float | None = 15.0
+    ) -> AsyncGenerator[EventFrame | None, None]:
+        """Alpaca's trading websocket (``url``, default ``stream_url_for(base_url)``):
+        authenticate with the client's keys, listen to ``trade_updates``, yield None once the
+        broker confirmed the listen (whatever happens from then on comes on the stream), then
+        each ``trade_updates`` message's ``data`` as an EventFrame without an offset, unparsed.
+
+        There is no replay: what happened before the listen, or while the socket was down, is
+        not sent; the caller looks such orders up. Wrong keys raise BrokerAuthError; a socket
+        that closes ends the generator; ``heartbeat_s`` pings notice a silently dead one.
+        """
+        url = url or stream_url_for(self.base_url)
+        session = self._ensure_session()
+        what = f"websocket {masked(url)}"
+        try:
+            async with session.ws_connect(url, heartbeat=heartbeat_s, max_msg_size=4 << 20) as ws:
+                await ws.send_json(
+                    {
+                        "action": "authenticate",
+                        "data": {
+                            "key_id": self._headers["APCA-API-KEY-ID"],
+                            "secret_key": self._headers["APCA-API-SECRET-KEY"],
+                        },
+                    }
+                )
+                await _expect(ws, "authorization", what)
+                await ws.send_json({"action": "listen", "data": {"streams": ["trade_updates"]}})
+                await _expect(ws, "listening", what)
+                yield None
+                async for msg in ws:
+                    if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                        break
+                    payload = _ws_json(msg)
+                    if not isinstance(payload, dict) or payload.get("stream") != "trade_updates":
+                        if payload is None:  # not JSON: the listener sets it aside
+                            yield EventFrame(None, _frame_text(msg.data))
+                        continue  # another stream's message (an ack, an error)
+                    data = payload.get("data")
+                    text = json.dumps(data, default=str) if isinstance(data, dict) else None
+                    yield EventFrame(None, text or _frame_text(msg.data))
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                raise BrokerAuthError(f"{what}: 401 {exc.message}") from exc
+            raise BrokerUnavailable(
+                f"{what}: handshake refused: {exc.status} {exc.message}"
+            ) from exc
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise BrokerUnavailable(f"{what}: cannot connect: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise BrokerOutcomeUnknown(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _expect(ws: aiohttp.ClientWebSocketResponse, stream: str, what: str) -> None:
+    """Read the broker's answer to authenticate or listen; refusals raise."""
+    msg = await ws.receive()
+    payload = (
+        _ws_json(msg) if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY) else None
+    )
+    data = payload.get("data") if isinstance(payload, dict) else None
+    data = data if isinstance(data, dict) else {}
+    got = payload.get("stream") if isinstance(payload, dict) else None
+    if stream == "authorization" and data.get("status") != "authorized":
+        raise BrokerAuthError(f"{what}: not authorized: {str(payload or msg.type)[:200]}")
+    if got != stream or (stream == "listening" and "trade_updates" not in data.get("streams", [])):
+        raise BrokerOutcomeUnknown(
+            f"{what}: expected {stream!r}, got {str(payload or msg.type)[:200]}"
+        )
+
+
+def _frame_text(data: str | bytes) -> str:
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+
+def stream_url_for(base_url: str) -> str:
+    """Alpaca's trading stream beside a trading API: ``https://paper-api.alpaca.markets`` ->
+    ``wss://paper-api.alpaca.markets/stream`` (``http`` -> ``ws`` for the simulator)."""
+    scheme, sep, rest = base_url.rstrip("/").partition("://")
+    ws_scheme = {"https": "wss", "http": "ws"}.get(scheme.lower(), scheme)
+    return f"{ws_scheme}{sep}{rest}/stream"
+
+
+def _ws_json(msg: aiohttp.WSMessage) -> Any:
+    """A text or binary frame's JSON (Alpaca's paper stream sends binary frames), else None."""
+    try:
+        return json.loads(msg.data, parse_float=Decimal)
+    except (ValueError, TypeError, RecursionError):
+        return None
+
 
 def _positive_int(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:

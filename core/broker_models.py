@@ -176,11 +176,14 @@ class Quote(BaseModel):
 
 
 class TradeEvent(BaseModel):
-    """One execution event from the trade_updates stream, with the order as it stands after it."""
+    """One execution event from the trade_updates stream, with the order as it stands after it.
+
+    ``offset`` is the simulator's event offset (its SSE stream); Alpaca's websocket has none, so
+    an event from it, or one the listener made from an order it looked up, has None."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    offset: int
+    offset: int | None = None
     event: str
     execution_id: str | None = None
     timestamp: datetime | None = None
@@ -202,8 +205,11 @@ class EventFrame:
     text: str
 
 
-def parse_trade_event(text: str) -> TradeEvent:
+def parse_trade_event(text: str, *, offset_required: bool = True) -> TradeEvent:
     """Parse and check one event; raises InvalidTradeEvent with a one-line reason.
+
+    ``offset_required=False`` is for events of Alpaca's websocket (``data`` of a
+    ``trade_updates`` message), which carry no offset.
 
     Refused: not a JSON object (``NaN``/``Infinity`` literals included), fields of the wrong
     shape (pydantic: non-finite or non-numeric quantities, missing fields), and an order that
@@ -222,15 +228,17 @@ def parse_trade_event(text: str) -> TradeEvent:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidTradeEvent(f"{where}: {first['msg']} ({exc.error_count()} error(s))") from None
-    reason = _inconsistency(event)
+    reason = _inconsistency(event, offset_required)
     if reason:
         raise InvalidTradeEvent(reason)
     return event
 
 
-def _inconsistency(event: TradeEvent) -> str | None:
+def _inconsistency(event: TradeEvent, offset_required: bool = True) -> str | None:
     order = event.order
-    if event.offset <= 0:
+    if event.offset is None and offset_required:
+        return "offset: Field required"
+    if event.offset is not None and event.offset <= 0:
         return f"offset must be positive: {event.offset}"
     if not order.id.strip() or not order.client_order_id.strip():
         return "order.id and order.client_order_id must not be empty"

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     broker_request_timeout_s: float = 5.0
     broker_max_connections: int = 50
     market_data_feed: str = ""  # Alpaca quote feed ("iex" on free plans); empty: the API's default
+    # Where the broker listener reads trade events: "sse", the simulator's stream with replay from
+    # an offset, or "websocket", Alpaca's trading stream (no replay: after each reconnect the
+    # listener looks up the orders open during the gap). broker_stream_url defaults to the
+    # broker URL's ws(s)://host/stream.
+    broker_stream: Literal["sse", "websocket"] = "sse"
+    broker_stream_url: str = ""
 
     # Ledger
     ledger_cas_attempts: int = 50

@@ -19,6 +19,20 @@ Delivery is at least once, in offset order, and never skips an offset the broker
   offset that differs from the stream's) never reaches the callback: it goes to the dead-letter
   list (feeds/deadletters.py) and the offset moves past it, so later events are delivered.
   Only a callback's failure is retried; a malformed event would fail the same way for ever.
+
+With ``stream="websocket"`` it reads Alpaca's trading stream instead, which has no offsets and
+no replay (docs/BROKER.md, "The listener's two modes"):
+- Events carry no offset; nothing is saved in Redis. The de-duplication key is the order's state,
+  ``(order id, status, filled_qty)``: an event whose state was already delivered, or whose
+  ``filled_qty`` is below one already delivered, or that follows a delivered final state, is
+  dropped (``execution_id`` is kept on the event for the callback, not used as the key: the
+  states the listener looks up have none).
+- After every (re)connect, once the broker confirmed the listen, it looks up every order that may
+  have changed while it was not listening: the broker's open orders (``GET /v2/orders?status=open``,
+  page by page) and every order it has seen (delivered or tried) whose last delivered state was
+  not final; each one's current state is offered like an event. So a fill during the gap
+  reaches the callback even when no later event for its order comes. The same lookup runs every
+  ``resync_s`` while connected (a safety net for an event the broker never sent).
 """
 
 from __future__ import annotations
@@ -26,7 +40,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 
 import redis.asyncio as aioredis
 from temporalio.client import Client
@@ -34,8 +50,10 @@ from temporalio.client import Client
 from core.broker_client import (
     BrokerAuthError,
     BrokerClient,
+    BrokerOrder,
     EventFrame,
     InvalidTradeEvent,
+    OrderNotFound,
     TradeEvent,
     parse_trade_event,
 )
@@ -58,13 +76,19 @@ log = logging.getLogger(__name__)
 OnEvent = Callable[[TradeEvent], Awaitable[None]]
 # The most stored events one lag measurement reads.
 LAG_PROBE = 1000
+# Order states remembered for de-duplication on the websocket (oldest forgotten first).
+MAX_REMEMBERED_ORDERS = 100_000
+PAGE = 500  # GET /v2/orders' largest page
+# The statuses after which an order never changes again (for the de-duplication only; the saga
+# reads core.statuses): replaced is final for the replaced order.
+_FINAL = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})
 
 
 async def log_event(event: TradeEvent) -> None:
     """The default callback: one log line per event (the saga replaces it with a signal)."""
     order = event.order
     log.info(
-        "event %d %s %s order=%s client_order_id=%s %s filled=%s/%s avg=%s",
+        "event %s %s %s order=%s client_order_id=%s %s filled=%s/%s avg=%s",
         event.offset,
         event.event,
         event.execution_id,
@@ -92,6 +116,9 @@ class BrokerListener:
         resync_s: float = 30.0,
         save_every_s: float = 0.5,
         metrics: ProcessMetrics = NOOP_METRICS,
+        stream: str = "sse",
+        stream_url: str | None = None,
+        gap_lookup: bool = True,
     ) -> None:
         self._client = client
         self._metrics = metrics
@@ -116,6 +143,15 @@ class BrokerListener:
         self.duplicates = 0
         self.backfilled = 0
         self.dead_lettered = 0
+        if stream not in ("sse", "websocket"):
+            raise ValueError(f"stream must be sse or websocket, not {stream!r}")
+        self.stream = stream
+        self.stream_url = stream_url or None
+        self.gap_lookup = gap_lookup  # off only to prove the tests see the gap
+        self.looked_up = 0  # order states offered by lookups
+        self._states: OrderedDict[str, tuple[str, Decimal]] = OrderedDict()
+        self._watch: set[str] = set()  # seen, last delivered state not final
+        self._delivering = asyncio.Lock()
 
     async def load_offset(self) -> int:
         raw = await self._redis.get(self._key)
@@ -147,7 +183,10 @@ class BrokerListener:
         while not stop.is_set():
             try:
                 await self._save()
-                await self._consume_for(self.resync_s)
+                if self.stream == "websocket":
+                    await self._consume_socket()
+                else:
+                    await self._consume_for(self.resync_s)
             except BrokerAuthError:
                 raise
             except Exception as exc:  # any failure: reconnect from the last delivered offset
@@ -221,7 +260,96 @@ class BrokerListener:
             return
         await self._on_event(event)
         self.delivered += 1
-        await self._advance(event.offset)
+        if event.offset is not None:  # always: parse_trade_event required it
+            await self._advance(event.offset)
+
+    # -- the websocket (Alpaca's trading stream) ---------------------------------------------
+
+    async def _consume_socket(self) -> None:
+        """Read the websocket until it ends; the open orders are looked up once it listens and
+        every ``resync_s`` after."""
+        frames = self._client.trade_stream_frames(self.stream_url, self.idle_timeout_s / 2)
+        self._stream_ended = False
+        try:
+            if await anext(frames) is not None:
+                raise InvalidTradeEvent("the stream sent an event before it listened")
+            await self._look_up()  # failing here reconnects: the gap is not covered yet
+            sweeper = asyncio.create_task(self._look_up_every(self.resync_s))
+            try:
+                async for frame in frames:
+                    if frame is not None:
+                        await self._accept_socket_frame(frame)
+                self._stream_ended = True
+            finally:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
+        finally:
+            await frames.aclose()
+
+    async def _accept_socket_frame(self, frame: EventFrame) -> None:
+        try:
+            event = parse_trade_event(frame.text, offset_required=False)
+        except InvalidTradeEvent as exc:
+            await self._set_aside(frame, str(exc))
+            return
+        await self._offer(event)
+
+    async def _look_up_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self._look_up()
+            except Exception as exc:  # the next one, or the next reconnect, tries again
+                log.warning(
+                    "listener %r: lookup failed: %s: %s", self.name, type(exc).__name__, exc
+                )
+
+    async def _look_up(self) -> None:
+        """Offer the current state of every order that may have changed unseen."""
+        if not self.gap_lookup:
+            return
+        found: dict[str, BrokerOrder] = {}
+        after: str | None = None
+        while True:
+            page = await self._client.list_orders("open", PAGE, after, "asc")
+            found.update((o.id, o) for o in page)
+            if len(page) < PAGE or page[-1].created_at is None:
+                break
+            after = page[-1].created_at.isoformat().replace("+00:00", "Z")
+        for order_id in sorted(self._watch - found.keys()):
+            try:
+                found[order_id] = await self._client.get_order(order_id)
+            except OrderNotFound:
+                self._watch.discard(order_id)
+        for order in found.values():
+            name = {"filled": "fill", "partially_filled": "partial_fill"}.get(order.status)
+            event = TradeEvent(event=name or order.status, order=order, timestamp=order.updated_at)
+            if await self._offer(event):
+                self.looked_up += 1
+
+    async def _offer(self, event: TradeEvent) -> bool:
+        """Deliver ``event`` unless its order's state was delivered already (or a later one);
+        True when delivered. One delivery at a time: the stream and the lookups share it."""
+        order = event.order
+        async with self._delivering:
+            last = self._states.get(order.id)
+            if last is not None and (
+                (order.status, order.filled_qty) == last
+                or order.filled_qty < last[1]
+                or last[0] in _FINAL
+            ):
+                self.duplicates += 1
+                return False
+            self._watch.add(order.id)  # before the callback: a failure is looked up again
+            await self._on_event(event)
+            self.delivered += 1
+            self._states[order.id] = (order.status, order.filled_qty)
+            self._states.move_to_end(order.id)
+            if len(self._states) > MAX_REMEMBERED_ORDERS:
+                self._states.popitem(last=False)
+            if order.status in _FINAL:
+                self._watch.discard(order.id)
+            return True
 
     async def _set_aside(self, frame: EventFrame, reason: str) -> None:
         await self.dead_letters.add(frame.offset, reason, frame.text)
@@ -291,7 +419,16 @@ async def serve(
         ):
             keys = RedisKeys(settings.redis_prefix)
             metrics = ProcessMetrics(telemetry.meter if telemetry else None)
-            listener = BrokerListener(client, redis, keys, on_event, name, metrics=metrics)
+            listener = BrokerListener(
+                client,
+                redis,
+                keys,
+                on_event,
+                name,
+                metrics=metrics,
+                stream=settings.broker_stream,
+                stream_url=settings.broker_stream_url or None,
+            )
             if telemetry is not None:
                 required = {"redis": redis_check(redis)}
                 if temporal is not None:
@@ -304,8 +441,9 @@ async def serve(
                     {"broker": broker_check(client)},
                 )
                 await extras.enter_async_context(ops)
-                lag = asyncio.create_task(listener.watch_lag(settings.metrics_interval_s, stop))
-                extras.push_async_callback(_cancel, lag)
+                if listener.stream == "sse":  # the lag is in stored offsets: SSE's only
+                    lag = asyncio.create_task(listener.watch_lag(settings.metrics_interval_s, stop))
+                    extras.push_async_callback(_cancel, lag)
             await listener.run(stop)
     finally:
         await redis.aclose()

@@ -101,3 +101,24 @@ def test_every_small_qty_splits_into_the_requested_parts_or_one_per_grid_unit() 
             assert len(fills) == min(units, requested), (qty, requested, fills)
             assert all(f > 0 and f == f.quantize(QTY_QUANTUM) for f in fills)
             assert sum(fills) == qty
+
+
+def test_fill_events_carry_the_position_also_after_a_restart(tmp_path: Path) -> None:
+    def trade(engine: Engine, side: str, qty: str) -> None:
+        engine.submit(
+            {"symbol": "AAPL", "qty": qty, "side": side, "type": "market", "time_in_force": "gtc"}
+        )
+        engine.tick()
+
+    def positions(engine: Engine) -> list[str]:
+        events = engine.events_after(0, 1000)
+        return [e["position_qty"] for e in events if e["event"] in ("fill", "partial_fill")]
+
+    engine = open_engine(tmp_path / "state.sqlite")
+    trade(engine, "buy", "3")
+    trade(engine, "sell", "1.5")
+    engine.store.close()
+    engine = open_engine(tmp_path / "state.sqlite")
+    trade(engine, "buy", "0.5")
+    assert positions(engine) == ["3", "1.5", "2"]
+    engine.store.close()

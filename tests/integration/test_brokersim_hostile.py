@@ -111,6 +111,11 @@ GET_ENDPOINTS = [
     ("GET", "/v2/orders"),
     ("POST", "/v2/orders"),
     ("DELETE", "/v2/orders/x"),
+    ("PATCH", "/v2/orders/x"),
+    ("DELETE", "/v2/orders"),
+    ("GET", "/v2/clock"),
+    ("GET", "/v2/calendar"),
+    ("GET", "/v2/assets"),
     ("GET", "/v2/stocks/AAPL/quotes/latest"),
     ("GET", "/v2/stocks/quotes/latest?symbols=AAPL"),
     ("GET", "/v2/events/trade_updates?stream=false"),
@@ -237,7 +242,7 @@ async def test_ten_megabyte_body_is_413(sim: BrokerSim, method: str, path: str) 
 
 @pytest.mark.parametrize(
     "method,path",
-    [("GET", "/nope"), ("GET", "/v2/nope"), ("GET", "/admin/nope"), ("PATCH", "/v2/orders/x")],
+    [("GET", "/nope"), ("GET", "/v2/nope"), ("GET", "/admin/nope"), ("PUT", "/v2/orders/x")],
 )
 async def test_unknown_routes_get_an_alpaca_body(sim: BrokerSim, method: str, path: str) -> None:
     assert_alpaca_4xx(await raw(sim, method, path), 404, 405)
@@ -348,11 +353,17 @@ QUERY_INPUTS = [
     "/v2/events/trade_updates?stream=false&limit=%s",
     "/v2/events/trade_updates?since=%s",
     "/v2/stocks/quotes/latest?symbols=%s",
+    "/v2/calendar?start=%s",
+    "/v2/calendar?end=%s",
+    "/v2/assets?status=%s",
+    "/v2/assets?asset_class=%s",
 ]
 PATH_INPUTS = [
     ("DELETE", "/v2/orders/%s", 404),
     ("GET", "/v2/orders/%s", 404),
-    ("PATCH", "/v2/orders/%s", 405),
+    ("PATCH", "/v2/orders/%s", 404),
+    ("GET", "/v2/positions/%s", 404),
+    ("GET", "/v2/assets/%s", 404),
     ("GET", "/v2/stocks/%s/quotes/latest", 404),
 ]
 HOSTILE_TEXT = {

@@ -126,3 +126,12 @@ def test_an_old_workflow_input_still_decodes() -> None:
     }
     config = SagaConfig.model_validate(old)
     assert config.absent_grace_s == 120.0 and config.lock_wait_ms == 5000
+
+
+def test_the_listener_stream_is_sse_or_websocket(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().broker_stream == "sse"
+    monkeypatch.setenv("ORDERSAGA_BROKER_STREAM", "websocket")
+    assert Settings().broker_stream == "websocket"
+    monkeypatch.setenv("ORDERSAGA_BROKER_STREAM", "kafka")
+    with pytest.raises(ValidationError, match="broker_stream"):
+        Settings()
