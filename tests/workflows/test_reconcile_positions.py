@@ -111,15 +111,23 @@ async def test_a_fill_the_ledger_never_booked(stack: SagaStack) -> None:
     acct, oid = stack.account("drop"), "lost-1"
     key = f"{acct}/{oid}"
     # The broker fills an order of ours whose fill the ledger never books (no workflow follows
-    # it: as if every fill message were dropped); the row says the broker has it.
-    filled = await broker_buy(stack, key, symbol="NVDA")
+    # it: as if every fill message were dropped). Its row is written first, as the saga does, so
+    # the reconciler never takes it for a late order.
     await stack.pool.execute(
         "INSERT INTO orders (account_id, order_id, workflow_id, symbol, side, order_type,"
-        " time_in_force, qty, params_hash, status, broker_order_id)"
-        " VALUES ($1, $2, 'w', 'NVDA', 'buy', 'market', 'day', 1, 'h', 'SUBMITTED', $3)",
+        " time_in_force, qty, params_hash, status)"
+        " VALUES ($1, $2, 'w', 'NVDA', 'buy', 'market', 'day', 1, 'h', 'ACCEPTED')",
         acct,
         oid,
+    )
+    filled = await broker_buy(stack, key, symbol="NVDA")
+    await stack.pool.execute(
+        "UPDATE orders SET status = 'SUBMITTED', broker_order_id = $2 WHERE account_id = $1",
+        acct,
         filled["id"],
+    )
+    assert (
+        await stack.pool.fetchval("SELECT count(*) FROM error_positions WHERE symbol = 'NVDA'") == 0
     )
     # Live: its fill is in flight, not a break.
     await agrees(stack)
