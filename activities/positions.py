@@ -54,6 +54,8 @@ class LedgerSide(BaseModel):
     rounding the ledger applied to cash, and the orders in flight. Two reads are equal when
     nothing was booked between them."""
 
+    # the orders worker's Settings.broker_cash_baseline (the worker owns it, not the run's input)
+    baseline: Decimal = Decimal(0)
     omnibus: dict[str, Decimal] = Field(default_factory=dict)  # asset -> sum of $omnibus rows
     cash_rounding: Decimal = Decimal(0)  # signed Σ (posted_cash - posted_notional)
     in_flight: list[InFlightOrder] = Field(default_factory=list)
@@ -87,7 +89,7 @@ def _plain(d: Decimal) -> str:
     return "0" if text in ("-0", "0") else text
 
 
-def compare_positions(ledger: LedgerSide, broker: BrokerSide, baseline: Decimal) -> list[Break]:
+def compare_positions(ledger: LedgerSide, broker: BrokerSide) -> list[Break]:
     """The position and cash breaks between one ledger read and one broker snapshot (empty: they
     agree). A pure rule; see the module docstring."""
     fills = {o.id: o for o in broker.orders}
@@ -118,6 +120,7 @@ def compare_positions(ledger: LedgerSide, broker: BrokerSide, baseline: Decimal)
                 )
             )
     exact = ledger.omnibus.get(CASH_KEY, Decimal(0)) - ledger.cash_rounding
+    baseline = ledger.baseline
     expected_cash = baseline - exact - flight_cash
     if abs(broker.cash - expected_cash) > HALF_CENT:
         breaks.append(
@@ -181,13 +184,14 @@ class PositionBreaksResult(BaseModel):
     cleared: int = 0
 
 
-async def read_ledger_side(conn: asyncpg.Connection) -> LedgerSide:
+async def read_ledger_side(conn: asyncpg.Connection, baseline: Decimal) -> LedgerSide:
     """The ledger side, in one repeatable-read transaction (one snapshot of every table)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         sums = await conn.fetch(OMNIBUS_SUMS)
         rounding = await conn.fetchval(CASH_ROUNDING)
         flying = await conn.fetch(IN_FLIGHT)
     return LedgerSide(
+        baseline=baseline,
         omnibus={r["asset"]: r["total"] for r in sums},
         cash_rounding=rounding,
         in_flight=[InFlightOrder(**dict(r)) for r in flying],
@@ -195,14 +199,16 @@ async def read_ledger_side(conn: asyncpg.Connection) -> LedgerSide:
 
 
 class PositionActivities:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, cash_baseline: Decimal) -> None:
         self._pool = pool
+        self._baseline = cash_baseline
 
     @activity.defn
     async def read_ledger_side(self, inp: LedgerSideInput) -> LedgerSide:
-        """The ``$omnibus`` sums, the ledger's cash rounding and the orders in flight. A read."""
+        """The ``$omnibus`` sums, the ledger's cash rounding, the orders in flight and the cash
+        baseline. A read."""
         async with self._pool.acquire() as conn:
-            return await read_ledger_side(conn)
+            return await read_ledger_side(conn, self._baseline)
 
     @activity.defn
     async def record_position_breaks(self, inp: PositionBreaksInput) -> PositionBreaksResult:

@@ -163,7 +163,7 @@ def build_workers(
         quotes = MarketDataActivities(res.redis, keys, max_age_s=s.quote_max_age_s)
         store = OrderStoreActivities(OrderStore(res.pool))
         reconcile = ReconcileActivities(res.pool)
-        positions = PositionActivities(res.pool)
+        positions = PositionActivities(res.pool, s.broker_cash_baseline)
         config = ConfigActivities(SagaConfig.from_settings(s))
         workers.append(
             Worker(

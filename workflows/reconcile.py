@@ -14,7 +14,6 @@ in Postgres (``reconcile_breaks``).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -245,7 +244,6 @@ class SweepInput(BaseModel):
     page_size: int = 500
     pages_per_run: int = 8
     full: bool = False  # every broker order from the first, not from the watermark
-    cash_baseline: Decimal = Decimal("10000000")  # Settings.broker_cash_baseline
     cursor: SweepCursor | None = None  # None: a new run
 
     @classmethod
@@ -257,7 +255,6 @@ class SweepInput(BaseModel):
             page_size=settings.reconcile_page_size,
             pages_per_run=settings.reconcile_pages_per_run,
             full=full,
-            cash_baseline=settings.broker_cash_baseline,
         )
 
 
@@ -325,7 +322,7 @@ class IncrementalReconcileWorkflow:
                 ],
                 missing=held.missing,
             )
-            breaks = compare_positions(first, broker, inp.cash_baseline)
+            breaks = compare_positions(first, broker)
             await workflow.execute_activity_method(
                 PositionActivities.record_position_breaks,
                 PositionBreaksInput(breaks=breaks),
