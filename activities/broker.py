@@ -131,6 +131,22 @@ class GetBrokerOrdersResult(BaseModel):
     missing: list[str] = Field(default_factory=list)
 
 
+class GetHoldingsInput(BaseModel):
+    broker_order_ids: list[str] = Field(default_factory=list)
+    attempts: int = 3
+
+
+class GetHoldingsResult(BaseModel):
+    """One consistent snapshot: the account's cash and positions did not move while the named
+    orders were read (``stable``: False when they kept moving for every attempt)."""
+
+    cash: Decimal
+    positions: dict[str, Decimal] = Field(default_factory=dict)
+    orders: list[BrokerOrder] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list)
+    stable: bool = True
+
+
 # --- error mapping ------------------------------------------------------------------------
 
 
@@ -355,3 +371,36 @@ class BrokerActivities:
             except BrokerError as exc:
                 raise _app_error(exc) from exc
         return result
+
+    @activity.defn
+    async def get_holdings(self, req: GetHoldingsInput) -> GetHoldingsResult:
+        """The account's cash and positions and the named orders, as one snapshot: cash and
+        positions are read before and after the orders, and the whole read is repeated (up to
+        ``attempts``) when they moved in between (a fill landed). A read: retries change
+        nothing."""
+        try:
+            after = await self._cash_and_positions()
+            stable = False
+            for _ in range(max(req.attempts, 1)):
+                before = after
+                got = await self.get_broker_orders(
+                    GetBrokerOrdersInput(broker_order_ids=req.broker_order_ids)
+                )
+                after = await self._cash_and_positions()
+                if after == before:
+                    stable = True
+                    break
+            return GetHoldingsResult(
+                cash=after[0],
+                positions=after[1],
+                orders=got.orders,
+                missing=got.missing,
+                stable=stable,
+            )
+        except BrokerError as exc:
+            raise _app_error(exc) from exc
+
+    async def _cash_and_positions(self) -> tuple[Decimal, dict[str, Decimal]]:
+        account = await self._client.get_account()
+        positions = await self._client.list_positions()
+        return account.cash, {p.symbol: p.qty for p in positions}

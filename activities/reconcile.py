@@ -25,7 +25,7 @@ from temporalio import activity
 from core.orderkey import InvalidOrderKey, OrderKey
 from core.statuses import TERMINAL_STATUS_NAMES, OrderStatus
 
-BREAK_KINDS = ("late_order", "fill_mismatch", "stuck", "parked")
+BREAK_KINDS = ("late_order", "fill_mismatch", "stuck", "parked", "position", "cash")
 WATERMARK = "broker-orders"  # the one watermark's name (a row, so more could exist later)
 
 
@@ -45,7 +45,7 @@ class BrokerOrderView(BaseModel):
 
 
 class Break(BaseModel):
-    kind: str  # late_order | fill_mismatch | stuck | parked
+    kind: str  # one of BREAK_KINDS (position and cash: activities/positions.py)
     client_order_id: str
     broker_order_id: str | None = None
     detail: str

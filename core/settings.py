@@ -198,6 +198,10 @@ class Settings(BaseSettings):
     # next run starts from the watermark the stuck one left.
     reconcile_run_timeout_s: float = Field(default=900.0, gt=0)
     reconcile_run_attempts: int = Field(default=2, ge=1)
+    # The cash the firm funded at the broker, against which the omnibus ledger's cash is
+    # reconciled (activities/positions.py): the simulator's starting cash; at a real broker the
+    # funded amount plus every transfer since (transfers must be booked here too).
+    broker_cash_baseline: Decimal = Decimal("10000000")
 
     # Worker pools (the bulkhead: the broker queue has its own slots)
     orders_max_concurrent_activities: int = 100

@@ -34,6 +34,7 @@ from activities.ledger import Ledger, LedgerActivities, max_fence
 from activities.lock import AccountLock, LockActivities
 from activities.marketdata import MarketDataActivities
 from activities.orders import OrderStore, OrderStoreActivities
+from activities.positions import PositionActivities
 from activities.reconcile import ReconcileActivities
 from core.broker_client import BrokerClient
 from core.db import create_pool
@@ -162,6 +163,7 @@ def build_workers(
         quotes = MarketDataActivities(res.redis, keys, max_age_s=s.quote_max_age_s)
         store = OrderStoreActivities(OrderStore(res.pool))
         reconcile = ReconcileActivities(res.pool)
+        positions = PositionActivities(res.pool, s.broker_cash_baseline)
         config = ConfigActivities(SagaConfig.from_settings(s))
         workers.append(
             Worker(
@@ -185,6 +187,8 @@ def build_workers(
                     reconcile.read_watermark,
                     reconcile.advance_watermark,
                     reconcile.find_order_breaks,
+                    positions.read_ledger_side,
+                    positions.record_position_breaks,
                     config.saga_config,
                 ],
                 max_concurrent_activities=s.orders_max_concurrent_activities,
@@ -209,6 +213,7 @@ def build_workers(
                     broker.list_broker_orders,
                     broker.list_broker_orders_page,
                     broker.get_broker_orders,
+                    broker.get_holdings,
                 ],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),

@@ -25,11 +25,20 @@ with workflow.unsafe.imports_passed_through():
         BrokerActivities,
         CancelOrderInput,
         GetBrokerOrdersInput,
+        GetHoldingsInput,
         ListBrokerOrdersInput,
         ListBrokerOrdersPageInput,
         ReconcileOrderInput,
     )
     from activities.ledger import ErrorFillInput, LedgerActivities
+    from activities.positions import (
+        BrokerFill,
+        BrokerSide,
+        LedgerSideInput,
+        PositionActivities,
+        PositionBreaksInput,
+        compare_positions,
+    )
     from activities.reconcile import (
         Break,
         BrokerOrderView,
@@ -78,6 +87,11 @@ class ReconcileReport(BaseModel):
     parked: int = 0
     stalled_listings: int = 0
     watermark: datetime | None = None
+    # positions and cash against the omnibus ledger (runs with the positions-v1 patch): None
+    # when not compared, False when the ledger or the broker kept moving for every round
+    positions_stable: bool | None = None
+    position_breaks: int = 0
+    cash_breaks: int = 0
 
 
 ASK = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
@@ -245,6 +259,9 @@ class SweepInput(BaseModel):
 
 
 STEP = timedelta(seconds=60)  # a Postgres step's start-to-close
+POSITIONS_PATCH = "positions-v1"
+# Rounds of (ledger, broker, ledger) before a run gives up comparing positions for this time.
+POSITION_ROUNDS = 3
 
 
 @workflow.defn
@@ -275,7 +292,56 @@ class IncrementalReconcileWorkflow:
                 cur.report.stuck, cur.report.parked = found.stuck, found.parked
                 cur.phase = "done"
             steps += 1
+        if workflow.patched(POSITIONS_PATCH):
+            await self._positions(inp, cur.report)
         return cur.report
+
+    async def _positions(self, inp: SweepInput, rep: ReconcileReport) -> None:
+        """Positions and cash against the omnibus ledger (activities/positions.py). The ledger
+        is read, then the broker, then the ledger again: a fill booked in between changes the
+        second read, and the round is repeated; only a comparison of a ledger that did not move
+        is recorded (and the breaks it no longer finds resolved)."""
+        rep.positions_stable = False
+        for _ in range(POSITION_ROUNDS):
+            first = await self._ledger_side()
+            held = await workflow.execute_activity_method(
+                BrokerActivities.get_holdings,
+                GetHoldingsInput(broker_order_ids=[o.broker_order_id for o in first.in_flight]),
+                task_queue=inp.broker_task_queue,
+                start_to_close_timeout=timedelta(seconds=120),
+                retry_policy=BOUNDED,
+            )
+            if not held.stable or await self._ledger_side() != first:
+                continue
+            broker = BrokerSide(
+                cash=held.cash,
+                positions=held.positions,
+                orders=[
+                    BrokerFill(id=o.id, filled_qty=o.filled_qty, filled_notional=o.filled_notional)
+                    for o in held.orders
+                ],
+                missing=held.missing,
+            )
+            breaks = compare_positions(first, broker)
+            await workflow.execute_activity_method(
+                PositionActivities.record_position_breaks,
+                PositionBreaksInput(breaks=breaks),
+                start_to_close_timeout=STEP,
+                retry_policy=BOUNDED,
+            )
+            rep.positions_stable = True
+            rep.position_breaks = sum(b.kind == "position" for b in breaks)
+            rep.cash_breaks = sum(b.kind == "cash" for b in breaks)
+            rep.breaks_recorded += len(breaks)
+            return
+
+    async def _ledger_side(self) -> Any:
+        return await workflow.execute_activity_method(
+            PositionActivities.read_ledger_side,
+            LedgerSideInput(),
+            start_to_close_timeout=STEP,
+            retry_policy=BOUNDED,
+        )
 
     async def _start(self, inp: SweepInput) -> SweepCursor:
         cur = SweepCursor(mark=workflow.now(), report=ReconcileReport(full=inp.full))
