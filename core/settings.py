@@ -188,6 +188,14 @@ class Settings(BaseSettings):
     # the saga's quote, lock, ledger and orders-table steps (local activities of the orders worker)
     orders_max_concurrent_local_activities: int = 100
     broker_max_concurrent_activities: int = 20
+    # The broker key's rate limit, kept by Temporal (max_task_queue_activities_per_second: the
+    # server hands out at most this many activity tasks a second on the queue, across all its
+    # workers). Alpaca allows 200 requests a minute per account (3.33/s): the broker queue gets
+    # 3.0/s (90%) and the asks queue 0.3/s, 99% together; the rest, and an activity's second
+    # request (a lookup after an unknown submit, a cancel's), are covered by the client backing
+    # off on the broker's headers. 0: no limit (a broker without one, the tests' simulator).
+    broker_max_activities_per_second: float = Field(default=3.0, ge=0, le=10_000)
+    broker_asks_max_activities_per_second: float = Field(default=0.3, ge=0, le=10_000)
     worker_grace_s: float = 10.0
 
     # Local dev stack

@@ -134,6 +134,10 @@ def saga_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extr
         "broker_request_timeout_s": 2.0,
         "marketdata_interval_s": 0.2,
         "worker_grace_s": 2.0,
+        # The tests' simulator has no rate limit (tests/integration/test_broker_ratelimit.py
+        # and bench.ratelimit run one).
+        "broker_max_activities_per_second": 0,
+        "broker_asks_max_activities_per_second": 0,
         "codec_keys": TEST_CODEC_KEYS,
         "dev_stack": True,  # the simulator's dev keys (Settings.check_secrets)
     }
