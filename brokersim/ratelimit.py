@@ -69,7 +69,9 @@ class RateLimiter:
         self.config = config
         self._clock = clock
         self._windows: dict[tuple[str, str], _Window] = {}
-        self.refused = 0  # 429s answered since the start: the benchmark reads it
+        # Counted requests let through and refused (429) since the start: the benchmark's figures.
+        self.allowed = 0
+        self.refused = 0
 
     def update(self, patch: dict[str, Any]) -> RateLimitConfig:
         """Merge ``patch`` into the configuration; open windows are dropped (a fresh start)."""
@@ -94,4 +96,5 @@ class RateLimiter:
             self.refused += 1
             return Decision(False, limit, 0, reset)
         window.used += 1
+        self.allowed += 1
         return Decision(True, limit, limit - window.used, reset)

@@ -454,7 +454,8 @@ class BrokerSimServer:
         return _json({name: self.requests[name] for name in names})
 
     def _rate_limit_info(self) -> dict[str, Any]:
-        return {**self.limiter.config.model_dump(), "refused": self.limiter.refused}
+        counts = {"allowed": self.limiter.allowed, "refused": self.limiter.refused}
+        return {**self.limiter.config.model_dump(), **counts}
 
     async def get_rate_limit(self, request: web.Request) -> web.Response:
         return _json(self._rate_limit_info())

@@ -224,6 +224,7 @@ ADMIN_EXTREMES = [
     ("/admin/rate_limit", {"window_s": 0}),
     ("/admin/rate_limit", {"window_s": 10**5}),
     ("/admin/rate_limit", {"refused": 0}),
+    ("/admin/rate_limit", {"allowed": 0}),
 ]
 
 

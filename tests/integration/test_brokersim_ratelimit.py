@@ -61,7 +61,8 @@ async def test_headers_count_down_and_the_request_past_the_limit_is_a_429(
     await sim.admin("PUT", "/admin/rate_limit", {"limit": 0})
     status, headers, orders = await call(sim, "GET", "/v2/orders?status=all")
     assert (status, orders, headers) == (200, [], {})  # off: no headers at all
-    assert (await sim.admin("GET", "/admin/rate_limit"))["refused"] == 1
+    counts = await sim.admin("GET", "/admin/rate_limit")
+    assert (counts["allowed"], counts["refused"]) == (5, 1)
 
 
 async def test_the_reset_lets_requests_through_again(
@@ -116,7 +117,13 @@ async def test_limit_set_at_run_time_is_kept_across_a_restart(
     status, headers, _ = await call(sim, "GET", "/v2/orders")
     assert (status, headers) == (200, {})  # off by default
     got = await sim.admin("PUT", "/admin/rate_limit", {"limit": 1})
-    assert got == {"limit": 1, "market_data_limit": 0, "window_s": 60, "refused": 0}
+    assert got == {
+        "limit": 1,
+        "market_data_limit": 0,
+        "window_s": 60,
+        "allowed": 0,
+        "refused": 0,
+    }
     assert (await call(sim, "GET", "/v2/orders"))[0] == 200
     assert (await call(sim, "GET", "/v2/orders"))[0] == 429
     sim.restart()
