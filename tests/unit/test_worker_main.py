@@ -60,7 +60,7 @@ def test_the_broker_queues_keep_the_brokers_rate_limit() -> None:
     made = specs(settings)
     broker, asks = made[settings.broker_task_queue], made[settings.asks_task_queue]
     rates = [w["max_task_queue_activities_per_second"] for w in (broker, asks)]
-    assert rates == [3.0, 0.3]
+    assert rates == [1.6, 1.6]
     assert sum(rates) < 200 / 60  # Alpaca's 200 a minute per key, both queues together
     orders = made[settings.orders_task_queue]
     assert orders.get("max_task_queue_activities_per_second") is None  # no broker calls there
