@@ -11,15 +11,21 @@ workflow returns. Three runs, each on a fresh dev server:
 
 - **the limiter (the product)**: the broker and asks queues' Temporal rate limits at the
   product's defaults scaled to this limit (defaults are for Alpaca's 200 a minute), and the
-  client backing off on the broker's headers;
+  client backing off on the broker's headers; the task queues in one partition each, as the
+  deployment sets them (and once more in the dev server's default four, to show why);
 - **back-off only**: no queue rate limit; the client still backs off on the headers;
 - **retries only (the client before)**: neither; a 429 is a plain retryable error, retried on
   the retry policy's intervals (bench-only: the header reading is switched off).
 
 Reported: orders settled per second, the broker requests the simulator let through per second
 and their ratio to the allowed rate (requests, not orders, are what the limit counts: a saga
-order makes one or more), the 429s the simulator answered, total time, place-to-settled
-latency. The simulator's counters (``GET /admin/rate_limit``) are the source of the counts.
+order makes two, its submit and the ask that confirms the fill the listener signalled, and more
+when a submit has to be looked up), over the whole run and in steady state (between 10% and 90%
+of the run's requests: the two rate-limited queues work in series, so the run starts with
+submits alone and ends with asks alone), the 429s the simulator answered, total time,
+place-to-settled latency, and how the orders ended. The simulator's counters
+(``GET /admin/rate_limit``) are the source of the counts. The saga runs with the product's
+timing (8 submit attempts, 180 s absent grace), not the tests' short one.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from core.settings import SagaSettings, Settings
 
 NAME = "ratelimit"
 LIMITED = "the limiter: queue rate + header back-off (product)"
+LIMITED_4 = "the limiter, task queues in 4 partitions (the server's default)"
 BACKOFF = "header back-off only, no queue rate"
 BEFORE = "retries only (the client before)"
 ALPACA_PER_S = 200 / 60
@@ -58,6 +65,15 @@ ALPACA_PER_S = 200 / 60
 # waits for the window's reset, and the submit's attempts (total // per-attempt timeout: 8) and
 # the absent grace (180 s) are what decide whether a submit that kept meeting 429s is given up.
 PRODUCT_TIMING: dict[str, Any] = {"saga": SagaSettings().model_dump()}
+# Temporal applies a task queue's rate per partition (rate / partitions each), and a partition
+# whose tasks run out leaves its share unused: at a few activities a second, one partition keeps
+# the rate. The deployment sets it for the broker queues (docs/DEPLOY.md); here, every queue.
+ONE_PARTITION = [
+    "--dynamic-config-value",
+    "matching.numTaskqueueReadPartitions=1",
+    "--dynamic-config-value",
+    "matching.numTaskqueueWritePartitions=1",
+]
 
 
 def product_rates(allowed_per_s: float) -> dict[str, float]:
@@ -103,10 +119,16 @@ def steady_rate(samples: list[tuple[float, int]], low: float = 0.1, high: float 
 
 
 async def measure(
-    inf: Infra, label: str, n: int, limit: dict[str, int], rates: dict[str, float], before: bool
+    inf: Infra,
+    label: str,
+    n: int,
+    limit: dict[str, int],
+    rates: dict[str, float],
+    before: bool,
+    server_args: list[str],
 ) -> dict[str, Any]:
     allowed_per_s = limit["limit"] / limit["window_s"]
-    async with fresh_server(inf):
+    async with fresh_server(inf, server_args):
         progress(f"{label}: {n} orders, queue rates {rates}")
         settings = bench_settings(inf, **{**PRODUCT_TIMING, **rates})
         await inf.sim.admin("PUT", "/admin/rate_limit", limit)  # fresh windows
@@ -148,13 +170,18 @@ async def main(n: int, limit: int, window_s: int, skip_before: bool) -> dict[str
     allowed_per_s = limit / window_s
     sim_limit = {"limit": limit, "market_data_limit": 0, "window_s": window_s}
     off = {"broker_max_activities_per_second": 0.0, "broker_asks_max_activities_per_second": 0.0}
-    plan = [(LIMITED, product_rates(allowed_per_s), False), (BACKOFF, off, False)]
+    limiter = product_rates(allowed_per_s)
+    plan = [
+        (LIMITED, limiter, False, ONE_PARTITION),
+        (LIMITED_4, limiter, False, []),
+        (BACKOFF, off, False, ONE_PARTITION),
+    ]
     if not skip_before:
-        plan.append((BEFORE, off, True))
+        plan.append((BEFORE, off, True, ONE_PARTITION))
     rows: dict[str, dict[str, Any]] = {}
     async with infra() as inf:
-        for label, rates, before in plan:
-            rows[label] = await measure(inf, label, n, sim_limit, rates, before)
+        for label, rates, before, server_args in plan:
+            rows[label] = await measure(inf, label, n, sim_limit, rates, before, server_args)
     print(
         table(
             [
