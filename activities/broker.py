@@ -25,6 +25,7 @@ from core.broker_client import (
     BrokerError,
     BrokerOrder,
     BrokerOutcomeUnknown,
+    BrokerRateLimited,
     BrokerRejected,
     BrokerUnavailable,
     DuplicateClientOrderId,
@@ -163,9 +164,15 @@ def _app_error(exc: BrokerError) -> ApplicationError:
     if isinstance(exc, OrderNotFound):
         return ApplicationError(str(exc), type=errors.BROKER_ORDER_NOT_FOUND, non_retryable=True)
     if isinstance(exc, BrokerUnavailable):
-        # Certainly not received: an expected retry, logged and counted as benign.
+        # Certainly not received: an expected retry, logged and counted as benign. A rate-limited
+        # one is retried when the broker's window resets, not sooner: the retry policy's next
+        # interval could fall inside the same spent window (and every retry would be a 429).
+        wait_s = exc.retry_after_s if isinstance(exc, BrokerRateLimited) else None
         return ApplicationError(
-            str(exc), type=errors.BROKER_UNAVAILABLE, category=ApplicationErrorCategory.BENIGN
+            str(exc),
+            type=errors.BROKER_UNAVAILABLE,
+            category=ApplicationErrorCategory.BENIGN,
+            next_retry_delay=timedelta(seconds=wait_s) if wait_s else None,
         )
     return ApplicationError(str(exc), type=errors.BROKER_OUTCOME_UNKNOWN)
 

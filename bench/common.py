@@ -184,14 +184,14 @@ async def infra(
 
 
 @contextlib.asynccontextmanager
-async def fresh_server(inf: Infra) -> AsyncIterator[Infra]:
+async def fresh_server(inf: Infra, server_args: Sequence[str] = ()) -> AsyncIterator[Infra]:
     """A new, empty dev server for one measured run, swapped into ``inf`` and removed after.
 
     The in-memory dev server keeps every workflow it ran, and its CPU per workflow grows with
     them (measured here: a 300-workflow floor run cost the server 65 ms per workflow on a fresh
     server and 108 ms after two earlier runs). Runs compared with each other each get their own.
     """
-    env = await start_dev_server()
+    env = await start_dev_server(extra_args=server_args)
     previous, inf.env = inf.env, env
     try:
         yield inf

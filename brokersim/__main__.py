@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--faults", type=json.loads, default=None, help="JSON fault config")
     parser.add_argument("--fill-model", type=json.loads, default=None, help="JSON fill model")
+    parser.add_argument(
+        "--rate-limit", type=json.loads, default=None, help='JSON, e.g. {"limit": 200}; off'
+    )
     parser.add_argument("--key-id", default=settings.broker_key_id)
     parser.add_argument("--secret-key", default=None, help="default: ORDERSAGA_BROKER_SECRET_KEY")
     args = parser.parse_args(argv)
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             faults=args.faults,
             fill_model=args.fill_model,
+            rate_limit=args.rate_limit,
         )
     )
 

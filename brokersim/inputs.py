@@ -176,3 +176,6 @@ Millis = Annotated[int, BeforeValidator(_for_pydantic(_count(0, MAX_MS)))]
 Seed = Annotated[int, BeforeValidator(_for_pydantic(_count(-MAX_SEED, MAX_SEED)))]
 Parts = Annotated[int, BeforeValidator(_for_pydantic(_count(1, 1000)))]
 TickMillis = Annotated[int, BeforeValidator(_for_pydantic(_count(1, MAX_TICK_MS)))]
+# Requests allowed per rate-limit window (0: no limit), and the window's length in seconds.
+RequestCount = Annotated[int, BeforeValidator(_for_pydantic(_count(0, 1_000_000)))]
+WindowSeconds = Annotated[int, BeforeValidator(_for_pydantic(_count(1, 3_600)))]

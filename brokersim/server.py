@@ -3,6 +3,8 @@
 Faults are applied here, around the handlers, so the engine never knows about them: latency,
 hangs, 5xx, late execution and dropped replies for trading requests; latency, 5xx and
 unreachable for quotes; dropped and duplicated live events on the stream. Never for /admin.
+So is Alpaca's per-key rate limit (``ratelimit.py``): counted after the key check, before any
+fault, a 429 with the ``X-Ratelimit-*`` headers when the window is spent.
 
 Every refusal is a 4xx with Alpaca's body ``{"code", "message"}``: inputs are read strictly
 (``inputs.py``), and aiohttp's own answers (404, 405, 413) are rewritten into that shape. An
@@ -56,6 +58,7 @@ from brokersim.inputs import (
     shown,
     whole,
 )
+from brokersim.ratelimit import LIMITED_CODE, RateLimitConfig, RateLimiter
 from brokersim.store import Store
 from brokersim.stream import TradingStream
 
@@ -151,6 +154,17 @@ def _drop_connection(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _rate_lane(kind: str, request: web.Request) -> str | None:
+    """The rate-limit lane a request counts in (ratelimit.py), None when it is not counted."""
+    if kind == "trading":
+        return "trading"
+    if kind == "quotes":
+        return "market_data"
+    if kind == "events" and request.query.get("stream", "true").lower() in ("false", "0", "no"):
+        return "trading"  # the stored-events list is a REST call; an open stream is not
+    return None
+
+
 def _route_kind(path: str) -> str | None:
     if path.startswith(("/v2/orders", "/v2/account", "/v2/positions")):
         return "trading"
@@ -168,9 +182,17 @@ API_KEY = re.compile(r"[!-~]{1,128}")
 
 
 class BrokerSimServer:
-    def __init__(self, engine: Engine, faults: Faults, key_id: str, secret_key: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        faults: Faults,
+        key_id: str,
+        secret_key: str,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.engine = engine
         self.faults = faults
+        self.limiter = limiter or RateLimiter(RateLimitConfig())
         self._key_id = key_id
         self._secret_key = secret_key
         self._wakeup = asyncio.Event()
@@ -229,6 +251,8 @@ class BrokerSimServer:
         r.add_put("/admin/fill_model", self.put_fill_model)
         r.add_put("/admin/keys", self.put_keys)
         r.add_get("/admin/requests", self.get_requests)
+        r.add_get("/admin/rate_limit", self.get_rate_limit)
+        r.add_put("/admin/rate_limit", self.put_rate_limit)
         r.add_get("/admin/health", self.health)
         r.add_get("/healthz", self.health)
         return app
@@ -267,6 +291,22 @@ class BrokerSimServer:
             return _json({"code": 40110000, "message": "request is not authorized"}, status=401)
         if (request.content_length or 0) > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
+        lane = _rate_lane(kind, request)
+        decision = self.limiter.take(lane, self._key_id) if lane else None
+        if decision is None:
+            return await self._dispatch(kind, request, handler)
+        if not decision.allowed:
+            refused = _json({"code": LIMITED_CODE, "message": "rate limit exceeded"}, status=429)
+            refused.headers.update(decision.headers)
+            return refused
+        response = await self._dispatch(kind, request, handler)
+        if not response.prepared:  # a dropped reply is never written anyway
+            response.headers.update(decision.headers)
+        return response
+
+    async def _dispatch(
+        self, kind: str, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
         if kind == "trading":
             self.requests["in_flight"] += 1
             try:
@@ -514,6 +554,22 @@ class BrokerSimServer:
         names = ("in_flight", "hung", "late", "handled")
         return _json({name: self.requests[name] for name in names})
 
+    def _rate_limit_info(self) -> dict[str, Any]:
+        counts = {"allowed": self.limiter.allowed, "refused": self.limiter.refused}
+        return {**self.limiter.config.model_dump(), **counts}
+
+    async def get_rate_limit(self, request: web.Request) -> web.Response:
+        return _json(self._rate_limit_info())
+
+    async def put_rate_limit(self, request: web.Request) -> web.Response:
+        patch = await read_json_object(request)
+        try:
+            config = self.limiter.update(patch)
+        except ValidationError as exc:
+            raise invalid(f"invalid rate limit: {_one_line(exc)}") from None
+        self.engine.save_meta(rate_limit=config.model_dump())
+        return _json(self._rate_limit_info())
+
     async def get_faults(self, request: web.Request) -> web.Response:
         return _json(self.faults.config.model_dump())
 
@@ -621,6 +677,19 @@ def open_state(
     return engine, fault_state
 
 
+def open_rate_limit(engine: Engine, rate_limit: dict[str, Any] | None = None) -> RateLimiter:
+    """The limiter from the state file's configuration with ``rate_limit`` merged over it.
+
+    Raises ValueError (one line) on a bad field."""
+    limiter = RateLimiter(RateLimitConfig())
+    try:
+        limiter.update({**engine.store.load_meta().get("rate_limit", {}), **(rate_limit or {})})
+    except ValidationError as exc:
+        raise ValueError(_one_line(exc)) from None
+    engine.save_meta(rate_limit=limiter.config.model_dump())
+    return limiter
+
+
 def _one_line(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
@@ -635,10 +704,12 @@ async def serve(
     seed: int = 0,
     faults: dict[str, Any] | None = None,
     fill_model: dict[str, Any] | None = None,
+    rate_limit: dict[str, Any] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT; prints one ready line once the port accepts connections."""
     engine, fault_state = open_state(state, seed, faults, fill_model)
-    server = BrokerSimServer(engine, fault_state, key_id, secret_key)
+    limiter = open_rate_limit(engine, rate_limit)
+    server = BrokerSimServer(engine, fault_state, key_id, secret_key, limiter)
     runner = _Runner(server.build_app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

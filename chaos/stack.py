@@ -46,6 +46,10 @@ CHAOS_ENV = {
     "ORDERSAGA_QUOTE_MAX_AGE_S": "30",
     "ORDERSAGA_WORKER_GRACE_S": "2",
     "ORDERSAGA_DB_POOL_MAX": "20",
+    # The chaos stack's simulator has no rate limit: the harness measures recovery from faults,
+    # not the broker key's quota (bench.ratelimit does).
+    "ORDERSAGA_BROKER_MAX_ACTIVITIES_PER_SECOND": "0",
+    "ORDERSAGA_BROKER_ASKS_MAX_ACTIVITIES_PER_SECOND": "0",
 }
 
 

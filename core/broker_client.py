@@ -4,8 +4,13 @@ The client makes exactly one HTTP request per call and never retries: Temporal o
 a hidden retry of a POST could create a second order. What it adds is a precise answer to "did
 the broker get my request?", expressed as exception types:
 
-- ``BrokerUnavailable``: certainly not received (connect refused / DNS / connect timeout, or a
-  429 the broker answered without acting). Safe to send again.
+- ``BrokerUnavailable``: certainly not received (connect refused / DNS / connect timeout).
+  Safe to send again. Its ``BrokerRateLimited`` is a 429 the broker answered without acting,
+  carrying how long until the key's window resets (``X-Ratelimit-Reset`` or ``Retry-After``).
+
+It never hammers a rate-limited broker: once an answer says the window has no requests left
+(``X-Ratelimit-Remaining: 0``), or a 429 says so, requests to that API (trading or market data,
+counted apart) are refused here, unsent, with ``BrokerRateLimited``, until the reset.
 - ``BrokerOutcomeUnknown``: maybe received (read timeout, reset or disconnect after sending, 5xx).
   Before sending an order again, look it up by client order id.
 - ``BrokerRejected`` (with the broker's reason), ``DuplicateClientOrderId``, ``OrderNotFound``,
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -32,6 +39,7 @@ from core.broker_models import (  # the models and errors, importable from here 
     BrokerOrder,
     BrokerOutcomeUnknown,
     BrokerPosition,
+    BrokerRateLimited,
     BrokerRejected,
     BrokerUnavailable,
     DuplicateClientOrderId,
@@ -56,6 +64,7 @@ __all__ = [
     "BrokerOrder",
     "BrokerOutcomeUnknown",
     "BrokerPosition",
+    "BrokerRateLimited",
     "BrokerRejected",
     "BrokerUnavailable",
     "DuplicateClientOrderId",
@@ -69,6 +78,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# The longest a rate-limit answer may make the client wait: Alpaca's window is a minute, so a
+# reset further away is a clock apart from ours, not a reason to stop for longer.
+MAX_RATE_LIMIT_WAIT_S = 60.0
+TRADING, MARKET_DATA = "trading", "market_data"  # the broker counts their requests apart
 
 
 class BrokerClient:
@@ -93,6 +106,9 @@ class BrokerClient:
         self.max_connections = max_connections
         self.market_data_feed = market_data_feed
         self._session: aiohttp.ClientSession | None = None
+        # Per API (TRADING, MARKET_DATA): the epoch second its rate-limit window resets, while
+        # the broker has said no requests are left in it.
+        self._spent_until: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerClient:
@@ -144,27 +160,55 @@ class BrokerClient:
         params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
         raw: bool = False,
+        api: str = TRADING,
     ) -> tuple[int, Any]:
         """One request; the parsed JSON answer (its bytes when ``raw``) or a typed error."""
+        what = f"{method} {masked(url)}"  # a URL with credentials in it prints without them
+        self._hold_back(api, what)
         session = self._ensure_session()
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else None
-        what = f"{method} {masked(url)}"  # a URL with credentials in it prints without them
         try:
             async with session.request(
                 method, url, params=params, data=data, headers=headers
             ) as resp:
                 content = await resp.read()
                 status = resp.status
+                wait_s = self._note_limit(api, status, resp.headers)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # Raised only while opening the connection: nothing was sent.
             raise BrokerUnavailable(f"{what}: cannot connect: {exc}") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Read timeout, reset or disconnect after the request went out (or while it did).
             raise BrokerOutcomeUnknown(f"{what}: {type(exc).__name__}: {exc}") from exc
+        if status == 429:
+            _, message = _error_fields(content)
+            raise BrokerRateLimited(f"{what}: rate limited: {message}", wait_s)
         if raw and 200 <= status < 300:
             return status, content
         return status, _check(status, content, what)
+
+    def _hold_back(self, api: str, what: str) -> None:
+        """Refuse, unsent, a request the broker has already said it would refuse."""
+        until = self._spent_until.get(api)
+        if until is None:
+            return
+        left = until - time.time()
+        if left <= 0:
+            del self._spent_until[api]
+            return
+        raise BrokerRateLimited(
+            f"{what}: not sent: the broker's rate limit resets in {left:.1f}s", left
+        )
+
+    def _note_limit(self, api: str, status: int, headers: Mapping[str, str]) -> float | None:
+        """Read the answer's rate-limit headers; the seconds until the window resets when this
+        answer says it is spent (a 429, or nothing remaining), else None."""
+        wait_s = _rate_limit_wait(headers, time.time())
+        spent = status == 429 or headers.get("X-Ratelimit-Remaining", "").strip() == "0"
+        if spent and wait_s is not None and wait_s > 0:
+            self._spent_until[api] = time.time() + wait_s
+        return wait_s
 
     async def _trading(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
@@ -262,7 +306,7 @@ class BrokerClient:
         if self.market_data_feed:
             params["feed"] = self.market_data_feed
         _, raw = await self._request(
-            "GET", self.market_data_url + "/v2/stocks/quotes/latest", params=params
+            "GET", self.market_data_url + "/v2/stocks/quotes/latest", params=params, api=MARKET_DATA
         )
         quotes = (raw.get("quotes") or {}) if isinstance(raw, dict) else None
         if not isinstance(quotes, dict):
@@ -494,8 +538,8 @@ def _check(status: int, raw: bytes, what: str) -> Any:
         # No broker error body: a wrong URL, not a missing order. Saying "absent" here could
         # make a caller believe an order does not exist.
         raise BrokerRejected(f"endpoint not found: {message}", status, code)
-    if status == 429:
-        raise BrokerUnavailable(f"{what}: rate limited: {message}")
+    if status == 429:  # the streams' answers (_request raises with the reset time itself)
+        raise BrokerRateLimited(f"{what}: rate limited: {message}")
     if status >= 500:
         raise BrokerOutcomeUnknown(f"{what}: {status} {message}")
     if status == 422 and message == DUPLICATE_CLIENT_ORDER_ID:
@@ -503,6 +547,20 @@ def _check(status: int, raw: bytes, what: str) -> Any:
     if status == 422 and code == NOT_CANCELABLE_CODE:
         raise OrderNotCancelable(message, status, code)
     raise BrokerRejected(message, status, code)
+
+
+def _rate_limit_wait(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds until the broker's rate-limit window resets, from ``Retry-After`` (seconds) or
+    Alpaca's ``X-Ratelimit-Reset`` (epoch seconds), within 0 .. MAX_RATE_LIMIT_WAIT_S; None when
+    neither header is there or readable."""
+    for name, base in (("Retry-After", 0.0), ("X-Ratelimit-Reset", now)):
+        try:
+            value = float(headers.get(name, "").strip()) - base
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            return min(max(value, 0.0), MAX_RATE_LIMIT_WAIT_S)
+    return None
 
 
 def _error_fields(raw: bytes) -> tuple[int | None, str]:

@@ -34,6 +34,16 @@ class BrokerUnavailable(BrokerError):
     """The request certainly did not reach the broker (or the broker refused it unread)."""
 
 
+class BrokerRateLimited(BrokerUnavailable):
+    """A 429 (the key's requests for this window are spent), or a request held back because the
+    broker's last answer said none are left: either way nothing was acted on. ``retry_after_s``
+    is how long until the window resets, when the broker said (None: it did not)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class BrokerOutcomeUnknown(BrokerError):
     """The request may have reached the broker and may have taken effect."""
 

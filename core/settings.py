@@ -208,6 +208,15 @@ class Settings(BaseSettings):
     # the saga's quote, lock, ledger and orders-table steps (local activities of the orders worker)
     orders_max_concurrent_local_activities: int = 100
     broker_max_concurrent_activities: int = 20
+    # The broker key's rate limit, kept by Temporal (max_task_queue_activities_per_second: the
+    # server hands out at most this many activity tasks a second on the queue, across all its
+    # workers). Alpaca allows 200 requests a minute per account (3.33/s); every order makes a
+    # submit (broker queue) and at least one ask (asks queue: its fill report confirmed), so
+    # each queue gets 1.6/s, 96% together. The rest, and an activity's second request (a lookup
+    # after an unknown submit, a cancel's), are covered by the client backing off on the
+    # broker's headers. 0: no limit (a broker without one, the tests' simulator).
+    broker_max_activities_per_second: float = Field(default=1.6, ge=0, le=10_000)
+    broker_asks_max_activities_per_second: float = Field(default=1.6, ge=0, le=10_000)
     worker_grace_s: float = 10.0
 
     # Metrics and health (core/telemetry.py): each long-running process serves /metrics, /healthz

@@ -67,6 +67,9 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
 )
 QUEUES = ("orders", "broker")
+# Temporal's own dispatch rate for a task queue without a limit. "No limit" is sent as this, not
+# left out: a poller that sends none leaves the limit an earlier poller set on the queue.
+UNLIMITED_RATE = 100_000.0
 WORKFLOWS = (OrderWorkflow, ReconcileWorkflow, IncrementalReconcileWorkflow)
 
 
@@ -91,6 +94,11 @@ def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
         use_worker_versioning=True,
         default_versioning_behavior=VersioningBehavior.PINNED,
     )
+
+
+def queue_rate(per_second: float) -> float:
+    """A task queue's activity rate for Temporal from a setting where 0 means no limit."""
+    return per_second or UNLIMITED_RATE
 
 
 def cache_workflow_bytecode(workflows: Sequence[type] = WORKFLOWS) -> None:
@@ -216,6 +224,8 @@ def build_workers(
                     broker.get_holdings,
                 ],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
+                # The broker key's rate limit (core/settings.py), shared with the asks queue.
+                max_task_queue_activities_per_second=queue_rate(s.broker_max_activities_per_second),
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
                 deployment_config=version,
             )
@@ -228,6 +238,9 @@ def build_workers(
                 task_queue=s.asks_task_queue,
                 activities=[broker.reconcile_order],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
+                max_task_queue_activities_per_second=queue_rate(
+                    s.broker_asks_max_activities_per_second
+                ),
                 graceful_shutdown_timeout=timedelta(seconds=s.worker_grace_s),
                 deployment_config=version,
             )

@@ -55,6 +55,11 @@ def register(cli: click.Group) -> None:
         "--fill-model", callback=_json_option, help='e.g. \'{"mode": "partial", "parts": 3}\'.'
     )
     @click.option(
+        "--rate-limit",
+        callback=_json_option,
+        help='Per-key limit, e.g. \'{"limit": 200, "window_s": 60}\' (Alpaca\'s); default off.',
+    )
+    @click.option(
         "--key-id", default=settings.broker_key_id, help="Defaults to ORDERSAGA_BROKER_KEY_ID."
     )
     @click.option("--secret-key", default=None, help="Defaults to ORDERSAGA_BROKER_SECRET_KEY.")
@@ -65,6 +70,7 @@ def register(cli: click.Group) -> None:
         seed: int,
         faults: dict[str, Any] | None,
         fill_model: dict[str, Any] | None,
+        rate_limit: dict[str, Any] | None,
         key_id: str,
         secret_key: str | None,
     ) -> None:
@@ -89,9 +95,10 @@ def register(cli: click.Group) -> None:
                     seed=seed,
                     faults=faults,
                     fill_model=fill_model,
+                    rate_limit=rate_limit,
                 )
             )
-        except ValueError as exc:  # a bad --faults / --fill-model field
+        except ValueError as exc:  # a bad --faults / --fill-model / --rate-limit field
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None

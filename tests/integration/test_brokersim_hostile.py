@@ -223,6 +223,13 @@ ADMIN_EXTREMES = [
     ("/admin/prices", {"AAPL": "1e7"}),
     ("/admin/prices", {"AAPL": "0"}),
     ("/admin/prices", {"AAPL": "190.001"}),
+    ("/admin/rate_limit", {"limit": -1}),
+    ("/admin/rate_limit", {"limit": 10**7}),
+    ("/admin/rate_limit", {"limit": 1.5}),
+    ("/admin/rate_limit", {"window_s": 0}),
+    ("/admin/rate_limit", {"window_s": 10**5}),
+    ("/admin/rate_limit", {"refused": 0}),
+    ("/admin/rate_limit", {"allowed": 0}),
 ]
 
 
@@ -298,6 +305,8 @@ BODY_INPUTS = [
     ("PUT", "/admin/faults", '{"spike_prob": %s}', ZERO_OK),
     ("PUT", "/admin/fill_model", '{"parts": %s}', set()),
     ("PUT", "/admin/fill_model", '{"tick_ms": %s}', set()),
+    ("PUT", "/admin/rate_limit", '{"limit": %s}', ZERO_OK),
+    ("PUT", "/admin/rate_limit", '{"window_s": %s}', set()),
 ]
 
 
@@ -318,6 +327,7 @@ BODY_ENDPOINTS = [
     ("PUT", "/admin/prices"),
     ("PUT", "/admin/faults"),
     ("PUT", "/admin/fill_model"),
+    ("PUT", "/admin/rate_limit"),
 ]
 BAD_BODIES = {
     "empty": b"",

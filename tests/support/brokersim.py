@@ -48,6 +48,7 @@ class BrokerSim:
         faults: dict[str, Any] | None = None,
         seed: int = 0,
         fill_model: dict[str, Any] | None = None,
+        rate_limit: dict[str, Any] | None = None,
         key_id: str | None = None,
         secret_key: str | None = None,
     ) -> None:
@@ -56,6 +57,7 @@ class BrokerSim:
         self.faults = faults
         self.seed = seed
         self.fill_model = fill_model
+        self.rate_limit = rate_limit
         self.key_id = key_id or settings.broker_key_id
         self.secret_key = secret_key or settings.broker_secret_key.get_secret_value()
         self.port = 0
@@ -92,6 +94,8 @@ class BrokerSim:
             cmd += ["--faults", json.dumps(self.faults)]
         if self.fill_model:
             cmd += ["--fill-model", json.dumps(self.fill_model)]
+        if self.rate_limit:
+            cmd += ["--rate-limit", json.dumps(self.rate_limit)]
         return cmd
 
     def _launch(self) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -61,13 +61,16 @@ def temporal_binary() -> str:
 TEST_CODEC_KEYS = new_key_entry("test-session")
 
 
-async def start_dev_server(*, encrypted: bool = True) -> WorkflowEnvironment:
+async def start_dev_server(
+    *, encrypted: bool = True, extra_args: Sequence[str] = ()
+) -> WorkflowEnvironment:
     keys = CodecKeys.parse(TEST_CODEC_KEYS) if encrypted else None
     return await WorkflowEnvironment.start_local(
         data_converter=converter_for(keys),
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_existing_path=temporal_binary(),
         dev_server_log_level="error",
+        dev_server_extra_args=list(extra_args),
     )
 
 
@@ -134,6 +137,10 @@ def saga_settings(database_url: str, redis_keys: RedisKeys, sim_url: str, **extr
         "broker_request_timeout_s": 2.0,
         "marketdata_interval_s": 0.2,
         "worker_grace_s": 2.0,
+        # The tests' simulator has no rate limit (tests/integration/test_broker_ratelimit.py
+        # and bench.ratelimit run one).
+        "broker_max_activities_per_second": 0,
+        "broker_asks_max_activities_per_second": 0,
         "codec_keys": TEST_CODEC_KEYS,
         "dev_stack": True,  # the simulator's dev keys (Settings.check_secrets)
     }

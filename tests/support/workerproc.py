@@ -32,6 +32,12 @@ def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
             "ORDERSAGA_BROKER_TASK_QUEUE": settings.broker_task_queue,
             "ORDERSAGA_CODEC_KEYS": settings.codec_keys.get_secret_value(),
             "ORDERSAGA_BROKER_SECRET_KEY": settings.broker_secret_key.get_secret_value(),
+            "ORDERSAGA_BROKER_MAX_ACTIVITIES_PER_SECOND": str(
+                settings.broker_max_activities_per_second
+            ),
+            "ORDERSAGA_BROKER_ASKS_MAX_ACTIVITIES_PER_SECOND": str(
+                settings.broker_asks_max_activities_per_second
+            ),
         }
     )
     if settings.dev_stack:  # the dev broker keys are accepted only with the dev stack's marker

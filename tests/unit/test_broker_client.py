@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
@@ -20,6 +21,7 @@ from core.broker_client import (
     BrokerAuthError,
     BrokerClient,
     BrokerOutcomeUnknown,
+    BrokerRateLimited,
     BrokerRejected,
     BrokerUnavailable,
     DuplicateClientOrderId,
@@ -274,3 +276,91 @@ async def test_quotes_ask_for_the_configured_feed_on_the_market_data_host(fake: 
     async with client:
         assert await client.latest_quotes(["AAPL"]) == {}
     assert seen == {"symbols": "AAPL", "feed": "iex"}
+
+
+# -- rate limits: back off on the broker's headers, never hammer -------------------------------
+
+
+def limited(
+    reset_in_s: float | None, remaining: str = "0", status: int = 429, **extra: str
+) -> Handler:
+    """Answers ``status`` with Alpaca's rate-limit headers (the reset ``reset_in_s`` from now);
+    counts the requests that reached it in ``handler.seen``."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        handler.seen += 1  # type: ignore[attr-defined]
+        headers = {"X-Ratelimit-Limit": "200", "X-Ratelimit-Remaining": remaining, **extra}
+        if reset_in_s is not None:
+            headers["X-Ratelimit-Reset"] = str(int(time.time() + reset_in_s))
+        if status == 429:
+            body = {"code": 42910000, "message": "rate limit exceeded"}
+            return web.json_response(body, status=429, headers=headers)
+        return web.json_response(ORDER, headers=headers)
+
+    handler.seen = 0  # type: ignore[attr-defined]
+    return handler
+
+
+async def test_429_carries_the_wait_and_later_calls_are_not_sent_until_the_reset(
+    fake: FakeBroker,
+) -> None:
+    fake.handler = limited(reset_in_s=30)
+    async with client_for(fake.url) as client:
+        with pytest.raises(BrokerRateLimited) as info:
+            await client.submit_order("AAPL", Decimal(1), "buy", client_order_id="o-1")
+        assert isinstance(info.value, BrokerUnavailable)  # nothing acted on: safe to send again
+        assert info.value.retry_after_s is not None and 28 <= info.value.retry_after_s <= 30
+        for _ in range(5):
+            with pytest.raises(BrokerRateLimited) as again:
+                await client.get_order("b-1")
+            assert again.value.retry_after_s is not None and again.value.retry_after_s > 27
+    assert fake.handler.seen == 1  # type: ignore[attr-defined]
+
+
+async def test_the_last_request_of_a_window_stops_the_next_one_unsent(fake: FakeBroker) -> None:
+    fake.handler = limited(reset_in_s=30, remaining="0", status=200)
+    async with client_for(fake.url) as client:
+        await client.get_order("b-1")  # answered, and it was the window's last
+        with pytest.raises(BrokerRateLimited):
+            await client.get_order("b-1")
+        # Market data is counted apart: a spent trading window does not hold it back.
+        assert await client.latest_quotes(["AAPL"]) == {}  # sent (the fake has no quotes)
+    assert fake.handler.seen == 2  # type: ignore[attr-defined]
+
+
+async def test_requests_left_or_a_past_reset_hold_nothing_back(fake: FakeBroker) -> None:
+    fake.handler = limited(reset_in_s=30, remaining="5", status=200)
+    async with client_for(fake.url) as client:
+        for _ in range(3):
+            await client.get_order("b-1")
+        fake.handler = limited(reset_in_s=-5)  # a 429 whose window already reset
+        with pytest.raises(BrokerRateLimited) as info:
+            await client.get_order("b-1")
+        assert info.value.retry_after_s == 0
+        with pytest.raises(BrokerRateLimited):
+            await client.get_order("b-1")
+    assert fake.handler.seen == 2  # type: ignore[attr-defined]  # both 429s were sent
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "7"}, 7.0),  # preferred when given
+        ({"X-Ratelimit-Reset": "far"}, None),
+        ({}, None),
+        ({"Retry-After": "99999"}, 60.0),  # a reset beyond a minute is a clock apart
+        ({"Retry-After": "nan"}, None),
+    ],
+)
+async def test_the_wait_comes_from_the_headers_within_bounds(
+    fake: FakeBroker, headers: dict[str, str], expected: float | None
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = {"code": 42910000, "message": "rate limit exceeded"}
+        return web.json_response(body, status=429, headers=headers)
+
+    fake.handler = handler
+    async with client_for(fake.url) as client:
+        with pytest.raises(BrokerRateLimited) as info:
+            await client.get_order("b-1")
+    assert info.value.retry_after_s == expected

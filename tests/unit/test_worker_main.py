@@ -55,6 +55,25 @@ def test_each_queue_gets_its_own_work_and_limits() -> None:
     assert {a.__name__ for a in broker["activities"]} >= {"submit_order", "cancel_order"}
 
 
+def test_the_broker_queues_keep_the_brokers_rate_limit() -> None:
+    settings = Settings()
+    made = specs(settings)
+    broker, asks = made[settings.broker_task_queue], made[settings.asks_task_queue]
+    rates = [w["max_task_queue_activities_per_second"] for w in (broker, asks)]
+    assert rates == [1.6, 1.6]
+    assert sum(rates) < 200 / 60  # Alpaca's 200 a minute per key, both queues together
+    orders = made[settings.orders_task_queue]
+    assert orders.get("max_task_queue_activities_per_second") is None  # no broker calls there
+    unlimited = Settings(
+        broker_max_activities_per_second=0, broker_asks_max_activities_per_second=0
+    )
+    made = specs(unlimited)
+    assert [
+        made[q]["max_task_queue_activities_per_second"]
+        for q in (unlimited.broker_task_queue, unlimited.asks_task_queue)
+    ] == [composition.UNLIMITED_RATE] * 2
+
+
 def test_bytecode_is_written_even_when_python_is_told_not_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
