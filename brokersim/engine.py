@@ -190,23 +190,10 @@ class Engine:
         if req.client_order_id in self.by_client:
             raise invalid("client_order_id must be unique")
         now = self.clock.now()
-        parts = self.fill_model.parts if self.fill_model.mode == "partial" else 1
-        order = Order(
-            id=str(uuid.uuid4()),
-            client_order_id=req.client_order_id,
-            seq=self.next_seq,
-            symbol=req.symbol,
-            qty=req.qty,
-            side=req.side,
-            order_type=req.order_type,
-            time_in_force=req.time_in_force,
-            limit_price=req.limit_price,
-            status="new",
-            created_at=now,
-            updated_at=now,
-            expires_at=next_close(now) if req.time_in_force == "day" else None,
-            parts=fill_parts(req.qty, parts),
-        )
+        order = self._new_order(
+            req.client_order_id, req.symbol, req.qty, req.side, req.order_type,
+            req.time_in_force, req.limit_price, now,
+        )  # fmt: skip
         batch = _Batch()
         if self._far_from_market(order):
             order.status = "rejected"
@@ -214,6 +201,43 @@ class Engine:
             self._emit(batch, order, "rejected", now)
         else:
             self._emit(batch, order, "new", now)
+        self._admit(batch, order)
+        return order
+
+    def _new_order(
+        self,
+        client_order_id: str,
+        symbol: str,
+        qty: Decimal,
+        side: str,
+        order_type: str,
+        time_in_force: str,
+        limit_price: Decimal | None,
+        now: datetime,
+        replaces: str | None = None,
+    ) -> Order:
+        parts = self.fill_model.parts if self.fill_model.mode == "partial" else 1
+        return Order(
+            id=str(uuid.uuid4()),
+            client_order_id=client_order_id,
+            seq=self.next_seq,
+            symbol=symbol,
+            qty=qty,
+            side=side,
+            order_type=order_type,
+            time_in_force=time_in_force,
+            limit_price=limit_price,
+            status="new",
+            created_at=now,
+            updated_at=now,
+            expires_at=next_close(now) if time_in_force == "day" else None,
+            parts=fill_parts(qty, parts),
+            replaces=replaces,
+        )
+
+    def _admit(self, batch: _Batch, order: Order) -> None:
+        """Commit ``batch`` and enter ``order`` in every index: by id, by client order id, by
+        creation time (the listings) and, while it is open, the open set (matching, listings)."""
         self.next_seq += 1
         self._commit(batch)
         self.orders[order.id] = order
@@ -221,7 +245,6 @@ class Engine:
         bisect.insort(self.by_created, (order.created_at, order.seq, order.id))
         if order.is_open:
             self.open_orders[order.id] = order
-        return order
 
     def _move_position(self, order: Order, qty: Decimal) -> None:
         signed = qty if order.side == "buy" else -qty
@@ -239,24 +262,10 @@ class Engine:
         if req.client_order_id in self.by_client:
             raise invalid("client_order_id must be unique")
         now = self.clock.now()
-        parts = self.fill_model.parts if self.fill_model.mode == "partial" else 1
-        new = Order(
-            id=str(uuid.uuid4()),
-            client_order_id=req.client_order_id,
-            seq=self.next_seq,
-            symbol=old.symbol,
-            qty=req.qty,
-            side=old.side,
-            order_type=old.order_type,
-            time_in_force=req.time_in_force,
-            limit_price=req.limit_price,
-            status="new",
-            created_at=now,
-            updated_at=now,
-            expires_at=next_close(now) if req.time_in_force == "day" else None,
-            parts=fill_parts(req.qty, parts),
-            replaces=old.id,
-        )
+        new = self._new_order(
+            req.client_order_id, old.symbol, req.qty, old.side, old.order_type,
+            req.time_in_force, req.limit_price, now, replaces=old.id,
+        )  # fmt: skip
         if self._far_from_market(new):
             raise invalid("limit_price is more than 50% away from the market")
         batch = _Batch()
@@ -265,10 +274,8 @@ class Engine:
         old.status, old.replaced_at, old.replaced_by = "replaced", now, new.id
         self._emit(batch, old, "replaced", now)
         self._emit(batch, new, "new", now)
-        self.next_seq += 1
-        self._commit(batch)
-        self.orders[new.id] = new
-        self.by_client[new.client_order_id] = new
+        self.open_orders.pop(old.id, None)  # replaced: final, never matched again
+        self._admit(batch, new)
         return new
 
     def cancel_all(self) -> list[Order]:

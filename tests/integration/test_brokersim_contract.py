@@ -273,3 +273,26 @@ async def test_unauthorized_and_unknown_everywhere(sim: BrokerSim) -> None:
     await refused(sim, "GET", "/v2/stocks/quotes/latest?symbols=", 422)
     await refused(sim, "GET", "/v2/nothing-here", 404)
     await refused(sim, "PUT", "/v2/clock", 405)
+
+
+async def test_a_replacement_is_listed_and_fills_and_the_replaced_order_does_not(
+    sim: BrokerSim,
+) -> None:
+    # Marketable limits: the replacement fills at the next tick; the replaced one must not.
+    price = (await ok(sim, "GET", "/v2/stocks/AAPL/quotes/latest"))["quote"]["ap"]
+    limit = str(round(float(price) * 1.1, 2))
+    far = str(round(float(price) * 0.9, 2))
+    old = await submit(sim, qty="2", type="limit", limit_price=far, time_in_force="gtc")
+    new = await ok(sim, "PATCH", f"/v2/orders/{old['id']}", {"limit_price": limit})
+    open_ids = [o["id"] for o in await ok(sim, "GET", "/v2/orders?status=open&limit=500")]
+    assert new["id"] in open_ids and old["id"] not in open_ids
+    all_ids = [o["id"] for o in await ok(sim, "GET", "/v2/orders?status=all&limit=500")]
+    assert new["id"] in all_ids
+    for _ in range(10):  # the fixture's fill model fills in parts, one a tick
+        await tick(sim)
+        filled = await ok(sim, "GET", f"/v2/orders/{new['id']}")
+        if filled["status"] == "filled":
+            break
+    replaced = await ok(sim, "GET", f"/v2/orders/{old['id']}")
+    assert filled["status"] == "filled" and filled["filled_qty"] == "2", filled
+    assert replaced["status"] == "replaced" and replaced["filled_qty"] == "0", replaced
