@@ -17,6 +17,8 @@ from activities.ledger.models import (
     PostFillResult,
     ReserveInput,
     ReserveResult,
+    ResizeHoldInput,
+    ResizeHoldResult,
     TransferResult,
     VoidInput,
     VoidResult,
@@ -59,6 +61,13 @@ class LedgerActivities:
         source-agnostic: keyed by order key + cumulative qty, so a fill seen twice, or once by
         each source, or out of order, is booked once."""
         return await self._ledger.post_fill(input)
+
+    @activity.defn
+    async def resize_hold(self, input: ResizeHoldInput) -> ResizeHoldResult:
+        """Give an open hold a new budget and bounds (a replaced order): grow it from the
+        account's available funds under the lock's fencing token, or release what it no longer
+        needs. Retry-safe: the idempotency key resizes once and returns the first result."""
+        return await self._ledger.resize_hold(input)
 
     @activity.defn
     async def void_funds(self, input: VoidInput) -> VoidResult:

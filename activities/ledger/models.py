@@ -37,6 +37,8 @@ __all__ = [
     "PostFillResult",
     "ReserveInput",
     "ReserveResult",
+    "ResizeHoldInput",
+    "ResizeHoldResult",
     "Side",
     "TransferResult",
     "VoidInput",
@@ -122,6 +124,31 @@ class PostFillResult(BaseModel):
     posted_cash: Decimal
     posted_fee: Decimal
     held_remaining: Decimal
+
+
+class ResizeHoldInput(BaseModel):
+    """Give an open hold a new budget (what it has used plus what it keeps) and new bounds: an
+    order replaced at the broker (workflows/replace.py). ``fence`` is the account lock's token:
+    a hold that grows takes funds from the account, under the lock, as a reserve does; one that
+    shrinks gives them back and may go without (None)."""
+
+    order_key: OrderKeyField
+    budget: AnyDecimal
+    qty: AnyDecimal
+    # The most a buy may pay (the least a sell may receive) per share, over every broker order the
+    # customer's order has had; None for a market sell.
+    limit_price: AnyDecimal | None = None
+    fence: int | None = None
+    idempotency_key: str
+
+
+class ResizeHoldResult(BaseModel):
+    order_key: OrderKeyField
+    asset: str
+    budget: Decimal
+    held_remaining: Decimal
+    moved: Decimal
+    """Funds moved into the hold (positive) or released from it (negative)."""
 
 
 class VoidInput(BaseModel):

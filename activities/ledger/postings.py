@@ -413,6 +413,61 @@ def fill_moves(post: Fill, rows: Sequence[Row]) -> list[Move]:
     return moves(*legs, (fees, "available", post.fee_delta))
 
 
+def used(hold: Hold, amount: Decimal) -> Decimal:
+    """What an open hold of ``amount`` has paid out so far (fills and fees, or shares)."""
+    return amount - hold.held_remaining
+
+
+def resize(
+    hold: Hold,
+    amount: Decimal,
+    row: Row,
+    *,
+    budget: Decimal,
+    qty: Decimal,
+    limit_price: Decimal | None,
+    fence: int | None,
+    customer_fence: int,
+    customer_fence_owner: str | None,
+) -> tuple[Hold, list[Move]]:
+    """An open hold (of ``amount`` in all) given a new ``budget`` and bounds.
+
+    What it keeps becomes ``budget`` less what it has used; the difference moves from the row's
+    available funds (a grow: refused without them, and only with a fence not stale, as a
+    reserve) or back to them (a shrink). The new bounds must still contain what was posted (the
+    database says so too)."""
+    if hold.status != "open":
+        raise Refused(f"hold of order {hold.order_id!r} is {hold.status}", errors.HOLD_STATE)
+    spent = used(hold, amount)
+    keep = budget - spent
+    if keep < 0:
+        raise Refused(
+            f"order {hold.order_id!r} has used {q(spent, hold.asset)} {hold.asset}, more than "
+            f"the new budget {budget}",
+            errors.HOLD_STATE,
+        )
+    after = replace(hold, held_remaining=keep, qty=qty, limit_price=limit_price)
+    check_within_bounds(after, hold.posted_qty, hold.posted_notional)
+    delta = keep - hold.held_remaining
+    if delta > 0:
+        if fence is None:
+            raise Refused(
+                f"hold of order {hold.order_id!r} grows only under the account lock",
+                errors.INVALID_REQUEST,
+            )
+        return after, reserve(
+            row,
+            account_id=hold.owner,
+            asset=hold.asset,
+            value=delta,
+            fence=fence,
+            order_key=hold.order_id,
+            customer_fence=customer_fence,
+            customer_fence_owner=customer_fence_owner,
+        )
+    return after, moves((row, "held", delta), (row, "available", -delta))
+
+
 def released(hold: Hold) -> Decimal:
     """What a void gives back: the rest of an open hold, nothing of a closed one."""
     return hold.held_remaining if hold.status == "open" else ZERO

@@ -28,6 +28,8 @@ from activities.ledger.models import (
     PostFillResult,
     ReserveInput,
     ReserveResult,
+    ResizeHoldInput,
+    ResizeHoldResult,
     TransferResult,
     VoidInput,
     VoidResult,
@@ -242,6 +244,67 @@ class Ledger:
             await store.cas_hold(conn, rec, after)
             result = _posted(after, applied=True, post=post)
             await store.record(conn, key, "post", args, result)
+            return result
+
+        with refusals():
+            return await self._transact(body)
+
+    async def resize_hold(self, input: ResizeHoldInput) -> ResizeHoldResult:
+        """Give an order's open hold a new budget and bounds (the order was replaced): grow it
+        from the account's available funds, fenced like a reserve, or release what it no longer
+        needs. One transaction; a repeat of the key returns the first result."""
+        order_key, key = input.order_key, input.idempotency_key
+        with refusals():
+            budget = rules.cumulative(input.budget, "budget")
+            qty = rules.cumulative(input.qty, "qty", rules.QTY_QUANTUM)
+            if qty <= 0:
+                raise Refused("qty must be positive", errors.INVALID_AMOUNT)
+            limit = None if input.limit_price is None else rules.price_bound(input.limit_price)
+        args = store.args_hash("resize", {"budget": budget, "qty": qty, "limit": limit})
+
+        async def body(conn: asyncpg.Connection) -> ResizeHoldResult:
+            await store.lock_order(conn, order_key)
+            rec = await conn.fetchrow(store.SELECT_OPERATION_AND_HOLD, key, order_key, "resize")
+            done = store.replay(rec, key, "resize", args, ResizeHoldResult)
+            if done is not None:
+                return done
+            hold = store.hold_of(rec)
+            if hold is None:
+                raise Refused(f"no hold for order {order_key!r}", errors.HOLD_STATE)
+            budget_q = q(budget, hold.asset)
+            if budget_q != budget:
+                raise Refused(f"budget {budget} is finer than {hold.asset}", errors.INVALID_AMOUNT)
+            fences = await conn.fetchrow(store.SELECT_CUSTOMER_FENCE, hold.owner)
+            (row,) = await store.rows(conn, (hold.owner, hold.asset))
+            after, moves = rules.resize(
+                hold,
+                rec["amount"],
+                row,
+                budget=budget,
+                qty=qty,
+                limit_price=limit,
+                fence=input.fence,
+                customer_fence=fences["last_fence"],
+                customer_fence_owner=fences["last_fence_owner"],
+            )
+            fence = None
+            if input.fence is not None and after.held_remaining > hold.held_remaining:
+                status = await conn.execute(
+                    store.ADVANCE_CUSTOMER_FENCE, hold.owner, input.fence, order_key
+                )
+                if status != "UPDATE 1":
+                    raise store.Conflict  # a newer fence landed meanwhile; the rerun reports it
+                fence = store.Fence(input.fence, order_key)
+            await store.apply(conn, moves, key=key, code="resize", order_id=order_key, fence=fence)
+            await store.cas_resize(conn, rec, budget, after)
+            result = ResizeHoldResult(
+                order_key=order_key,
+                asset=hold.asset,
+                budget=budget_q,
+                held_remaining=q(after.held_remaining, hold.asset),
+                moved=q(after.held_remaining - hold.held_remaining, hold.asset),
+            )
+            await store.record(conn, key, "resize", args, result)
             return result
 
         with refusals():

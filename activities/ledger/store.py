@@ -137,6 +137,12 @@ CAS_HOLD = (
     " posted_cash = $5, posted_fee = $6, status = $7, version = $8 + 1, updated_at = now()"
     " WHERE id = $1 AND version = $8"
 )
+# A hold's new budget, what it keeps and its bounds (a replaced order), on the version read.
+RESIZE_HOLD = (
+    "UPDATE holds SET amount = $2, held_remaining = $3, qty = $4, limit_price = $5,"
+    " version = $6 + 1, updated_at = now() WHERE id = $1 AND version = $6"
+)
+SELECT_CUSTOMER_FENCE = "SELECT last_fence, last_fence_owner FROM customers WHERE account_id = $1"
 INSERT_HOLD = (
     "INSERT INTO holds (order_id, owner, ledger_account_id, asset, amount, held_remaining,"
     " side, symbol, qty, limit_price) VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9) RETURNING id"
@@ -408,6 +414,31 @@ async def cas_hold(conn: asyncpg.Connection, rec: asyncpg.Record, after: Hold) -
             after.posted_cash,
             after.posted_fee,
             after.status,
+            rec["version"],
+        )
+    except asyncpg.exceptions.CheckViolationError as exc:
+        bound = HOLD_BOUNDS.get(exc.constraint_name or "")
+        if bound is None:
+            raise
+        raise beyond_bounds(
+            after.order_id, f"refused by the database ({exc.constraint_name}: the order's {bound})"
+        ) from None
+    if status != "UPDATE 1":
+        raise Conflict
+
+
+async def cas_resize(
+    conn: asyncpg.Connection, rec: asyncpg.Record, budget: Decimal, after: Hold
+) -> None:
+    """Write a resized hold (``rec`` as read): its budget, what it keeps, its bounds."""
+    try:
+        status = await conn.execute(
+            RESIZE_HOLD,
+            rec["id"],
+            budget,
+            after.held_remaining,
+            after.qty,
+            after.limit_price,
             rec["version"],
         )
     except asyncpg.exceptions.CheckViolationError as exc:

@@ -24,6 +24,7 @@ from activities.ledger import (
     OrderRecord,
     PostFillInput,
     ReserveInput,
+    ResizeHoldInput,
     VoidInput,
     WithdrawInput,
     check_ledger,
@@ -930,3 +931,114 @@ async def test_two_customers_may_choose_the_same_transfer_key(ledger: LedgerUnde
         ledger.deposit(DepositInput(account_id=bob, amount=D(5), idempotency_key=key))
     )
     assert exc.type == errors.IDEMPOTENCY_MISMATCH
+
+
+# ------------------------------------------------------------------ a replaced order's hold
+# (issue 16, part 5): it grows from the account's available funds under the lock's fence,
+# shrinks back, keeps what it has used, and its new bounds are the ones the database enforces.
+
+
+def resize(
+    order: str, budget: str, qty: str, limit: str | None, step: str, fence: int | None = None
+) -> ResizeHoldInput:
+    return ResizeHoldInput(
+        order_key=order,
+        budget=D(budget),
+        qty=D(qty),
+        limit_price=None if limit is None else D(limit),
+        fence=fence,
+        idempotency_key=f"{order}:{step}",
+    )
+
+
+async def test_a_hold_grows_under_a_fence_then_shrinks_keeping_what_it_used(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    account = await open_funded(ledger, "1000.00")
+    order = f"{account}/r"
+    await ledger.reserve_funds(
+        buy(account, order, "200.00", order=record(account, order, limit="100"))
+    )
+    assert await post(ledger, order, "1", "99")  # 99.00 used, 101.00 kept
+    grow = resize(order, "301.00", "3", "101", "replace:1:grow", fence=next(FENCES))
+    grown = await ledger.resize_hold(grow)
+    assert (grown.moved, grown.held_remaining, grown.budget) == (
+        D("101.00"),
+        D("202.00"),
+        D("301.00"),
+    )
+    assert await usd(ledger, account) == (D("699.00"), D("202.00"))
+    assert await ledger.resize_hold(grow) == grown  # a repeat of the key changes nothing
+    assert await usd(ledger, account) == (D("699.00"), D("202.00"))
+    # the new bounds hold: 3 shares, at most 101 a share (the database refuses past them)
+    assert await post(ledger, order, "2", "199.5")
+    assert "quantity" in await refused_post(ledger, order, "4", "300")
+    assert "limit" in await refused_post(ledger, order, "3", "303.01")
+    shrink = await ledger.resize_hold(resize(order, "250.00", "3", "101", "replace:1:settle"))
+    assert (shrink.moved, shrink.held_remaining) == (D("-51.00"), D("50.50"))
+    assert await usd(ledger, account) == (D("750.00"), D("50.50"))
+    await assert_ledger_clean(ledger_pool)
+
+
+async def test_a_grow_without_funds_or_fence_changes_nothing(
+    ledger: LedgerUnderTest, ledger_pool: asyncpg.Pool
+) -> None:
+    account = await open_funded(ledger, "300.00")
+    order = f"{account}/g"
+    await ledger.reserve_funds(
+        buy(account, order, "200.00", order=record(account, order, limit="100"))
+    )
+    poor = resize(order, "400.01", "4", "100", "replace:1:grow", fence=next(FENCES))
+    exc = await refused(ledger.resize_hold(poor))
+    assert exc.type == errors.INSUFFICIENT_FUNDS and exc.non_retryable
+    unfenced = resize(order, "250.00", "2", "125", "replace:2:grow")
+    assert (await refused(ledger.resize_hold(unfenced))).type == errors.INVALID_REQUEST
+    assert await usd(ledger, account) == (D("100.00"), D("200.00"))
+    await assert_ledger_clean(ledger_pool)
+
+
+async def test_a_stale_fence_cannot_grow_a_hold(ledger: LedgerUnderTest) -> None:
+    account = await open_funded(ledger, "1000.00")
+    order, other = f"{account}/s1", f"{account}/s2"
+    old = next(FENCES)
+    await ledger.reserve_funds(
+        buy(account, order, "100.00", fence=old, order=record(account, order, limit="50"))
+    )
+    await ledger.reserve_funds(
+        buy(account, other, "100.00", order=record(account, other, limit="50"))
+    )
+    stale = resize(order, "150.00", "3", "50", "replace:1:grow", fence=old)
+    assert (await refused(ledger.resize_hold(stale))).type == errors.STALE_FENCE
+    assert await usd(ledger, account) == (D("800.00"), D("200.00"))
+
+
+async def test_a_budget_below_what_was_used_or_bounds_below_the_posts_are_refused(
+    ledger: LedgerUnderTest,
+) -> None:
+    account = await open_funded(ledger, "1000.00")
+    order = f"{account}/b"
+    await ledger.reserve_funds(
+        buy(account, order, "200.00", order=record(account, order, limit="100"))
+    )
+    assert await post(ledger, order, "1", "99")
+    below = resize(order, "98.99", "2", "100", "replace:1:settle")
+    assert (await refused(ledger.resize_hold(below))).type == errors.HOLD_STATE
+    tighter = resize(order, "150.00", "2", "98", "replace:2:settle")
+    assert (await refused(ledger.resize_hold(tighter))).type == errors.HOLD_STATE
+    fewer = resize(order, "150.00", "0.5", "100", "replace:3:settle")
+    assert (await refused(ledger.resize_hold(fewer))).type == errors.HOLD_STATE
+    assert await usd(ledger, account) == (D("800.00"), D("101.00"))
+
+
+async def test_a_voided_hold_is_not_resized(ledger: LedgerUnderTest) -> None:
+    account = await open_funded(ledger, "0", AAPL="5")
+    order = f"{account}/v"
+    await ledger.reserve_funds(sell(account, order, "2", limit="10"))
+    grown = await ledger.resize_hold(
+        resize(order, "3", "3", "9", "replace:1:grow", fence=next(FENCES))
+    )
+    assert (grown.moved, grown.asset) == (D("1.000000000"), "AAPL")
+    await ledger.void_funds(VoidInput(order_key=order, idempotency_key=f"{order}:void"))
+    late = resize(order, "2", "2", "9", "replace:1:settle")
+    assert (await refused(ledger.resize_hold(late))).type == errors.HOLD_STATE
+    assert (await ledger.get_balances(account)).of("AAPL").available == D(5)
