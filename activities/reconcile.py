@@ -114,9 +114,10 @@ class OrderRow:
 
 
 def _ours(client_order_id: str) -> OrderKey | None:
-    """The order key a broker order names, or None for one that is not ours (a foreign id)."""
+    """The order key a broker order names (a replacement's ``<key>/r<n>`` names its order's), or
+    None for one that is not ours (a foreign id)."""
     try:
-        return OrderKey.parse(client_order_id)
+        return OrderKey.of_client_order_id(client_order_id)[0]
     except InvalidOrderKey:
         return None
 
@@ -132,7 +133,15 @@ def classify(bo: BrokerOrderView, row: OrderRow | None) -> Break | None:
             broker_order_id=bo.id,
             detail=f"broker has it {bo.status} with {bo.filled_qty} filled; we do not",
         )
-    if row.status in TERMINAL_STATUS_NAMES and bo.terminal and row.filled_qty != bo.filled_qty:
+    # A replaced order's fills are spread over its broker orders (the row has their sum): the
+    # positions check (activities/positions.py) compares them in aggregate.
+    replaced = bo.status == "replaced" or bo.client_order_id != _ours(bo.client_order_id)
+    if (
+        row.status in TERMINAL_STATUS_NAMES
+        and bo.terminal
+        and not replaced
+        and row.filled_qty != bo.filled_qty
+    ):
         return Break(
             kind="fill_mismatch",
             client_order_id=bo.client_order_id,
@@ -208,16 +217,18 @@ RETURNING created_up_to
 
 async def order_rows(conn: asyncpg.Connection, views: list[BrokerOrderView]) -> dict[str, OrderRow]:
     """The orders rows the broker orders name, by client order id, in one query."""
-    keys = [k for k in (_ours(bo.client_order_id) for bo in views) if k is not None]
+    ours = {bo.client_order_id: k for bo in views if (k := _ours(bo.client_order_id)) is not None}
+    keys = list(set(ours.values()))
     if not keys:
         return {}
     rows = await conn.fetch(_ROWS, [k.account_id for k in keys], [k.order_id for k in keys])
-    return {
+    by_key = {
         OrderKey.of(r["account_id"], r["order_id"]): OrderRow(
             r["status"], r["broker_order_id"], r["filled_qty"]
         )
         for r in rows
     }
+    return {cid: by_key[key] for cid, key in ours.items() if key in by_key}
 
 
 async def record_breaks(conn: asyncpg.Connection, breaks: list[Break]) -> None:
@@ -303,8 +314,10 @@ class ReconcileActivities:
                     breaks.append(found)
                     if found.kind == "late_order":
                         result.late.append(bo)
-            still_open = [bo for bo in inp.broker_orders if not bo.terminal]
-            done = [bo.id for bo in inp.broker_orders if bo.terminal] + inp.forget_ids
+            # A replaced broker order is final too (its order lives on in its replacement).
+            ended = [bo for bo in inp.broker_orders if bo.terminal or bo.status == "replaced"]
+            still_open = [bo for bo in inp.broker_orders if bo not in ended]
+            done = [bo.id for bo in ended] + inp.forget_ids
             async with conn.transaction():
                 await record_breaks(conn, breaks)
                 if still_open:

@@ -42,7 +42,7 @@ def signal_workflows(client: Client, settings: Settings) -> Callable[[TradeEvent
     async def deliver(event: TradeEvent) -> None:
         cid = event.order.client_order_id
         try:
-            key = OrderKey.parse(cid)
+            key, _ = OrderKey.of_client_order_id(cid)  # a replacement's too
         except InvalidOrderKey:
             key = None  # not one of ours: the reconciler decides what it is
         if key is not None:

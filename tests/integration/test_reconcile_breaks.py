@@ -92,3 +92,25 @@ async def test_breaks_are_found_and_agreeing_orders_pass() -> None:
         "never",
     }
     assert recorded == {(b.kind, b.client_order_id) for b in got.breaks}
+
+
+async def test_a_replaced_orders_broker_orders_are_its_own_not_late_nor_mismatched() -> None:
+    """Issue 16: an order replaced once has two broker orders, ``<key>`` (replaced, 1 filled) and
+    ``<key>/r1`` (filled 2); its row has their sum. Neither is a late order nor a mismatch."""
+    async with scratch_database("reconcile") as url:
+        pool = await create_pool(url, 1, 4)
+        try:
+            await row(pool, "rp", "SETTLED", "3")
+            old = view("rp", "replaced", "1", terminal=False)
+            new = view("rp", "filled", "2", terminal=True).model_copy(
+                update={"id": "b-rp-r1", "client_order_id": f"{ACCT}/rp/r1"}
+            )
+            foreign = view("rp", "filled", "2", terminal=True).model_copy(
+                update={"id": "b-rp-x", "client_order_id": f"{ACCT}/rp/x1"}
+            )
+            got = await ReconcileActivities(pool).find_breaks(
+                FindBreaksInput(broker_orders=[old, new, foreign], stuck_after_s=600)
+            )
+        finally:
+            await pool.close()
+    assert [(b.kind, b.broker_order_id) for b in got.breaks] == [("late_order", "b-rp-x")]

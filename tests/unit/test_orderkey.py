@@ -55,3 +55,26 @@ def test_as_a_field_it_is_parsed_and_serialised_as_plain_text() -> None:
     assert model.model_dump_json() == '{"order_key":"alice/o1"}'
     with pytest.raises(ValidationError):
         Carrier.model_validate({"order_key": "alice/o1/../x"})
+
+
+@given(account=ids, order=ids, replaces=st.integers(min_value=0, max_value=999))
+def test_a_replacements_client_order_id_leads_back_to_its_order(
+    account: str, order: str, replaces: int
+) -> None:
+    key = OrderKey.of(account, order)
+    cid = key.leg(replaces)
+    assert cid == (key if replaces == 0 else f"{key}/r{replaces}")
+    assert OrderKey.of_client_order_id(cid) == (key, replaces)
+
+
+@pytest.mark.parametrize(
+    "text", ["alice/o1/r0", "alice/o1/r01", "alice/o1/r1000", "alice/o1/x1", "alice/o1/r", "a/o/r١"]
+)
+def test_client_order_ids_that_are_not_ours_are_refused(text: str) -> None:
+    with pytest.raises(InvalidOrderKey):
+        OrderKey.of_client_order_id(text)
+
+
+def test_a_replacement_number_out_of_range_has_no_client_order_id() -> None:
+    with pytest.raises(InvalidOrderKey):
+        OrderKey.of("alice", "o1").leg(1000)
