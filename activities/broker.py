@@ -69,6 +69,23 @@ class SubmitOrderResult(BaseModel):
         )
 
 
+class ReplaceOrderInput(BaseModel):
+    """Replace broker order ``broker_order_id`` by a new one, ``client_order_id`` (the order's
+    next ``<key>/r<n>``), for ``qty`` at ``limit_price``."""
+
+    broker_order_id: str
+    client_order_id: str
+    qty: Decimal
+    limit_price: Decimal
+
+
+class ReplaceOrderResult(BaseModel):
+    order: BrokerOrder
+    """The replacement, as the broker answered."""
+    replaced: BrokerOrder
+    """The order it replaced, read after the replace: final, with every fill it had."""
+
+
 class CancelOrderInput(BaseModel):
     client_order_id: ClientOrderId
     broker_order_id: str | None = None
@@ -188,7 +205,13 @@ BROKER_ERROR_KINDS = (
     errors.BROKER_UNAVAILABLE,
     errors.BROKER_OUTCOME_UNKNOWN,
 )
-BROKER_CALLS = ("submit_order", "cancel_order", "reconcile_order", "list_broker_orders")
+BROKER_CALLS = (
+    "submit_order",
+    "replace_order",
+    "cancel_order",
+    "reconcile_order",
+    "list_broker_orders",
+)
 
 
 # --- activities ---------------------------------------------------------------------------
@@ -263,6 +286,48 @@ class BrokerActivities:
                 non_retryable=True,
             )
         return order
+
+    @activity.defn
+    async def replace_order(self, req: ReplaceOrderInput) -> ReplaceOrderResult:
+        """Replace our broker order by a new one (Alpaca's PATCH), or find the replacement an
+        earlier attempt made.
+
+        Retry guarantee: at most one replacement per client order id. A duplicate answer, an
+        unknown outcome or a refusal is first checked by looking the new client order id up:
+        found (and replacing this order), the replace happened; not found after an unknown
+        outcome, a retryable BrokerOutcomeUnknown sends the same id again; not found after a
+        refusal (the order filled or was canceled first, say), BrokerRejected, and the old order
+        stands. Then the replaced order is read for its final fills.
+        """
+        try:
+            try:
+                order = await self._client.replace_order(
+                    req.broker_order_id,
+                    client_order_id=req.client_order_id,
+                    qty=req.qty,
+                    limit_price=req.limit_price,
+                )
+            except (DuplicateClientOrderId, BrokerOutcomeUnknown, BrokerRejected) as exc:
+                found = await self._client.get_order_by_client_id(req.client_order_id)
+                if found is None:
+                    raise
+                if found.replaces != req.broker_order_id:
+                    raise ApplicationError(
+                        f"client order id {req.client_order_id} is broker order {found.id},"
+                        f" which does not replace {req.broker_order_id}",
+                        type=errors.ORDER_CONFLICT,
+                        non_retryable=True,
+                    ) from exc
+                order = found
+            replaced = await self._client.get_order(req.broker_order_id)
+        except DuplicateClientOrderId as exc:
+            raise ApplicationError(
+                f"client order id {req.client_order_id} is taken and not found",
+                type=errors.BROKER_OUTCOME_UNKNOWN,
+            ) from exc
+        except BrokerError as exc:
+            raise self._failed(exc, "replace_order") from exc
+        return ReplaceOrderResult(order=order, replaced=replaced)
 
     @activity.defn
     async def cancel_order(self, req: CancelOrderInput) -> CancelOrderResult:

@@ -31,6 +31,8 @@ class FaultConfig(BaseModel):
     event_drop_prob: Probability = 0.0
     event_dup_prob: Probability = 0.0
     unreachable: bool = False
+    # How long a replace (PATCH) takes to reach the venue: the old order still fills meanwhile.
+    replace_delay_ms: Millis = 0
 
 
 class Faults:

@@ -406,6 +406,15 @@ class BrokerSimServer:
     async def replace_order(self, request: web.Request) -> web.Response:
         order = self.engine.get(request.match_info["id"])  # 404 before the body is read
         body = await read_json_object(request)
+        delay_s = self.faults.config.replace_delay_ms / 1000
+        if delay_s:
+            # The replacement on its way to the venue: the old order can still fill meanwhile,
+            # and one that fills (or is canceled) first is not replaced (Alpaca's rule).
+            self.requests["replacing"] += 1
+            try:
+                await asyncio.sleep(delay_s)
+            finally:
+                self.requests["replacing"] -= 1
         return _json(self.engine.replace(order.id, body).to_json())
 
     # -- the account ------------------------------------------------------------------------
@@ -551,7 +560,7 @@ class BrokerSimServer:
         return _json(self.stream.status())
 
     async def get_requests(self, request: web.Request) -> web.Response:
-        names = ("in_flight", "hung", "late", "handled")
+        names = ("in_flight", "hung", "late", "handled", "replacing")
         return _json({name: self.requests[name] for name in names})
 
     def _rate_limit_info(self) -> dict[str, Any]:

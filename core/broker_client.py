@@ -240,6 +240,25 @@ class BrokerClient:
             body["client_order_id"] = client_order_id
         return BrokerOrder.model_validate(await self._trading("POST", "/v2/orders", body=body))
 
+    async def replace_order(
+        self,
+        broker_order_id: str,
+        *,
+        client_order_id: str,
+        qty: Decimal | None = None,
+        limit_price: Decimal | None = None,
+    ) -> BrokerOrder:
+        """PATCH /v2/orders/{id}: a new order (``client_order_id``) that replaces this one; the
+        answer is the new order. The old one goes ``replaced`` and keeps its fills."""
+        body: dict[str, Any] = {"client_order_id": client_order_id}
+        if qty is not None:
+            body["qty"] = plain(qty)
+        if limit_price is not None:
+            body["limit_price"] = plain(limit_price)
+        return BrokerOrder.model_validate(
+            await self._trading("PATCH", f"/v2/orders/{broker_order_id}", body=body)
+        )
+
     async def get_order(self, broker_order_id: str) -> BrokerOrder:
         return BrokerOrder.model_validate(
             await self._trading("GET", f"/v2/orders/{broker_order_id}")

@@ -105,6 +105,9 @@ class BrokerOrder(BaseModel):
     canceled_at: datetime | None = None
     expired_at: datetime | None = None
     failed_at: datetime | None = None
+    # A replacement names the order it replaces; a replaced order its replacement (PATCH).
+    replaces: str | None = None
+    replaced_by: str | None = None
 
     @model_validator(mode="before")
     @classmethod

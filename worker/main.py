@@ -184,6 +184,7 @@ def build_workers(
                     lock.release_lock,
                     ledger.reserve_funds,
                     ledger.post_fill,
+                    ledger.resize_hold,
                     ledger.void_funds,
                     ledger.book_error_fill,
                     quotes.get_quote,
@@ -214,6 +215,7 @@ def build_workers(
                 task_queue=s.broker_task_queue,
                 activities=[
                     broker.submit_order,
+                    broker.replace_order,
                     broker.cancel_order,
                     # Orders started before the asks queue still ask here.
                     broker.reconcile_order,

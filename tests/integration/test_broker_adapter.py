@@ -23,6 +23,7 @@ from activities.broker import (
     ListBrokerOrdersInput,
     ListBrokerOrdersPageInput,
     ReconcileOrderInput,
+    ReplaceOrderInput,
     SubmitOrderInput,
 )
 from core import errors
@@ -299,6 +300,73 @@ async def test_cancel_filled_order_answers_filled(sim: BrokerSim, acts: BrokerAc
     assert cancel.order is not None
     assert cancel.order.filled_qty == Decimal(3)
     assert cancel.order.filled_notional > 0
+
+
+def replace_of(broker_order_id: str, order_id: str, n: int = 1) -> ReplaceOrderInput:
+    """The resting MSFT buy's n-th replacement: 3 shares at 301."""
+    return ReplaceOrderInput(
+        broker_order_id=broker_order_id,
+        client_order_id=f"{order_id}/r{n}",
+        qty=Decimal(3),
+        limit_price=Decimal("301.00"),
+    )
+
+
+async def test_replace_makes_one_replacement_and_reports_the_replaced_orders_end(
+    sim: BrokerSim, acts: BrokerActivities
+) -> None:
+    order_id = new_id()
+    submitted = await acts.submit_order(resting_limit_buy(order_id))
+    first = await acts.replace_order(replace_of(submitted.broker_order_id, order_id))
+    assert (first.order.qty, first.order.limit_price) == (Decimal(3), Decimal("301.00"))
+    assert first.order.replaces == submitted.broker_order_id
+    assert (first.replaced.status, first.replaced.replaced_by) == ("replaced", first.order.id)
+    # Retried (its answer lost): the same replacement, found by its client order id.
+    again = await acts.replace_order(replace_of(submitted.broker_order_id, order_id))
+    assert again.order.id == first.order.id
+    assert len(await orders_for(sim, f"{order_id}/r1")) == 1
+
+
+async def test_replace_through_dropped_replies_makes_one_replacement(
+    sim: BrokerSim, acts: BrokerActivities
+) -> None:
+    order_id = new_id()
+    submitted = await acts.submit_order(resting_limit_buy(order_id))
+    await faults(sim, drop_reply_prob=1.0)
+    result, seen = await like_temporal(
+        lambda: acts.replace_order(replace_of(submitted.broker_order_id, order_id)),
+        heal=lambda: faults(sim),
+    )
+    assert seen and set(seen) == {errors.BROKER_OUTCOME_UNKNOWN}
+    assert [o["id"] for o in await orders_for(sim, f"{order_id}/r1")] == [result.order.id]
+    assert result.replaced.status == "replaced"
+
+
+async def test_replace_of_a_filled_order_is_refused_and_changes_nothing(
+    sim: BrokerSim, acts: BrokerActivities
+) -> None:
+    order_id = new_id()
+    submitted = await acts.submit_order(market_buy(order_id, "2"))
+    await sim.admin("POST", "/admin/tick")
+    with pytest.raises(ApplicationError) as info:
+        await acts.replace_order(replace_of(submitted.broker_order_id, order_id))
+    assert info.value.type == errors.BROKER_REJECTED and info.value.non_retryable
+    assert await orders_for(sim, f"{order_id}/r1") == []
+
+
+async def test_a_replacement_id_taken_by_another_order_is_a_conflict(
+    acts: BrokerActivities,
+) -> None:
+    order_id, other = new_id(), new_id()
+    mine = await acts.submit_order(resting_limit_buy(order_id))
+    theirs = await acts.submit_order(resting_limit_buy(other))
+    await acts.replace_order(replace_of(theirs.broker_order_id, other))
+    taken = replace_of(mine.broker_order_id, order_id).model_copy(
+        update={"client_order_id": f"{other}/r1"}
+    )
+    with pytest.raises(ApplicationError) as info:
+        await acts.replace_order(taken)
+    assert info.value.type == errors.ORDER_CONFLICT and info.value.non_retryable
 
 
 async def test_cancel_absent_order(acts: BrokerActivities) -> None:
