@@ -26,18 +26,21 @@ def report_problem(state: OrderState, report: BrokerReport, saga: SagaSettings) 
     qty, notional = report.filled_qty, report.filled_notional
     if not (qty.is_finite() and notional.is_finite()) or qty < 0 or notional < 0:
         return "negative or non-finite fills"
-    if qty > req.qty:
-        return f"filled {qty} of an order for {req.qty}"
+    if qty > st.order_qty:
+        return f"filled {qty} of an order for {st.order_qty}"
     if notional > MAX_AMOUNT or qty != qty.quantize(SHARE_QUANTUM):
         return "fills out of range or finer than the share's 9 decimals"
     if (qty == 0) != (notional == 0):
         return "a notional without a quantity, or the reverse"
     if qty < st.filled_qty or notional < st.filled_notional:
         return "cumulative fills went backwards"
+    # The limit binds the broker order it was sent with: a replaced order's earlier fills are
+    # its replaced broker orders', within their own limits (checked when they were booked).
     limit = st.limit_sent
-    if limit is not None and req.side == "buy" and notional > qty * limit:
+    leg_qty, leg_notional = qty - st.prior_filled_qty, notional - st.prior_filled_notional
+    if limit is not None and req.side == "buy" and leg_notional > leg_qty * limit:
         return f"paid more than the limit {limit}"
-    if limit is not None and req.side == "sell" and notional < qty * limit:
+    if limit is not None and req.side == "sell" and leg_notional < leg_qty * limit:
         return f"sold below the limit {limit}"
     if req.side == "buy":
         cost = round_cash(notional) + cumulative_fee("buy", notional, saga)

@@ -129,6 +129,9 @@ class FollowBroker(SagaBase):
         while final is None:
             if self._state.cancel_requested and not self._state.cancel_sent:
                 await self._send_cancel()
+            if self._replace_asked is not None:
+                final = await self._replace()
+                continue
             await self._wait_for_reports()
             reports, self._reports = self._reports, []
             final = await self._apply_reports(reports)
@@ -138,6 +141,8 @@ class FollowBroker(SagaBase):
                 if not self._reports:
                     self._note(f"continued as new ({why}); fills carried over")
                     self._continue()
+        if self._replace_asked is not None:  # asked as the order ended
+            self._answer_replace(False, f"the order is {final.status}")
         status = BROKER_FINAL[final.status]
         await self._void(f"broker says {final.status}")
         await self._finish(status, f"broker: {final.status}")
@@ -166,6 +171,7 @@ class FollowBroker(SagaBase):
                 lambda: (
                     bool(self._reports)
                     or (self._state.cancel_requested and not self._state.cancel_sent)
+                    or self._replace_asked is not None
                 ),
                 timeout=timedelta(seconds=self._poll_s),
             )
@@ -258,10 +264,11 @@ class FollowBroker(SagaBase):
             cum_fee,
         )
         st.posted_cash = res.posted_cash
-        if st.filled_qty < req.qty and st.status != OrderStatus.CANCEL_REQUESTED:
-            self._set_status(OrderStatus.PARTIALLY_FILLED, f"filled {st.filled_qty}/{req.qty}")
+        total = st.order_qty
+        if st.filled_qty < total and st.status != OrderStatus.CANCEL_REQUESTED:
+            self._set_status(OrderStatus.PARTIALLY_FILLED, f"filled {st.filled_qty}/{total}")
         else:
-            self._note(f"filled {st.filled_qty}/{req.qty} for {cum_cash} USD")
+            self._note(f"filled {st.filled_qty}/{total} for {cum_cash} USD")
         await self._store(st.status)
 
     async def _send_cancel(self) -> None:
@@ -269,7 +276,7 @@ class FollowBroker(SagaBase):
         res = await self._broker(
             BrokerActivities.cancel_order,
             CancelOrderInput(
-                client_order_id=self._state.request.key,
+                client_order_id=self._state.leg_id,
                 broker_order_id=self._state.broker_order_id,
             ),
             retry=BROKER_ASK_RETRY,
@@ -280,14 +287,15 @@ class FollowBroker(SagaBase):
     async def _ask_broker(self) -> ReconcileOrderResult:
         return await self._broker(
             BrokerActivities.reconcile_order,
-            ReconcileOrderInput(client_order_id=self._state.request.key),
+            ReconcileOrderInput(client_order_id=self._state.leg_id),
             retry=BROKER_ASK_RETRY,
             ask=True,
         )
 
-    @staticmethod
-    def _report_from(order: BrokerOrder, source: str) -> BrokerReport:
-        return BrokerReport(
+    def _report_from(self, order: BrokerOrder, source: str) -> BrokerReport:
+        """The broker's answer about one of the order's broker orders, as the order's report
+        (a replaced order's cumulative fills span its broker orders: ``_lift``)."""
+        report = BrokerReport(
             source=source,  # type: ignore[arg-type]
             broker_order_id=order.id,
             status=order.status,
@@ -295,3 +303,13 @@ class FollowBroker(SagaBase):
             filled_notional=order.filled_notional,
             terminal=order.status in BROKER_FINAL,
         )
+        return self._lift(report) or report
+
+    def _lift(self, report: BrokerReport) -> BrokerReport | None:
+        return report  # ReplaceOrder's, for an order that was replaced
+
+    async def _replace(self) -> BrokerReport | None:
+        raise NotImplementedError  # ReplaceOrder's
+
+    def _answer_replace(self, accepted: bool, detail: str) -> None:
+        raise NotImplementedError  # ReplaceOrder's

@@ -72,7 +72,7 @@ class TimelineEntry(BaseModel):
 class BrokerReport(BaseModel):
     """The broker's view of an order at one moment: cumulative figures, from an event or a poll."""
 
-    source: Literal["event", "poll", "submit", "cancel"]
+    source: Literal["event", "poll", "submit", "cancel", "replace"]
     broker_order_id: str | None = None
     status: str
     filled_qty: Decimal = Decimal(0)
@@ -101,10 +101,37 @@ class OrderState(BaseModel):
     cancel_requested: bool = False
     cancel_sent: bool = False
     timeline: list[TimelineEntry] = Field(default_factory=list)
+    # Replaced (issue 16; workflows/replace.py). The order's quantity and price bound over every
+    # broker order it has had (None: the request's, never replaced); the replaces sent (the
+    # next goes out as ``<key>/r<replaces + 1>``); the client order id of the broker order it
+    # follows now (None: the order key); the broker orders it replaced, and their fills, which
+    # the order's cumulative figures include.
+    qty: Decimal | None = None
+    price_bound: Decimal | None = None
+    replaces: int = 0
+    client_order_id: str | None = None
+    replaced_ids: list[str] = Field(default_factory=list)
+    prior_filled_qty: Decimal = Decimal(0)
+    prior_filled_notional: Decimal = Decimal(0)
 
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    @property
+    def order_qty(self) -> Decimal:
+        """The most the order may fill in all: the request's quantity until it is replaced."""
+        return self.request.qty if self.qty is None else self.qty
+
+    @property
+    def leg_id(self) -> str:
+        """The client order id of the broker order the order follows now."""
+        return self.client_order_id or self.request.key
+
+    @property
+    def bound(self) -> Decimal | None:
+        """The hold's price bound: over every limit the order has been sent with."""
+        return self.limit_sent if self.price_bound is None else self.price_bound
 
 
 class OrderInput(BaseModel):
@@ -174,6 +201,26 @@ def place_result(state: OrderState) -> PlaceResult:
         held=state.held,
         hold_asset=state.hold_asset,
     )
+
+
+class ReplaceRequest(BaseModel):
+    """A customer's amendment of a live limit order: its new total quantity, its new limit, or
+    both (None: unchanged). Parsed strictly in the workflow (``replace_problem``)."""
+
+    qty: Decimal | None = None
+    limit_price: Decimal | None = None
+
+
+class ReplaceResult(BaseModel):
+    """``replace``'s answer, once the broker has said yes or no (the order as it stands)."""
+
+    accepted: bool
+    status: OrderStatus
+    qty: Decimal
+    limit_price: Decimal | None = None
+    held: Decimal = Decimal(0)
+    broker_order_id: str | None = None
+    detail: str = ""
 
 
 class CancelResult(BaseModel):

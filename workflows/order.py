@@ -36,13 +36,11 @@ with workflow.unsafe.imports_passed_through():
         ReserveInput,
         ReserveResult,
     )
-    from activities.lock import AcquireLockInput, LockActivities, ReleaseLockInput
     from activities.marketdata import GetQuoteInput, MarketDataActivities
     from core import errors
     from core.money import MAX_AMOUNT
     from core.settings import SagaConfig
     from core.statuses import OrderStatus
-    from workflows.following import FollowBroker
     from workflows.metrics import record_decision
     from workflows.models import (
         BrokerReport,
@@ -51,28 +49,27 @@ with workflow.unsafe.imports_passed_through():
         OrderRequest,
         OrderState,
         PlaceResult,
+        ReplaceRequest,
+        ReplaceResult,
         foreign_ids,
         place_result,
         validate_request,
     )
     from workflows.pricing import Hold, hold_for
+    from workflows.replace import ReplaceOrder, replace_problem, replace_refused
     from workflows.saga_base import (  # the patches and names others import from here
         CANCEL_BEFORE_DECISION_PATCH,
         DECIDED_OR_REFUSED_PATCH,
         LOCAL_STEPS_PATCH,
-        LOCK_RETRY,
-        MAX_FENCE_RETRIES,
         ORDER_CONFLICT_REASON,
         ORDER_NOT_PARKED,
         ORDER_TERMINAL,
-        RELOCK_NOTE,
         STEP_ERRORS,
         TRUST_BOUNDARY_PATCH,
         WORKER_SETTINGS_PATCH,
         Refusal,
         error_message,
         error_type,
-        fence_seen,
         innermost,
     )
 
@@ -97,7 +94,7 @@ STRICT_INPUT_PATCH = "strict-input-v1"
 # continue-as-new (FollowBroker._continue). Changes that must reach running orders still go
 # behind workflow.patched (docs/DEPLOY.md).
 @workflow.defn
-class OrderWorkflow(FollowBroker):
+class OrderWorkflow(ReplaceOrder):
     @workflow.init
     def __init__(self, inp: OrderInput) -> None:
         self._cfg = SagaConfig()  # the worker's, read first thing in run()
@@ -119,6 +116,8 @@ class OrderWorkflow(FollowBroker):
         self._refusal_kind: str | None = None  # the metric's category where the text has none
         self._backoff = False
         self._poll_s = self._cfg.fill_poll_interval_s
+        self._replace_asked: ReplaceRequest | None = None
+        self._replace_answer: ReplaceResult | None = None
 
     @workflow.update
     async def place(self, request: OrderRequest) -> PlaceResult:
@@ -155,6 +154,26 @@ class OrderWorkflow(FollowBroker):
             )
 
     @workflow.update
+    async def replace(self, request: ReplaceRequest) -> ReplaceResult:
+        """Amend the live order (workflows/replace.py); answers once the broker has said yes or
+        no: the order as it then stands."""
+        self._replace_asked, self._replace_answer = request, None
+        self._note("replace requested")
+        await workflow.wait_condition(lambda: self._replace_answer is not None)
+        assert self._replace_answer is not None
+        return self._replace_answer
+
+    @replace.validator
+    def _validate_replace(self, request: ReplaceRequest) -> None:
+        reason = replace_problem(self._state, request)
+        if reason is None and not self._guarded:
+            reason = "order was placed before replaces existed"
+        if reason is None and self._replace_asked is not None:
+            reason = "a replace of this order is in progress"
+        if reason is not None:
+            raise replace_refused(reason)
+
+    @workflow.update
     async def resume(self) -> CancelResult:
         """An operator fixed what parked the order: try the step that could not go on again."""
         self._resume = True
@@ -172,7 +191,9 @@ class OrderWorkflow(FollowBroker):
 
     @workflow.signal
     def broker_update(self, report: BrokerReport) -> None:
-        self._reports.append(report)
+        lifted = self._lift(report)  # a replaced order's: its fills span its broker orders
+        if lifted is not None:
+            self._reports.append(lifted)
 
     @workflow.query
     def status(self) -> OrderState:
@@ -338,96 +359,42 @@ class OrderWorkflow(FollowBroker):
         return Decimal(q.ask)
 
     async def _reserve_under_lock(self, asset: str, amount: Decimal) -> ReserveResult | Refusal:
-        """Lock, reserve, unlock; what is held, or why nothing is.
-
-        A stale-fence refusal means our lock expired and someone else wrote since, or the lock's
-        counter went back and handed our fence out before: lock again, asking for a fence above
-        the newest the ledger has seen, and retry the same reserve (same idempotency key, same
-        amount).
-        """
+        """Lock, reserve, unlock (``_fenced``: a stale fence locks again and retries the same
+        reserve); what is held, or why nothing is."""
         req = self._state.request
         key = req.key
-        floor = 0
-        for _ in range(MAX_FENCE_RETRIES):
-            self._stage = "locking the account"
-            fence = await self._acquire_lock(floor)
-            try:
-                self._stage = "holding funds"
-                return await self._ledger(
-                    LedgerActivities.reserve_funds,
-                    ReserveInput(
-                        account_id=req.account_id,
-                        order_key=key,
-                        asset=asset,
-                        amount=amount,
-                        fence=fence,
-                        idempotency_key=f"{key}:reserve",
-                        side=req.side,
-                        symbol=req.symbol,
-                        order=self._order_record(),
-                        price_bound=self._state.limit_sent,  # a market buy's cap
-                    ),
-                )
-            except STEP_ERRORS as err:
-                kind = error_type(err)
-                if kind == errors.STALE_FENCE:
-                    floor = max(floor, fence_seen(err))
-                    self._note(RELOCK_NOTE)
-                    continue
-                if kind == errors.INSUFFICIENT_FUNDS:
-                    return Refusal(f"insufficient funds: {error_message(err, str(err))}")
-                if kind == errors.UNKNOWN_ACCOUNT:
-                    return Refusal(f"unknown account {req.account_id}")
-                if kind == errors.ORDER_CONFLICT:
-                    return Refusal(f"{ORDER_CONFLICT_REASON} ({req.order_id})", recorded=True)
-                if kind == errors.ORDER_REFUSED:  # an earlier try of this task refused it
-                    return Refusal(error_message(err, "refused"), recorded=True)
-                raise
-            finally:
-                self._stage = "unlocking the account"
-                await self._release_lock()
-        self._stage = "locking the account"
-        raise ApplicationError("reserve kept losing its lock", type=errors.LOCK_LOST)
 
-    async def _acquire_lock(self, floor: int = 0) -> int:
-        """The account lock's fencing token, above ``floor`` (the ledger's newest fence).
+        async def reserve(fence: int) -> ReserveResult:
+            self._stage = "holding funds"
+            return await self._ledger(
+                LedgerActivities.reserve_funds,
+                ReserveInput(
+                    account_id=req.account_id,
+                    order_key=key,
+                    asset=asset,
+                    amount=amount,
+                    fence=fence,
+                    idempotency_key=f"{key}:reserve",
+                    side=req.side,
+                    symbol=req.symbol,
+                    order=self._order_record(),
+                    price_bound=self._state.limit_sent,  # a market buy's cap
+                ),
+            )
 
-        First one local try that does not wait: an account no other order is using (the common
-        case) is locked with no round trip. If the lock is busy, or the try fails at all, an
-        ordinary activity waits up to ``lock_wait_ms`` and is retried. The wait is never a local
-        activity: one holds its workflow task open, and on a hot account (hundreds of orders
-        queued on one lock, bench.contention) waiting local acquires were cancelled and retried
-        as their workflow tasks timed out. A try whose answer was lost is harmless: the lock's
-        owner is the order key, so taking it again returns the same fence.
-        """
-        req = self._state.request
-        lock = AcquireLockInput(
-            account_id=req.account_id,
-            owner=req.key,
-            ttl_ms=self._cfg.lock_ttl_ms,
-            wait_ms=self._cfg.lock_wait_ms,
-            floor=floor,
-        )
-        if self._local:
-            try:
-                got = await workflow.execute_local_activity_method(
-                    LockActivities.acquire_lock,
-                    lock.model_copy(update={"wait_ms": 0}),
-                    start_to_close_timeout=timedelta(seconds=5),
-                    retry_policy=RetryPolicy(maximum_attempts=1),
-                )
-                return int(got.fence)
-            except STEP_ERRORS:
-                pass  # busy: wait for it as an ordinary activity
-        res = await workflow.execute_activity_method(
-            LockActivities.acquire_lock,
-            lock,
-            start_to_close_timeout=timedelta(milliseconds=self._cfg.lock_wait_ms + 5_000),
-            # The whole wait is bounded: past it the order is refused, account busy.
-            schedule_to_close_timeout=timedelta(seconds=self._cfg.lock_wait_total_s),
-            retry_policy=LOCK_RETRY,
-        )
-        return int(res.fence)
+        try:
+            return await self._fenced(reserve, "reserve")
+        except STEP_ERRORS as err:
+            kind = error_type(err)
+            if kind == errors.INSUFFICIENT_FUNDS:
+                return Refusal(f"insufficient funds: {error_message(err, str(err))}")
+            if kind == errors.UNKNOWN_ACCOUNT:
+                return Refusal(f"unknown account {req.account_id}")
+            if kind == errors.ORDER_CONFLICT:
+                return Refusal(f"{ORDER_CONFLICT_REASON} ({req.order_id})", recorded=True)
+            if kind == errors.ORDER_REFUSED:  # an earlier try of this task refused it
+                return Refusal(error_message(err, "refused"), recorded=True)
+            raise
 
     def _failure_reason(self, err: BaseException) -> str:
         """The refusal's reason for a step that failed for good before the decision."""
@@ -440,15 +407,6 @@ class OrderWorkflow(FollowBroker):
             return f"account busy: other orders kept the account locked for {waited} s"
         text = cause.message if isinstance(cause, FailureError) else str(cause)
         return f"could not be placed ({self._stage}): {text or type(cause).__name__}"
-
-    async def _release_lock(self) -> None:
-        req = self._state.request
-        await self._step(
-            LockActivities.release_lock,
-            ReleaseLockInput(account_id=req.account_id, owner=req.key),
-            start_to_close=timedelta(seconds=5),
-            retry=LOCK_RETRY,
-        )
 
     async def _execute(self) -> None:
         """From the pivot on: submit, follow the broker, finish."""

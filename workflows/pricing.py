@@ -53,3 +53,26 @@ def cumulative_fee(side: str, filled_notional: Decimal, saga: SagaSettings) -> D
     cash = round_cash(filled_notional)
     fee = commission(cash, saga.commission_rate, saga.commission_minimum)
     return min(fee, cash) if side == "sell" else fee
+
+
+def hold_budget(
+    side: str,
+    *,
+    qty: Decimal,
+    filled_qty: Decimal,
+    filled_notional: Decimal,
+    limit: Decimal | None,
+    saga: SagaSettings,
+) -> Decimal:
+    """What an order of ``qty`` in all, ``filled_qty`` of it filled for ``filled_notional``, can
+    still cost at most with what it has paid: the hold's budget (its used plus what it keeps).
+
+    A buy: the notional so far plus the open quantity at ``limit``, rounded up to the cent, plus
+    the commission on it (for an order not yet filled, exactly ``hold_for``'s amount). A sell:
+    its shares."""
+    if side == "sell":
+        return qty
+    if limit is None:
+        raise ValueError("a buy's budget needs its limit")
+    cash = ceil_cash(filled_notional + (qty - filled_qty) * limit)
+    return cash + commission(cash, saga.commission_rate, saga.commission_minimum)

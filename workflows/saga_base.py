@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         OrderRecord,
         VoidInput,
     )
+    from activities.lock import AcquireLockInput, LockActivities, ReleaseLockInput
     from activities.orders import OrderStoreActivities, RecordOrderInput, UpdateOrderInput
     from core import errors
     from core.orderkey import InvalidOrderKey, OrderKey
@@ -169,6 +170,7 @@ class SagaBase:
     _past_accept: bool
     _parking: bool
     _resume: bool
+    _replace_asked: Any  # ReplaceOrder's (workflows/replace.py): a replace waiting for the loop
 
     async def _step(
         self,
@@ -248,6 +250,80 @@ class SagaBase:
                     f"{step_name(method)} at the broker: {reason}", broker_fault=True
                 )
 
+    async def _fenced(self, step: Callable[[int], Awaitable[Out]], what: str) -> Out:
+        """Lock the account, run ``step`` with the lock's fencing token, unlock.
+
+        A stale-fence refusal means our lock expired and someone else wrote since, or the lock's
+        counter went back and handed our fence out before: lock again, asking for a fence above
+        the newest the ledger has seen, and run the same step again (same idempotency key, same
+        figures). Any other failure of the step is the caller's to read (after the unlock).
+        """
+        floor = 0
+        for _ in range(MAX_FENCE_RETRIES):
+            self._stage = "locking the account"
+            fence = await self._acquire_lock(floor)
+            try:
+                return await step(fence)
+            except STEP_ERRORS as err:
+                if error_type(err) != errors.STALE_FENCE:
+                    raise
+                floor = max(floor, fence_seen(err))
+                self._note(RELOCK_NOTE)
+            finally:
+                self._stage = "unlocking the account"
+                await self._release_lock()
+        self._stage = "locking the account"
+        raise ApplicationError(f"{what} kept losing its lock", type=errors.LOCK_LOST)
+
+    async def _acquire_lock(self, floor: int = 0) -> int:
+        """The account lock's fencing token, above ``floor`` (the ledger's newest fence).
+
+        First one local try that does not wait: an account no other order is using (the common
+        case) is locked with no round trip. If the lock is busy, or the try fails at all, an
+        ordinary activity waits up to ``lock_wait_ms`` and is retried. The wait is never a local
+        activity: one holds its workflow task open, and on a hot account (hundreds of orders
+        queued on one lock, bench.contention) waiting local acquires were cancelled and retried
+        as their workflow tasks timed out. A try whose answer was lost is harmless: the lock's
+        owner is the order key, so taking it again returns the same fence.
+        """
+        req = self._state.request
+        lock = AcquireLockInput(
+            account_id=req.account_id,
+            owner=req.key,
+            ttl_ms=self._cfg.lock_ttl_ms,
+            wait_ms=self._cfg.lock_wait_ms,
+            floor=floor,
+        )
+        if self._local:
+            try:
+                got = await workflow.execute_local_activity_method(
+                    LockActivities.acquire_lock,
+                    lock.model_copy(update={"wait_ms": 0}),
+                    start_to_close_timeout=timedelta(seconds=5),
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                )
+                return int(got.fence)
+            except STEP_ERRORS:
+                pass  # busy: wait for it as an ordinary activity
+        res = await workflow.execute_activity_method(
+            LockActivities.acquire_lock,
+            lock,
+            start_to_close_timeout=timedelta(milliseconds=self._cfg.lock_wait_ms + 5_000),
+            # The whole wait is bounded: past it the order is refused, account busy.
+            schedule_to_close_timeout=timedelta(seconds=self._cfg.lock_wait_total_s),
+            retry_policy=LOCK_RETRY,
+        )
+        return int(res.fence)
+
+    async def _release_lock(self) -> None:
+        req = self._state.request
+        await self._step(
+            LockActivities.release_lock,
+            ReleaseLockInput(account_id=req.account_id, owner=req.key),
+            start_to_close=timedelta(seconds=5),
+            retry=LOCK_RETRY,
+        )
+
     async def _park_for(self, reason: str, *, broker_fault: bool = False) -> None:
         """Stop here, visibly, until an operator resumes the order (the ``resume`` update).
 
@@ -299,7 +375,7 @@ class SagaBase:
             try:
                 view = await self._broker(
                     BrokerActivities.reconcile_order,
-                    ReconcileOrderInput(client_order_id=self._state.request.key),
+                    ReconcileOrderInput(client_order_id=self._state.leg_id),
                     retry=PARKED_ASK_RETRY,
                     park=False,
                     ask=True,
@@ -477,9 +553,9 @@ class SagaBase:
                 SYMBOL.value_set(req.symbol),
             ]
         )
-        filled = f"filled {st.filled_qty}/{req.qty}"
+        filled = f"filled {st.filled_qty}/{st.order_qty}"
         workflow.set_current_details(
-            f"**{st.status.value}** {req.side} {req.qty} {req.symbol} "
+            f"**{st.status.value}** {req.side} {st.order_qty} {req.symbol} "
             f"({req.order_type}, {req.time_in_force}) for {account}; {filled}; "
             f"held {st.held} {st.hold_asset or ''}; fees {st.fees}"
             + (f"; reason: {st.reason}" if st.reason else "")
