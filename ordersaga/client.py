@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 from pydantic import ValidationError
@@ -25,6 +25,7 @@ from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
+    WorkflowHandle,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
@@ -36,7 +37,6 @@ from temporalio.common import (
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.workflow import UpdateMethodMultiParam
 
 from activities.ledger import (
     AccountBalances,
@@ -74,12 +74,17 @@ from workflows.models import (
     OrderRequest,
     OrderState,
     PlaceResult,
+    ReplaceRequest,
+    ReplaceResult,
     place_result,
     validate_request,
 )
 from workflows.order import OrderWorkflow
 
 MAX_LIST_LIMIT = 1000
+
+
+T = TypeVar("T")
 
 
 def _key(account_id: str, order_id: str) -> OrderKey:
@@ -172,6 +177,26 @@ def build_request(
     if reason:
         raise UserError(reason)
     return req
+
+
+def build_replace(
+    *, qty: Decimal | str | int | None = None, limit_price: Decimal | str | int | None = None
+) -> ReplaceRequest:
+    """A replace's numbers, parsed as ``build_request`` parses an order's (UserError, one line,
+    before anything is contacted); at least one of them."""
+    if qty is None and limit_price is None:
+        raise UserError("give a new quantity, a new limit price, or both")
+    try:
+        return ReplaceRequest(
+            qty=None
+            if qty is None
+            else _number(qty, "quantity", places=SHARE_PLACES, maximum=MAX_ORDER_QTY),
+            limit_price=None
+            if limit_price is None
+            else _number(limit_price, "limit price", places=PRICE_PLACES, maximum=MAX_LIMIT_PRICE),
+        )
+    except InvalidAmount as exc:
+        raise UserError(str(exc)) from None
 
 
 def _failure_message(err: BaseException) -> str:
@@ -283,23 +308,44 @@ class OrderClient:
         return state_from_row(row)
 
     async def cancel_order(self, account_id: str, order_id: str) -> CancelResult:
-        return await self._order_update(account_id, order_id, OrderWorkflow.cancel)
+        return await self._order_update(
+            account_id, order_id, lambda handle: handle.execute_update(OrderWorkflow.cancel)
+        )
+
+    async def replace_order(
+        self,
+        account_id: str,
+        order_id: str,
+        *,
+        qty: Decimal | str | int | None = None,
+        limit_price: Decimal | str | int | None = None,
+    ) -> ReplaceResult:
+        """Amend a live limit order: its new total quantity, its new limit, or both. Answers
+        once the broker has replaced it or refused (``accepted``), with the order as it stands;
+        a replace the order cannot take (filled, canceling, a market order, nothing changed, bad
+        numbers) is one UserError and changes nothing."""
+        ask = build_replace(qty=qty, limit_price=limit_price)
+        return await self._order_update(
+            account_id, order_id, lambda handle: handle.execute_update(OrderWorkflow.replace, ask)
+        )
 
     async def resume_order(self, account_id: str, order_id: str) -> CancelResult:
         """Resume an order parked in NEEDS_ATTENTION once its cause is fixed (an operator's
         call): the step that could not go on is tried again."""
-        return await self._order_update(account_id, order_id, OrderWorkflow.resume)
+        return await self._order_update(
+            account_id, order_id, lambda handle: handle.execute_update(OrderWorkflow.resume)
+        )
 
     async def _order_update(
         self,
         account_id: str,
         order_id: str,
-        update: UpdateMethodMultiParam[[OrderWorkflow], CancelResult],
-    ) -> CancelResult:
+        update: Callable[[WorkflowHandle[Any, Any]], Awaitable[T]],
+    ) -> T:
         """An update of a running order; its refusal, or a closed order, is one UserError."""
         handle = self.temporal.get_workflow_handle(_key(account_id, order_id).workflow_id)
         try:
-            return await handle.execute_update(update)
+            return await update(handle)
         except WorkflowUpdateFailedError as err:
             raise UserError(_failure_message(err)) from None
         except RPCError as err:

@@ -299,17 +299,18 @@ class ReplaceOrder(FollowBroker):
             return None
 
         async def grow(fence: int) -> None:
-            await self._ledger(
-                LedgerActivities.resize_hold, inp.model_copy(update={"fence": fence})
-            )
+            fenced = inp.model_copy(update={"fence": fence})
+            await self._ledger(LedgerActivities.resize_hold, fenced, park=False)
 
-        try:
-            await self._fenced(grow, "a replace's hold")
-        except STEP_ERRORS as err:
-            if error_type(err) == errors.INSUFFICIENT_FUNDS:
-                return Refusal(f"insufficient funds: {error_message(err, str(err))}")
-            raise
-        return None
+        while True:
+            try:
+                await self._fenced(grow, "a replace's hold")
+                return None
+            except STEP_ERRORS as err:
+                if error_type(err) == errors.INSUFFICIENT_FUNDS:
+                    return Refusal(f"insufficient funds: {error_message(err, str(err))}")
+                # Past the pivot nothing fails the order: it waits, visibly, and tries again.
+                await self._park_for(f"resize_hold: {error_message(err, str(err))}")
 
 
 def replace_refused(reason: str) -> ApplicationError:

@@ -179,6 +179,7 @@ class SagaBase:
         *,
         start_to_close: timedelta,
         retry: RetryPolicy,
+        park: bool = True,
     ) -> Out:
         """A quote, unlock, ledger or orders-table step: Postgres or Redis work of milliseconds.
 
@@ -206,13 +207,17 @@ class SagaBase:
                     method, arg, start_to_close_timeout=start_to_close, retry_policy=retry
                 )
             except STEP_ERRORS as err:
-                if not self._parks():
+                if not (park and self._parks()):
                     raise
                 await self._park_for(f"{step_name(method)}: {error_message(err, str(err))}")
 
-    async def _ledger(self, method: Callable[[Any, In], Awaitable[Out]], arg: In) -> Out:
+    async def _ledger(
+        self, method: Callable[[Any, In], Awaitable[Out]], arg: In, *, park: bool = True
+    ) -> Out:
+        """A ledger step; past the pivot one that fails for good parks the order, unless
+        ``park`` is off (the caller reads the refusal)."""
         return await self._step(
-            method, arg, start_to_close=timedelta(seconds=30), retry=LEDGER_RETRY
+            method, arg, start_to_close=timedelta(seconds=30), retry=LEDGER_RETRY, park=park
         )
 
     async def _broker(

@@ -1,4 +1,4 @@
-"""``ordersaga order place|status|cancel|list`` and ``ordersaga reconcile``."""
+"""``ordersaga order place|status|replace|cancel|list`` and ``ordersaga reconcile``."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ async def _with_client(fn: Any) -> Any:
 def register(cli: click.Group) -> None:
     @cli.group()
     def order() -> None:
-        """Place, inspect, cancel and list orders."""
+        """Place, inspect, replace, cancel and list orders."""
 
     @order.command("place")
     @click.option("--account", "account_id", required=True, callback=id_value)
@@ -153,6 +153,40 @@ def register(cli: click.Group) -> None:
             echo_json(res.model_dump(mode="json"))
         else:
             click.echo(f"cancel accepted: {res.status.value}; {res.detail}")
+
+    @order.command("replace")
+    @click.option("--account", "account_id", required=True, callback=id_value)
+    @click.argument("order_id", callback=id_value)
+    @click.option("--qty", default=None, callback=text_value, help="The new total quantity.")
+    @click.option("--limit-price", default=None, callback=text_value, help="The new limit.")
+    @click.option("--json", "as_json", is_flag=True)
+    def replace(
+        account_id: str, order_id: str, qty: str | None, limit_price: str | None, as_json: bool
+    ) -> None:
+        """Amend a live limit order (its total quantity, its limit, or both) at the broker.
+
+        Returns once the broker has replaced it or refused; exits 1 when refused."""
+        from ordersaga.client import build_replace
+
+        try:  # checked before anything is contacted
+            build_replace(qty=qty, limit_price=limit_price)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+        res = run(
+            _with_client(
+                lambda oc: oc.replace_order(account_id, order_id, qty=qty, limit_price=limit_price)
+            )
+        )
+        if as_json:
+            echo_json(res.model_dump(mode="json"))
+        else:
+            verdict = "replaced" if res.accepted else "not replaced"
+            click.echo(
+                f"{verdict}: {res.qty} at {res.limit_price}, held {res.held} "
+                f"({res.status.value}); {res.detail}"
+            )
+        if not res.accepted:
+            raise SystemExit(1)
 
     @order.command("resume")
     @click.option("--account", "account_id", required=True, callback=id_value)
