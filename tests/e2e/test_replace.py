@@ -14,9 +14,12 @@ HTTP and the dev server. The simulator fills only when a test ticks it, at price
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -29,11 +32,12 @@ from core.settings import SagaSettings
 from core.statuses import OrderStatus
 from tests.support.brokersim import BrokerSim, StartSim, brokersim_factory  # noqa: F401
 from tests.support.e2e import Stack, e2e_stack
-from tests.support.workerproc import workers_running
-from workflows.models import OrderState
+from tests.support.workerproc import worker_env, workers_running
+from workflows.models import OrderState, ReplaceResult
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
+ORDERSAGA = str(Path(sys.executable).with_name("ordersaga"))
 DEPOSIT = "5000"
 PRICE = Decimal("100.00")
 
@@ -225,7 +229,14 @@ async def test_refused_replaces_leave_the_order_its_hold_and_the_book_as_they_we
         before = await usd(stack, acct)
         key = f"{acct}/{oid}"
 
-        poor = await stack.orders.replace_order(acct, oid, qty="6")  # 594 + fee > 500
+        # Through the CLI, as a person would: 6 x 99 + fee > 500; exit status 1, one answer.
+        env = worker_env(stack.settings, temporal_env.client.service_client.config.target_host)
+        cli = [ORDERSAGA, "order", "replace", "--account", acct, oid, "--qty", "6", "--json"]
+        done = await asyncio.to_thread(
+            subprocess.run, cli, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        poor = ReplaceResult.model_validate_json(done.stdout)
         assert not poor.accepted and "insufficient funds" in poor.detail, poor
         # 50% from the market: the broker refuses it; the hold grown for it shrinks back.
         far = await stack.orders.replace_order(acct, oid, limit_price="151.00")
