@@ -252,6 +252,20 @@ async def reconcile_incremental(saga: SagaStack) -> str:
     return f"{handle.id}@{handle.first_execution_run_id}"
 
 
+async def replaced_then_filled(saga: SagaStack) -> OrderState:
+    """A resting limit buy replaced (more shares, a limit above the market) and then filled."""
+    acct = await saga.funded_account("10000")
+    ask = await _price(saga, "AAPL")
+    low, high = ((ask * Decimal(f)).quantize(Decimal("0.01")) for f in ("0.8", "1.1"))
+    placed = await saga.place(
+        acct, symbol="AAPL", side="buy", qty="2", order_type="limit", limit_price=low,
+        time_in_force="gtc",
+    )  # fmt: skip
+    await _until_at_broker(saga, acct, placed.order_id)
+    await saga.orders.replace_order(acct, placed.order_id, qty="3", limit_price=high)
+    return await saga.wait(acct, placed.order_id)
+
+
 # Histories of the reconciler, recorded by workflow id (``id@run``: that run of the chain).
 RECONCILES: dict[str, Callable[[SagaStack], Awaitable[str]]] = {
     "reconcile_late_order": reconcile_late_order,
@@ -270,6 +284,7 @@ SCENARIOS: dict[str, tuple[Scenario, OrderStatus]] = {
     "forged_signal_checked": (forged_signal_checked, OrderStatus.CANCELED),
     "parked_then_resumed": (parked_then_resumed, OrderStatus.SETTLED),
     "refused_account_busy": (refused_account_busy, OrderStatus.REJECTED),
+    "replaced_then_filled": (replaced_then_filled, OrderStatus.SETTLED),
 }
 
 

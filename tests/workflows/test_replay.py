@@ -37,6 +37,8 @@ from workflows.order import (
     OrderWorkflow,
 )
 from workflows.reconcile import IncrementalReconcileWorkflow, ReconcileWorkflow
+from workflows.replace import REPLACE_PATCH
+from workflows.saga_base import POLL_BACKOFF_PATCH
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 LOCAL_STEPS = HISTORIES / "local-steps"
@@ -50,7 +52,10 @@ PATCHES = {
     BEFORE_LOCAL_STEPS: set(),
 }
 # Patches a history took beyond its set's: the paths only some runs reach.
-PATH_PATCHES = {"refused_account_busy": {DECIDED_OR_REFUSED_PATCH}}
+PATH_PATCHES = {
+    "refused_account_busy": {DECIDED_OR_REFUSED_PATCH},
+    "replaced_then_filled": {POLL_BACKOFF_PATCH, REPLACE_PATCH},
+}
 RECORDED = sorted(HISTORIES.rglob("*.json"))
 # The paths a change is most likely to break; each must keep a recorded history.
 REQUIRED = {
