@@ -36,7 +36,8 @@ UPDATE orders
    SET status = $3, reason = COALESCE($4, reason),
        broker_order_id = COALESCE($5, broker_order_id),
        filled_qty = GREATEST(filled_qty, $6), filled_notional = GREATEST(filled_notional, $7),
-       fees = GREATEST(fees, $8), updated_at = now(), version = version + 1
+       fees = GREATEST(fees, $8), qty = COALESCE($10, qty),
+       limit_price = COALESCE($11, limit_price), updated_at = now(), version = version + 1
  WHERE account_id = $1 AND order_id = $2
    AND status <> ALL($9::text[])
 """
@@ -91,6 +92,9 @@ class UpdateOrderInput(BaseModel):
     filled_qty: Decimal = Decimal(0)
     filled_notional: Decimal = Decimal(0)
     fees: Decimal = Decimal(0)
+    # A replaced order's quantity and limit now (None: unchanged, as placed).
+    qty: Decimal | None = None
+    limit_price: Decimal | None = None
 
 
 class UpdateOrderResult(BaseModel):
@@ -180,6 +184,8 @@ class OrderStore:
             inp.filled_notional,
             inp.fees,
             list(TERMINAL_STATUS_NAMES),
+            inp.qty,
+            inp.limit_price,
         )
         return bool(status.endswith(" 1"))
 

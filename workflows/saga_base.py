@@ -480,6 +480,8 @@ class SagaBase:
                 filled_qty=st.filled_qty,
                 filled_notional=st.filled_notional,
                 fees=st.fees,
+                qty=st.qty,  # None until replaced: the row keeps the order as placed
+                limit_price=st.limit_sent if st.qty is not None else None,
             ),
             start_to_close=timedelta(seconds=10),
             retry=LEDGER_RETRY,

@@ -133,6 +133,9 @@ async def test_fills_before_and_after_a_replace_are_booked_on_their_broker_order
         assert (old["id"], old["status"], old["filled_qty"]) == (first, "replaced", "1")
         assert (new["qty"], new["limit_price"], new["replaces"]) == ("5", "102.5", first)
         assert res.broker_order_id == new["id"]
+        row = await stack.orders._store.get(acct, oid)  # the orders row shows the order as it is
+        assert row is not None and (row.qty, row.limit_price) == (6, Decimal("102.50")), row
+        assert row.broker_order_id == new["id"]
         # The hold now covers what the order can still cost: 5 more at 102.50 on top of the fill.
         available, held = await usd(stack, acct)
         assert held == res.held - cost(1), (held, res.held)
