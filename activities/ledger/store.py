@@ -404,24 +404,32 @@ async def cas_hold(conn: asyncpg.Connection, rec: asyncpg.Record, after: Hold) -
     """Write the hold's new figures on the version read (``rec``). Figures beyond the order's
     quantity or price bound are refused by the database itself (HoldState), whatever the
     caller checked."""
+    await _write_hold(
+        conn,
+        after.order_id,
+        CAS_HOLD,
+        rec["id"],
+        after.held_remaining,
+        after.posted_qty,
+        after.posted_notional,
+        after.posted_cash,
+        after.posted_fee,
+        after.status,
+        rec["version"],
+    )
+
+
+async def _write_hold(conn: asyncpg.Connection, order_key: str, sql: str, *args: Any) -> None:
+    """One compare-and-set of a hold; a CHECK on its bounds refused is HoldState (the order's
+    quantity or price bound), a version moved is a Conflict (the transaction reruns)."""
     try:
-        status = await conn.execute(
-            CAS_HOLD,
-            rec["id"],
-            after.held_remaining,
-            after.posted_qty,
-            after.posted_notional,
-            after.posted_cash,
-            after.posted_fee,
-            after.status,
-            rec["version"],
-        )
+        status = await conn.execute(sql, *args)
     except asyncpg.exceptions.CheckViolationError as exc:
         bound = HOLD_BOUNDS.get(exc.constraint_name or "")
         if bound is None:
             raise
         raise beyond_bounds(
-            after.order_id, f"refused by the database ({exc.constraint_name}: the order's {bound})"
+            order_key, f"refused by the database ({exc.constraint_name}: the order's {bound})"
         ) from None
     if status != "UPDATE 1":
         raise Conflict
@@ -431,25 +439,17 @@ async def cas_resize(
     conn: asyncpg.Connection, rec: asyncpg.Record, budget: Decimal, after: Hold
 ) -> None:
     """Write a resized hold (``rec`` as read): its budget, what it keeps, its bounds."""
-    try:
-        status = await conn.execute(
-            RESIZE_HOLD,
-            rec["id"],
-            budget,
-            after.held_remaining,
-            after.qty,
-            after.limit_price,
-            rec["version"],
-        )
-    except asyncpg.exceptions.CheckViolationError as exc:
-        bound = HOLD_BOUNDS.get(exc.constraint_name or "")
-        if bound is None:
-            raise
-        raise beyond_bounds(
-            after.order_id, f"refused by the database ({exc.constraint_name}: the order's {bound})"
-        ) from None
-    if status != "UPDATE 1":
-        raise Conflict
+    await _write_hold(
+        conn,
+        after.order_id,
+        RESIZE_HOLD,
+        rec["id"],
+        budget,
+        after.held_remaining,
+        after.qty,
+        after.limit_price,
+        rec["version"],
+    )
 
 
 async def error_position(

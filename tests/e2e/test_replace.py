@@ -111,6 +111,16 @@ def cost(qty: int, price: Decimal = PRICE) -> Decimal:
     return cash + commission(cash, saga.commission_rate, saga.commission_minimum)
 
 
+async def paid_for(stack: Stack, acct: str, final: OrderState) -> None:
+    """A settled order's account: its shares in, what its fills and fees cost out, nothing left
+    held, and the ledger's invariants whole."""
+    bal = await stack.orders.balance(acct)
+    assert bal.of("AAPL").available == final.filled_qty and bal.of("USD").held == 0, bal
+    spent = Decimal(DEPOSIT) - bal.of("USD").available
+    assert spent == final.filled_notional + final.fees, (spent, final.fees)
+    assert (await check_ledger(stack.pool)).ok
+
+
 async def test_fills_before_and_after_a_replace_are_booked_on_their_broker_orders(
     temporal_env: WorkflowEnvironment,
     redis_keys: RedisKeys,
@@ -147,11 +157,7 @@ async def test_fills_before_and_after_a_replace_are_booked_on_their_broker_order
         assert final.status == OrderStatus.SETTLED, (final.status, final.reason)
         assert final.filled_qty == 6 and final.filled_notional == PRICE + 5 * Decimal("102.00")
         assert final.broker_order_id == new["id"] and final.replaced_ids == [first]
-        bal = await stack.orders.balance(acct)
-        assert bal.of("AAPL").available == 6 and bal.of("USD").held == 0
-        spent = Decimal(DEPOSIT) - bal.of("USD").available
-        assert spent == final.filled_notional + final.fees, (spent, final.fees)
-        assert (await check_ledger(stack.pool)).ok
+        await paid_for(stack, acct, final)
 
 
 async def test_a_fill_during_the_replace_never_takes_the_order_past_its_quantity(
@@ -184,10 +190,7 @@ async def test_a_fill_during_the_replace_never_takes_the_order_past_its_quantity
         final = await stack.orders.wait(acct, oid, timeout_s=60)
         assert final.status == OrderStatus.SETTLED, (final.status, final.reason)
         assert final.filled_qty == 4, final.filled_qty
-        bal = await stack.orders.balance(acct)
-        assert bal.of("AAPL").available == 4 and bal.of("USD").held == 0
-        assert Decimal(DEPOSIT) - bal.of("USD").available == final.filled_notional + final.fees
-        assert (await check_ledger(stack.pool)).ok
+        await paid_for(stack, acct, final)
 
 
 async def test_a_cancel_racing_a_replace_cancels_the_replacement(
