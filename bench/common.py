@@ -144,6 +144,21 @@ def bar_chart(
     return path
 
 
+def publish(
+    name: str,
+    data: dict[str, Any],
+    title: str,
+    groups: dict[str, dict[str, float]],
+    ylabel: str,
+    log: bool = False,
+) -> dict[str, Any]:
+    """Write a benchmark's results (``<name>.json``) and its chart (``<name>.png``), saying
+    where; ``data`` back."""
+    print(f"wrote {write_json(name, data)}")
+    print(f"wrote {bar_chart(name, title, groups, ylabel, log=log)}")
+    return data
+
+
 @dataclass
 class Infra:
     env: WorkflowEnvironment

@@ -20,16 +20,15 @@ from typing import Any
 
 from activities.ledger import check_ledger
 from bench.common import (
-    bar_chart,
     finish,
     infra,
     pct,
     print_header,
     progress,
+    publish,
     ratio,
     summary_ms,
     table,
-    write_json,
 )
 from bench.stack import Running, bench_settings, funded_accounts, saga_workers
 
@@ -119,9 +118,9 @@ async def main(n: int) -> dict[str, Any]:
     for k, v in ratios.items():
         print(f"{k}: {v}")
     data = {"machine": info, "orders": n, "cases": cases, "ratios": ratios}
-    print(f"wrote {write_json(NAME, data)}")
-    chart = bar_chart(
+    return publish(
         NAME,
+        data,
         f"{n} concurrent buys: one account vs {n} accounts",
         {
             k: {"accepted/s": c["accepted_per_s"], "settled/s": c["settled_per_s"]}
@@ -129,8 +128,6 @@ async def main(n: int) -> dict[str, Any]:
         },
         "orders per second",
     )
-    print(f"wrote {chart}")
-    return data
 
 
 def cli() -> None:

@@ -23,15 +23,14 @@ from typing import Any
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 
 from bench.common import (
-    bar_chart,
     finish,
     infra,
     print_header,
     progress,
+    publish,
     ratio,
     summary_ms,
     table,
-    write_json,
 )
 from bench.stack import Layout, Running, bench_settings, funded_accounts, saga_workers
 from tests.support.saga import NO_FAULTS
@@ -175,9 +174,9 @@ async def main(per_phase: int, interval: float, shared_slots: int) -> dict[str, 
         "timing": ISOLATION_TIMING,
         "layouts": layouts,
     }
-    print(f"wrote {write_json(NAME, data)}")
-    chart = bar_chart(
+    return publish(
         NAME,
+        data,
         "place_order p99 (ms) while the broker slows down",
         {
             phase: {label: res[phase]["place"]["p99_ms"] for label, res in layouts.items()}
@@ -186,8 +185,6 @@ async def main(per_phase: int, interval: float, shared_slots: int) -> dict[str, 
         "place_order p99 ms (log)",
         log=True,
     )
-    print(f"wrote {chart}")
-    return data
 
 
 def cli() -> None:

@@ -41,15 +41,14 @@ from unittest import mock
 from bench import cpu
 from bench.common import (
     Infra,
-    bar_chart,
     finish,
     fresh_server,
     infra,
     print_header,
     progress,
+    publish,
     ratio,
     table,
-    write_json,
 )
 from bench.stack import bench_settings, saga_workers
 from bench.throughput import run_saga
@@ -217,9 +216,9 @@ async def main(n: int, limit: int, window_s: int, skip_before: bool) -> dict[str
     )
     print(f"allowed: {limit} requests per {window_s} s = {allowed_per_s:.3f}/s per key")
     data = {"machine": info, "orders": n, "sim_limit": sim_limit, "results": rows}
-    print(f"wrote {write_json(NAME, data)}")
-    chart = bar_chart(
+    return publish(
         NAME,
+        data,
         f"{n} orders against {limit} requests / {window_s} s",
         {
             k.replace(" (", "\n("): {"/ allowed rate": r["ratio_to_allowed"]}
@@ -227,8 +226,6 @@ async def main(n: int, limit: int, window_s: int, skip_before: bool) -> dict[str
         },
         "broker requests per second / allowed",
     )
-    print(f"wrote {chart}")
-    return data
 
 
 def cli() -> None:

@@ -36,16 +36,15 @@ from temporalio.worker import Worker
 
 from bench import cpu
 from bench.common import (
-    bar_chart,
     finish,
     fresh_server,
     infra,
     print_header,
     progress,
+    publish,
     ratio,
     summary_ms,
     table,
-    write_json,
 )
 from bench.floor import FloorInput, FloorWorkflow, MinimalWorkflow, noop
 from bench.stack import Running, bench_settings, funded_accounts, saga_workers
@@ -348,15 +347,13 @@ async def main(n: int, rounds: int) -> dict[str, Any]:
         "saga_over_minimal": rows[SAGA]["ratio_to_minimal"],
         "saga_over_local_floor": over_local,
     }
-    print(f"wrote {write_json(NAME, data)}")
-    chart = bar_chart(
+    return publish(
         NAME,
+        data,
         f"{n} orders, {info['nproc']} cores: settled per second (best of {rounds} rounds)",
         {k.replace(" (", "\n("): {"orders/s": r["per_s"]} for k, r in rows.items()},
         "orders (workflows) per second",
     )
-    print(f"wrote {chart}")
-    return data
 
 
 def cli() -> None:

@@ -21,6 +21,7 @@ from core.broker_client import BrokerClient, TradeEvent
 from core.keys import RedisKeys
 from feeds.listener import BrokerListener
 from tests.support.brokersim import BrokerSim, brokersim_fixture
+from tests.support.listener import Running
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -65,17 +66,6 @@ def new_listener(
     return BrokerListener(
         client, redis, keys, on_event, name, backoff_first_s=0.05, backoff_max_s=0.3, **kwargs
     )
-
-
-class Running:
-    def __init__(self, listener: BrokerListener) -> None:
-        self.listener = listener
-        self.stop = asyncio.Event()
-        self.task = asyncio.create_task(listener.run(self.stop))
-
-    async def close(self) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 5)
 
 
 async def eventually(check: Callable[[], bool], what: str) -> None:

@@ -25,6 +25,7 @@ from feeds.listener import BrokerListener
 from feeds.listener import serve as serve_listener
 from tests.conftest import APP_REDIS_URL
 from tests.support.brokersim import BrokerSim, brokersim_fixture
+from tests.support.listener import Running
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -60,17 +61,6 @@ async def client(sim: BrokerSim) -> AsyncIterator[BrokerClient]:
         sim.url, key_id=sim.key_id, secret_key=sim.secret_key, request_timeout_s=2.0
     ) as broker_client:
         yield broker_client
-
-
-class Running:
-    def __init__(self, listener: BrokerListener) -> None:
-        self.listener = listener
-        self.stop = asyncio.Event()
-        self.task = asyncio.create_task(listener.run(self.stop))
-
-    async def close(self) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 5)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

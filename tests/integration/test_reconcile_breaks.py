@@ -5,69 +5,36 @@ that agree, are still moving, or are not final at the broker yet."""
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal as D
 
-import asyncpg
 import pytest
 
-from activities.reconcile import BrokerOrderView, FindBreaksInput, ReconcileActivities
+from activities.reconcile import FindBreaksInput, ReconcileActivities
 from core.db import create_pool
 from tests.conftest import scratch_database
+from tests.support.reconcile import row, view
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
 ACCT = "rec-acct"
 
 
-def view(oid: str, status: str, filled: str, *, terminal: bool) -> BrokerOrderView:
-    return BrokerOrderView(
-        id=f"b-{oid}",
-        client_order_id=f"{ACCT}/{oid}",
-        symbol="AAPL",
-        side="buy",
-        qty=D(2),
-        status=status,
-        filled_qty=D(filled),
-        filled_notional=D(filled) * 100,
-        terminal=terminal,
-    )
-
-
-async def row(
-    pool: asyncpg.Pool, oid: str, status: str, filled: str, *, broker: bool = True,
-    age_s: int = 0,
-) -> None:  # fmt: skip
-    await pool.execute(
-        "INSERT INTO orders (account_id, order_id, workflow_id, symbol, side, order_type,"
-        " time_in_force, qty, params_hash, status, broker_order_id, filled_qty, updated_at)"
-        " VALUES ($1, $2, 'w', 'AAPL', 'buy', 'market', 'day', 2, 'h', $3, $4, $5,"
-        " now() - make_interval(secs => $6))",
-        ACCT,
-        oid,
-        status,
-        f"b-{oid}" if broker else None,
-        D(filled),
-        age_s,
-    )
-
-
 async def test_breaks_are_found_and_agreeing_orders_pass() -> None:
     async with scratch_database("reconcile") as url:
         pool = await create_pool(url, 1, 4)
         try:
-            await row(pool, "agrees", "SETTLED", "2")
-            await row(pool, "short", "SETTLED", "1")  # the broker filled 2
-            await row(pool, "moving", "SUBMITTED", "0", age_s=60)
-            await row(pool, "stuck", "SUBMITTED", "0", age_s=3_600)
-            await row(pool, "gave-up", "REJECTED", "0", broker=False)
-            await row(pool, "not-final", "CANCELED", "1")  # the broker is still canceling
+            await row(pool, ACCT, "agrees", "SETTLED", "2")
+            await row(pool, ACCT, "short", "SETTLED", "1")  # the broker filled 2
+            await row(pool, ACCT, "moving", "SUBMITTED", "0", age_s=60)
+            await row(pool, ACCT, "stuck", "SUBMITTED", "0", age_s=3_600)
+            await row(pool, ACCT, "gave-up", "REJECTED", "0", broker=False)
+            await row(pool, ACCT, "not-final", "CANCELED", "1")  # the broker is still canceling
             listing = [
-                view("agrees", "filled", "2", terminal=True),
-                view("short", "filled", "2", terminal=True),
-                view("moving", "new", "0", terminal=False),
-                view("gave-up", "filled", "2", terminal=True),
-                view("not-final", "pending_cancel", "2", terminal=False),
-                view(f"never-{uuid.uuid4().hex[:6]}", "filled", "1", terminal=True),
+                view(ACCT, "agrees", "filled", "2", terminal=True),
+                view(ACCT, "short", "filled", "2", terminal=True),
+                view(ACCT, "moving", "new", "0", terminal=False),
+                view(ACCT, "gave-up", "filled", "2", terminal=True),
+                view(ACCT, "not-final", "pending_cancel", "2", terminal=False),
+                view(ACCT, f"never-{uuid.uuid4().hex[:6]}", "filled", "1", terminal=True),
             ]
             got = await ReconcileActivities(pool).find_breaks(
                 FindBreaksInput(broker_orders=listing, stuck_after_s=600)
@@ -100,12 +67,12 @@ async def test_a_replaced_orders_broker_orders_are_its_own_not_late_nor_mismatch
     async with scratch_database("reconcile") as url:
         pool = await create_pool(url, 1, 4)
         try:
-            await row(pool, "rp", "SETTLED", "3")
-            old = view("rp", "replaced", "1", terminal=False)
-            new = view("rp", "filled", "2", terminal=True).model_copy(
+            await row(pool, ACCT, "rp", "SETTLED", "3")
+            old = view(ACCT, "rp", "replaced", "1", terminal=False)
+            new = view(ACCT, "rp", "filled", "2", terminal=True).model_copy(
                 update={"id": "b-rp-r1", "client_order_id": f"{ACCT}/rp/r1"}
             )
-            foreign = view("rp", "filled", "2", terminal=True).model_copy(
+            foreign = view(ACCT, "rp", "filled", "2", terminal=True).model_copy(
                 update={"id": "b-rp-x", "client_order_id": f"{ACCT}/rp/x1"}
             )
             got = await ReconcileActivities(pool).find_breaks(

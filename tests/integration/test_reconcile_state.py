@@ -9,7 +9,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal as D
 from typing import Any
 
 import asyncpg
@@ -17,7 +16,6 @@ import pytest
 import pytest_asyncio
 
 from activities.reconcile import (
-    BrokerOrderView,
     ClassifyPageInput,
     FollowedInput,
     OrderBreaksInput,
@@ -27,6 +25,7 @@ from activities.reconcile import (
 )
 from tests.conftest import scratch_database
 from tests.integration.test_cli_ledger import cli
+from tests.support.reconcile import row, view
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
@@ -59,39 +58,6 @@ async def state() -> AsyncIterator[tuple[str, asyncpg.Pool, str]]:
             yield url, pool, f"acct-{uuid.uuid4().hex[:8]}"
         finally:
             await pool.close()
-
-
-def view(acct: str, oid: str, status: str, filled: str, *, terminal: bool) -> BrokerOrderView:
-    return BrokerOrderView(
-        id=f"b-{oid}",
-        client_order_id=f"{acct}/{oid}",
-        symbol="AAPL",
-        side="buy",
-        qty=D(2),
-        status=status,
-        filled_qty=D(filled),
-        filled_notional=D(filled) * 100,
-        terminal=terminal,
-    )
-
-
-async def row(
-    pool: asyncpg.Pool, acct: str, oid: str, status: str, filled: str = "0",
-    *, reason: str | None = None, age_s: int = 0,
-) -> None:  # fmt: skip
-    await pool.execute(
-        "INSERT INTO orders (account_id, order_id, workflow_id, symbol, side, order_type,"
-        " time_in_force, qty, params_hash, status, reason, broker_order_id, filled_qty, updated_at)"
-        " VALUES ($1, $2, 'w', 'AAPL', 'buy', 'market', 'day', 2, 'h', $3, $4, $5, $6,"
-        " now() - make_interval(secs => $7))",
-        acct,
-        oid,
-        status,
-        reason,
-        f"b-{oid}",
-        D(filled),
-        age_s,
-    )
 
 
 async def breaks_of(pool: asyncpg.Pool, key: str) -> list[asyncpg.Record]:
