@@ -137,8 +137,11 @@ class FollowBroker(SagaBase):
             final = await self._apply_reports(reports)
             why = self._should_continue_as_new() if final is None else None
             if why is not None:
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                if not self._reports:
+                # A replace's update waits for this loop: go round and carry it out first.
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() or self._replace_asked is not None
+                )
+                if not self._reports and self._replace_asked is None:
                     self._note(f"continued as new ({why}); fills carried over")
                     self._continue()
         if self._replace_asked is not None:  # asked as the order ended

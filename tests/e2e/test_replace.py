@@ -160,6 +160,39 @@ async def test_fills_before_and_after_a_replace_are_booked_on_their_broker_order
         await paid_for(stack, acct, final)
 
 
+async def test_a_replaced_order_continues_as_new_with_its_broker_orders(
+    temporal_env: WorkflowEnvironment,
+    redis_keys: RedisKeys,
+    brokersim_factory: StartSim,  # noqa: F811
+) -> None:
+    """A short history limit: the order continues as new around its replace (a replace that
+    arrives while the run waits to continue is carried out first), and the runs after carry the
+    replaced broker order's fills and follow the replacement."""
+    sim = brokersim_factory(
+        fill_model={"mode": "partial", "parts": 4, "auto": False, "walk": False}
+    )
+    await sim.admin("PUT", "/admin/prices", {"AAPL": str(PRICE)})
+    saga = {"max_history_events": 30, "fill_poll_interval_s": 0.5, "fill_poll_max_interval_s": 0.5}
+    client = temporal_env.client
+    async with e2e_stack(client, redis_keys, sim, "replcan", saga=saga) as stack:
+        async with workers_running(client, stack.settings):
+            acct = await stack.funded_account(DEPOSIT)
+            oid = await placed_and_submitted(stack, acct, "101.00", "4")
+            await tick(stack.sim)
+            await booked(stack, acct, oid, "1")
+            res = await stack.orders.replace_order(acct, oid, limit_price="101.50")
+            assert res.accepted, res
+            await tick(stack.sim, 4)
+            final = await stack.orders.wait(acct, oid, timeout_s=60)
+            runs = 1 + len(
+                [n for n in (e.event for e in final.timeline) if n.startswith("continued as new")]
+            )
+            assert final.status == OrderStatus.SETTLED and final.filled_qty == 4, final.status
+            assert final.client_order_id == f"{acct}/{oid}/r1" and len(final.replaced_ids) == 1
+            assert runs > 1, [e.event for e in final.timeline]
+            await paid_for(stack, acct, final)
+
+
 async def test_a_fill_during_the_replace_never_takes_the_order_past_its_quantity(
     temporal_env: WorkflowEnvironment,
     redis_keys: RedisKeys,
