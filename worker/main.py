@@ -164,7 +164,7 @@ def build_workers(
     if "orders" in queues:
         assert res.pool is not None and res.redis is not None
         cache_workflow_bytecode()
-        ledger = LedgerActivities(Ledger(res.pool, cas_attempts=s.ledger_cas_attempts))
+        ledger = LedgerActivities(Ledger(res.pool, cas_attempts=s.ledger_cas_attempts, risk=s.risk))
         lock = LockActivities(
             AccountLock(res.redis, keys, fence_floor=functools.partial(max_fence, res.pool))
         )

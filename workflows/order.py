@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.marketdata import GetQuoteInput, MarketDataActivities
     from core import errors
     from core.money import MAX_AMOUNT
+    from core.risk import order_notional
     from core.settings import SagaConfig
     from core.statuses import OrderStatus
     from workflows.following import FollowBroker
@@ -117,6 +118,7 @@ class OrderWorkflow(FollowBroker):
         self._stage = "validating"  # what the accept phase is doing: a failure's reason names it
         self._undecodable = inp.undecodable
         self._refusal_kind: str | None = None  # the metric's category where the text has none
+        self._ask: Decimal | None = None  # the quote a market order was priced from (risk check)
         self._backoff = False
         self._poll_s = self._cfg.fill_poll_interval_s
 
@@ -320,7 +322,7 @@ class OrderWorkflow(FollowBroker):
         req = self._state.request
         ask = None
         if req.order_type == "market":
-            ask = await self._quote()
+            ask = self._ask = await self._quote()
             if ask is None:
                 return None
         return hold_for(req, ask, self._cfg)
@@ -366,6 +368,7 @@ class OrderWorkflow(FollowBroker):
                         symbol=req.symbol,
                         order=self._order_record(),
                         price_bound=self._state.limit_sent,  # a market buy's cap
+                        notional=order_notional(req.qty, self._state.limit_sent or self._ask),
                     ),
                 )
             except STEP_ERRORS as err:
@@ -382,6 +385,8 @@ class OrderWorkflow(FollowBroker):
                     return Refusal(f"{ORDER_CONFLICT_REASON} ({req.order_id})", recorded=True)
                 if kind == errors.ORDER_REFUSED:  # an earlier try of this task refused it
                     return Refusal(error_message(err, "refused"), recorded=True)
+                if kind == errors.RISK_LIMIT:  # a limit or the trading state (core/risk.py)
+                    return Refusal(error_message(err, "refused by pre-trade risk"))
                 raise
             finally:
                 self._stage = "unlocking the account"

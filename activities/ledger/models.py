@@ -90,6 +90,10 @@ class ReserveInput(BaseModel):
     # beyond it; without it the hold takes ``order.limit_price``. Optional, so inputs of
     # workflows started before it decode, and left out of the idempotency hash.
     price_bound: AnyDecimal | None = None
+    # The order's notional for the pre-trade risk check (core/risk.py), where the hold records no
+    # price bound to compute it from: a market sell's qty x the ask the saga read. Optional and
+    # out of the idempotency hash, like price_bound.
+    notional: AnyDecimal | None = None
 
 
 class ReserveResult(BaseModel):
