@@ -88,6 +88,7 @@ UPDATE risk_limits SET max_order_notional = NULL, max_order_qty = NULL,
        max_daily_notional = NULL, max_daily_orders = NULL, updated_by = $2, updated_at = now()
  WHERE account_id = $1
 """
+CENTS_ZERO = Decimal("0.00")
 CUSTOMER_EXISTS = "SELECT EXISTS (SELECT 1 FROM customers WHERE account_id = $1)"
 
 
@@ -113,7 +114,7 @@ async def check_and_count(
     if why is not None:
         raise Refused(why, errors.RISK_LIMIT)
     limits = rules.effective(defaults, _overrides(view))
-    usage = Usage(notional=view["used_notional"] or 0, orders=view["used_orders"] or 0)
+    usage = Usage(notional=view["used_notional"] or CENTS_ZERO, orders=view["used_orders"] or 0)
     why = rules.limit_refusal(limits, usage, qty or Decimal(0), notional)
     if why is not None:
         raise Refused(why, errors.RISK_LIMIT)
@@ -210,7 +211,7 @@ async def account_risk(pool: asyncpg.Pool, account_id: str, defaults: RiskLimits
         overrides=overrides,
         limits=rules.effective(defaults, overrides),
         day=rec["day"].isoformat(),
-        usage=Usage(notional=rec["used_notional"] or 0, orders=rec["used_orders"] or 0),
+        usage=Usage(notional=rec["used_notional"] or CENTS_ZERO, orders=rec["used_orders"] or 0),
         updated_by=rec["updated_by"],
         updated_at=rec["updated_at"],
     )
