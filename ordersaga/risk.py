@@ -82,7 +82,8 @@ class RiskAdmin:
         view = TradingView(**now.model_dump(mode="json"))
         await self._temporal.start_workflow(
             TradingStateWorkflow.run,
-            view,
+            # no input: a run's input stays on its page for ever, and would show a stale state
+            None,
             id=TRADING_WORKFLOW_ID,
             task_queue=self._settings.orders_task_queue,
             start_signal="mirror",
