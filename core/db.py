@@ -46,6 +46,12 @@ APP_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "reconcile_breaks": ("SELECT", "INSERT", "UPDATE"),
     "reconcile_watermarks": ("SELECT", "INSERT", "UPDATE"),
     "reconcile_followed": ("SELECT", "INSERT", "UPDATE"),
+    # pre-trade risk (migrations/0009): overrides are cleared by an UPDATE to NULLs; the trading
+    # state's one row is changed, never inserted (the migration made it), its log only appended
+    "risk_limits": ("SELECT", "INSERT", "UPDATE"),
+    "risk_usage": ("SELECT", "INSERT", "UPDATE"),
+    "trading_state": ("SELECT", "UPDATE"),
+    "trading_state_log": ("SELECT", "INSERT"),
     "schema_migrations": ("SELECT",),  # commands check the schema is current before they run
 }
 

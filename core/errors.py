@@ -34,6 +34,9 @@ ORDER_CONFLICT = "OrderConflict"  # same order id, different parameters
 # decision stands, and a reserve retried after it holds nothing.
 ORDER_REFUSED = "OrderRefused"
 INVALID_REQUEST = "InvalidRequest"  # malformed input other than an amount (asset, side, ...)
+# Pre-trade risk refused the order: a limit (per order, per account per day) or the firm's
+# trading state (REDUCING, HALTED). The message is the reason the customer sees.
+RISK_LIMIT = "RiskLimit"
 
 NON_RETRYABLE_LEDGER = [
     INSUFFICIENT_FUNDS,
@@ -45,4 +48,5 @@ NON_RETRYABLE_LEDGER = [
     ORDER_CONFLICT,
     ORDER_REFUSED,
     INVALID_REQUEST,
+    RISK_LIMIT,
 ]

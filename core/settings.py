@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.codec import CodecKeyError, CodecKeys
 from core.errors import UserError
+from core.risk import RiskLimits
 
 DEFAULT_STATE_DIR = Path(".state")
 # The broker simulator's keys on a developer's machine. Only a process that runs under the dev
@@ -178,6 +179,11 @@ class Settings(BaseSettings):
 
     # Ledger
     ledger_cas_attempts: int = 50
+    # Pre-trade risk (core/risk.py, docs/OPERATIONS.md): the firm's default limits per order and
+    # per account per New York day, ORDERSAGA_RISK__MAX_ORDER_NOTIONAL and so on; an account's
+    # overrides (`ordersaga risk set`) replace them one by one. The ledger checks them in the
+    # reserve's transaction.
+    risk: RiskLimits = Field(default_factory=RiskLimits)
 
     # Market data
     quote_max_age_s: float = 10.0

@@ -67,6 +67,7 @@ from core.orderkey import WORKFLOW_PREFIX, InvalidOrderKey, OrderKey
 from core.settings import Settings
 from core.statuses import OrderStatus
 from core.temporal import connect
+from ordersaga.risk import RiskAdmin
 from workflows.models import (
     ID_RULE,
     CancelResult,
@@ -234,6 +235,11 @@ class OrderClient:
             yield cls(temporal, pool, settings)
         finally:
             await pool.close()
+
+    @property
+    def risk(self) -> RiskAdmin:
+        """The trading state and the accounts' limit overrides (ordersaga/risk.py)."""
+        return RiskAdmin(self._pool, self.settings, self.temporal)
 
     # ---------------------------------------------------------------- orders
 

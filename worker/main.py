@@ -57,6 +57,7 @@ from core.temporal import connect
 from worker.collector import Collector
 from workflows.order import OrderWorkflow
 from workflows.reconcile import IncrementalReconcileWorkflow, ReconcileWorkflow
+from workflows.trading import TradingStateWorkflow
 
 log = logging.getLogger("ordersaga.worker")
 # Modules the workflow sandbox must never import afresh: the workflows import them passed through,
@@ -70,7 +71,7 @@ QUEUES = ("orders", "broker")
 # Temporal's own dispatch rate for a task queue without a limit. "No limit" is sent as this, not
 # left out: a poller that sends none leaves the limit an earlier poller set on the queue.
 UNLIMITED_RATE = 100_000.0
-WORKFLOWS = (OrderWorkflow, ReconcileWorkflow, IncrementalReconcileWorkflow)
+WORKFLOWS = (OrderWorkflow, ReconcileWorkflow, IncrementalReconcileWorkflow, TradingStateWorkflow)
 
 
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
@@ -164,7 +165,7 @@ def build_workers(
     if "orders" in queues:
         assert res.pool is not None and res.redis is not None
         cache_workflow_bytecode()
-        ledger = LedgerActivities(Ledger(res.pool, cas_attempts=s.ledger_cas_attempts))
+        ledger = LedgerActivities(Ledger(res.pool, cas_attempts=s.ledger_cas_attempts, risk=s.risk))
         lock = LockActivities(
             AccountLock(res.redis, keys, fence_floor=functools.partial(max_fence, res.pool))
         )

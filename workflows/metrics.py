@@ -30,6 +30,8 @@ REFUSAL_PREFIXES = (
     ("order id already used", "order_conflict"),
     ("account busy", "account_busy"),
     ("could not be placed", "not_placed"),
+    ("risk limit", "risk_limit"),  # core/risk.py
+    ("trading", "trading_state"),
 )
 REFUSAL_CATEGORIES = (*(c for _, c in REFUSAL_PREFIXES), "other")
 

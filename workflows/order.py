@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.marketdata import GetQuoteInput, MarketDataActivities
     from core import errors
     from core.money import MAX_AMOUNT
+    from core.risk import order_notional
     from core.settings import SagaConfig
     from core.statuses import OrderStatus
     from workflows.metrics import record_decision
@@ -114,6 +115,7 @@ class OrderWorkflow(ReplaceOrder):
         self._stage = "validating"  # what the accept phase is doing: a failure's reason names it
         self._undecodable = inp.undecodable
         self._refusal_kind: str | None = None  # the metric's category where the text has none
+        self._ask: Decimal | None = None  # the quote a market order was priced from (risk check)
         self._backoff = False
         self._poll_s = self._cfg.fill_poll_interval_s
         self._replace_asked: ReplaceRequest | None = None
@@ -341,7 +343,7 @@ class OrderWorkflow(ReplaceOrder):
         req = self._state.request
         ask = None
         if req.order_type == "market":
-            ask = await self._quote()
+            ask = self._ask = await self._quote()
             if ask is None:
                 return None
         return hold_for(req, ask, self._cfg)
@@ -379,6 +381,7 @@ class OrderWorkflow(ReplaceOrder):
                     symbol=req.symbol,
                     order=self._order_record(),
                     price_bound=self._state.limit_sent,  # a market buy's cap
+                    notional=order_notional(req.qty, self._state.limit_sent or self._ask),
                 ),
             )
 
@@ -394,6 +397,8 @@ class OrderWorkflow(ReplaceOrder):
                 return Refusal(f"{ORDER_CONFLICT_REASON} ({req.order_id})", recorded=True)
             if kind == errors.ORDER_REFUSED:  # an earlier try of this task refused it
                 return Refusal(error_message(err, "refused"), recorded=True)
+            if kind == errors.RISK_LIMIT:  # a limit or the trading state (core/risk.py)
+                return Refusal(error_message(err, "refused by pre-trade risk"))
             raise
 
     def _failure_reason(self, err: BaseException) -> str:

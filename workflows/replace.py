@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         parse_bounded,
     )
     from core.orderkey import MAX_REPLACES
+    from core.risk import order_notional
     from core.settings import SagaSettings
     from core.statuses import OrderStatus
     from workflows.following import FollowBroker
@@ -235,8 +236,9 @@ class ReplaceOrder(FollowBroker):
         st.replaces = number  # spent, whatever the broker says: never sent twice
         before = (st.held, st.order_qty, st.bound)
         grown = await self._resize(
-            plan.grow_budget, plan.grow_qty, plan.grow_bound, f"replace:{number}:grow", locked=True
-        )
+            plan.grow_budget, plan.grow_qty, plan.grow_bound, f"replace:{number}:grow",
+            locked=True, risk=plan,
+        )  # fmt: skip
         if isinstance(grown, Refusal):
             return grown
         st.held = plan.grow_budget
@@ -283,9 +285,17 @@ class ReplaceOrder(FollowBroker):
         return final, raced
 
     async def _resize(
-        self, budget: Decimal, qty: Decimal, bound: Decimal | None, step: str, *, locked: bool
+        self,
+        budget: Decimal,
+        qty: Decimal,
+        bound: Decimal | None,
+        step: str,
+        *,
+        locked: bool,
+        risk: ReplacePlan | None = None,
     ) -> Refusal | None:
-        """Resize the order's hold; under the account lock when it may grow."""
+        """Resize the order's hold; under the account lock when it may grow, with the
+        pre-trade check of the replace ``risk`` (the trading state, the account's limits)."""
         st = self._state
         inp = ResizeHoldInput(
             order_key=st.request.key,
@@ -294,6 +304,16 @@ class ReplaceOrder(FollowBroker):
             limit_price=bound,
             idempotency_key=st.request.key.step(step),
         )
+        if risk is not None:
+            before = order_notional(st.order_qty, st.limit_sent) or Decimal(0)
+            after = order_notional(risk.qty, risk.limit) or Decimal(0)
+            inp = inp.model_copy(
+                update={
+                    "amended_qty": risk.qty,
+                    "notional": after,
+                    "added_notional": max(after - before, Decimal(0)),
+                }
+            )
         if not locked:
             await self._ledger(LedgerActivities.resize_hold, inp)
             return None
@@ -309,6 +329,8 @@ class ReplaceOrder(FollowBroker):
             except STEP_ERRORS as err:
                 if error_type(err) == errors.INSUFFICIENT_FUNDS:
                     return Refusal(f"insufficient funds: {error_message(err, str(err))}")
+                if error_type(err) == errors.RISK_LIMIT:  # core/risk.py
+                    return Refusal(error_message(err, "refused by pre-trade risk"))
                 # Past the pivot nothing fails the order: it waits, visibly, and tries again.
                 await self._park_for(f"resize_hold: {error_message(err, str(err))}")
 

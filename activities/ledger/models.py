@@ -92,6 +92,10 @@ class ReserveInput(BaseModel):
     # beyond it; without it the hold takes ``order.limit_price``. Optional, so inputs of
     # workflows started before it decode, and left out of the idempotency hash.
     price_bound: AnyDecimal | None = None
+    # The order's notional for the pre-trade risk check (core/risk.py), where the hold records no
+    # price bound to compute it from: a market sell's qty x the ask the saga read. Optional and
+    # out of the idempotency hash, like price_bound.
+    notional: AnyDecimal | None = None
 
 
 class ReserveResult(BaseModel):
@@ -140,6 +144,12 @@ class ResizeHoldInput(BaseModel):
     limit_price: AnyDecimal | None = None
     fence: int | None = None
     idempotency_key: str
+    # The replace's pre-trade check (activities/ledger/risk.py, check_amendment), made with a
+    # grow: the amended order's quantity and notional in all, and the notional it adds to the
+    # old one's (None: no check).
+    amended_qty: AnyDecimal | None = None
+    notional: AnyDecimal | None = None
+    added_notional: AnyDecimal | None = None
 
 
 class ResizeHoldResult(BaseModel):

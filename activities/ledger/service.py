@@ -35,9 +35,11 @@ from activities.ledger.models import (
     VoidResult,
 )
 from activities.ledger.postings import EXTERNAL, Hold, Refused, firm_shard, q
+from activities.ledger.risk import check_amendment, check_and_count
 from activities.orders import REFUSED_STATUS, RESERVED_STATUS, insert_order
 from core import errors
 from core.money import CASH_ASSET
+from core.risk import RiskLimits, order_notional
 
 T = TypeVar("T")
 ZERO = Decimal(0)
@@ -53,9 +55,12 @@ def refusals() -> Iterator[None]:
 
 
 class Ledger:
-    def __init__(self, pool: asyncpg.Pool, cas_attempts: int = 50) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, cas_attempts: int = 50, risk: RiskLimits | None = None
+    ) -> None:
         self._pool = pool
         self._cas_attempts = cas_attempts
+        self._risk = risk or RiskLimits()  # the firm's default limits (settings.risk)
 
     async def _transact(self, body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """The unit of work; one method so a benchmark can count the reruns."""
@@ -133,6 +138,7 @@ class Ledger:
             asset = rules.held_asset(input.side, symbol, input.asset)
             amount = rules.amount(input.amount, asset)
             qty, limit_price = hold_bounds(input, symbol)
+            notional = risk_notional(input, qty, limit_price)
         order_key, key, fence = input.order_key, input.idempotency_key, input.fence
         args = reserve_args_hash(input, asset=asset, amount=amount, symbol=symbol)
 
@@ -160,6 +166,14 @@ class Ledger:
                 )
             if not view["customer_exists"]:
                 raise Refused(f"unknown account {input.account_id!r}", errors.UNKNOWN_ACCOUNT)
+            await check_and_count(  # pre-trade risk, counted in this transaction
+                conn,
+                account_id=input.account_id,
+                side=input.side,
+                qty=qty if qty is not None else (amount if asset == symbol else None),
+                notional=notional,
+                defaults=self._risk,
+            )
             row = store.row_of(view)
             moves = rules.reserve(
                 row,
@@ -274,6 +288,16 @@ class Ledger:
             budget_q = q(budget, hold.asset)
             if budget_q != budget:
                 raise Refused(f"budget {budget} is finer than {hold.asset}", errors.INVALID_AMOUNT)
+            if input.fence is not None and input.notional is not None:
+                await check_amendment(  # pre-trade risk on the amended order, counted here
+                    conn,
+                    account_id=hold.owner,
+                    side=hold.side,
+                    qty=rules.cumulative(input.amended_qty or qty, "amended qty"),
+                    notional=rules.cumulative(input.notional, "notional"),
+                    added=rules.cumulative(max(input.added_notional or 0, 0), "added notional"),
+                    defaults=self._risk,
+                )
             fences = await conn.fetchrow(store.SELECT_CUSTOMER_FENCE, hold.owner)
             (row,) = await store.rows(conn, (hold.owner, hold.asset))
             after, moves = rules.resize(
@@ -404,6 +428,18 @@ def hold_bounds(input: ReserveInput, symbol: str) -> tuple[Decimal | None, Decim
     if bound is None and order is not None:
         bound = order.limit_price
     return qty, rules.price_bound(bound) if bound is not None else None
+
+
+def risk_notional(
+    input: ReserveInput, qty: Decimal | None, bound: Decimal | None
+) -> Decimal | None:
+    """The order's notional for the risk check: qty x the price bound the hold records, else
+    (a market sell) the saga's figure from its quote; None when neither is known."""
+    if qty is not None and bound is not None:
+        return order_notional(qty, bound)
+    if input.notional is not None:
+        return rules.amount(input.notional, CASH_ASSET, "notional")
+    return None
 
 
 def first_reserve(

@@ -18,6 +18,7 @@ from cli.commands import (
     ledger,
     orders,
     redisacl,
+    risk,
     worker,
 )
 
@@ -29,6 +30,7 @@ _MODULES = (
     broker,
     feeds,
     orders,
+    risk,
     breaks,
     worker,
     codec,

@@ -212,10 +212,21 @@ def register(cli: click.Group) -> None:
         account_id: str | None, status: str | None, symbol: str | None, limit: int, as_json: bool
     ) -> None:
         """List orders (Temporal visibility, then the orders table past retention)."""
-        rows = run(_with_client(lambda oc: oc.list_orders(account_id, status, symbol, limit)))
+
+        async def go(oc: Any) -> Any:
+            found = await oc.list_orders(account_id, status, symbol, limit)
+            return found, await oc.risk.trading_status()
+
+        rows, trading = run(_with_client(go))
         if as_json:
             echo_json(rows)
-        elif rows:
+            return
+        if trading.state != "ACTIVE":  # the firm-wide state, when it refuses some orders
+            click.echo(
+                f"TRADING {trading.state} since {trading.changed_at.isoformat(timespec='seconds')}"
+                f" by {trading.changed_by}: {trading.reason}"
+            )
+        if rows:
             click.echo(table(rows, ["order", "status", "symbol", "started", "source"]))
         else:
             click.echo("no orders")

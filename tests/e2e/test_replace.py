@@ -25,9 +25,11 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.ledger import check_ledger
+from activities.ledger.risk import account_risk, set_account_limits, set_trading_state
 from core.errors import UserError
 from core.keys import RedisKeys
 from core.money import commission, round_cash
+from core.risk import Overrides, TradingState
 from core.settings import SagaSettings
 from core.statuses import OrderStatus
 from tests.support.brokersim import BrokerSim, StartSim, brokersim_factory  # noqa: F401
@@ -322,3 +324,30 @@ async def test_a_replace_of_an_order_filled_at_the_broker_is_refused(
         assert not res.accepted and "filled" in res.detail, res
         assert final.status == OrderStatus.SETTLED and final.filled_qty == 1
         assert (await check_ledger(stack.pool)).ok
+
+
+async def test_a_replace_meets_the_pre_trade_checks_of_a_new_order(
+    temporal_env: WorkflowEnvironment,
+    redis_keys: RedisKeys,
+    brokersim_factory: StartSim,  # noqa: F811
+) -> None:
+    """Issue 17: a replace over the account's per-order notional is refused, and none while
+    trading is halted (the state set in Postgres, the authority; this stack's database only);
+    the notional a replace adds counts on the day's usage, as a second order it does not."""
+    async with replace_stack(temporal_env, redis_keys, brokersim_factory, "replrisk") as stack:
+        acct = await stack.funded_account(DEPOSIT)
+        oid = await placed_and_submitted(stack, acct, "99.00", "2")  # 198.00 of notional
+        await set_account_limits(stack.pool, acct, Overrides(max_order_notional=Decimal(300)), "t")
+        big = await stack.orders.replace_order(acct, oid, qty="4")  # 396.00
+        assert not big.accepted and "per-order maximum" in big.detail, big
+        await set_trading_state(stack.pool, TradingState.HALTED, "outage", "ops")
+        halted = await stack.orders.replace_order(acct, oid, limit_price="98.00")
+        assert not halted.accepted and "trading halted" in halted.detail, halted
+        await set_trading_state(stack.pool, TradingState.ACTIVE, "all clear", "ops")
+        ok = await stack.orders.replace_order(acct, oid, limit_price="99.50")  # +1.00
+        assert ok.accepted, ok
+        usage = (await account_risk(stack.pool, acct, stack.settings.risk)).usage
+        assert (usage.orders, usage.notional) == (1, Decimal("199.00")), usage
+        assert await stack.broker_orders(f"{acct}/{oid}/r3") and not await stack.broker_orders(
+            f"{acct}/{oid}/r4"
+        )

@@ -56,6 +56,10 @@ def forbidden_statements() -> list[str]:
         f"GRANT {OWNER_ROLE} TO {APP_ROLE}",
         "UPDATE schema_migrations SET version = version",
         "INSERT INTO schema_migrations (version, name) VALUES (9999, 'probe')",
+        # the trading state's log is append-only, and its one row cannot be doubled
+        "UPDATE trading_state_log SET reason = 'probe'",
+        "INSERT INTO trading_state (id, state, reason, changed_by)"
+        " VALUES (1, 'ACTIVE', 'probe', 'probe')",
     ]
     statements += [f"TRUNCATE {table}" for table in sorted(APP_PRIVILEGES)]
     statements += [f"DELETE FROM {table}" for table in sorted(APP_PRIVILEGES)]
@@ -184,7 +188,7 @@ async def test_every_table_has_exactly_its_listed_privileges(
             if await app.fetchval("SELECT has_table_privilege($1, $2)", table, p)
         }
         assert held == set(APP_PRIVILEGES[table]), table
-    for table in JOURNAL:
+    for table in (*JOURNAL, "trading_state_log"):
         assert set(APP_PRIVILEGES[table]) == {"SELECT", "INSERT"}
 
 
