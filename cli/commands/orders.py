@@ -28,9 +28,10 @@ def _state_summary(state: Any) -> dict[str, Any]:
         "order": req.key,
         "status": state.status.value,
         "side": req.side,
-        "qty": str(req.qty),
+        "qty": str(state.order_qty),
         "symbol": req.symbol,
         "type": req.order_type,
+        "limit": "" if state.limit_sent is None else str(state.limit_sent),
         "tif": req.time_in_force,
         "filled": str(state.filled_qty),
         "cost": str(state.posted_cash),
@@ -38,6 +39,7 @@ def _state_summary(state: Any) -> dict[str, Any]:
         "held": f"{state.held} {state.hold_asset or ''}".strip(),
         "released": str(state.released),
         "broker_order": state.broker_order_id or "",
+        "replaced": ", ".join(state.replaced_ids) if state.replaced_ids else "",
         "reason": state.reason or "",
     }
 
