@@ -34,6 +34,8 @@ ORDER_CONFLICT = "OrderConflict"  # same order id, different parameters
 # decision stands, and a reserve retried after it holds nothing.
 ORDER_REFUSED = "OrderRefused"
 INVALID_REQUEST = "InvalidRequest"  # malformed input other than an amount (asset, side, ...)
+# The broker's market clock does not parse or does not add up (core/broker_models.MarketClock).
+BROKER_BAD_CLOCK = "BrokerBadClock"
 
 NON_RETRYABLE_LEDGER = [
     INSUFFICIENT_FUNDS,
