@@ -65,6 +65,7 @@ from brokersim.inputs import (
 from brokersim.ratelimit import LIMITED_CODE, RateLimitConfig, RateLimiter
 from brokersim.store import Store
 from brokersim.stream import TradingStream
+from core.calendar import xnys
 
 log = logging.getLogger("brokersim")
 
@@ -737,6 +738,10 @@ async def serve(
     market_hours: MarketHours | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT; prints one ready line once the port accepts connections."""
+    # The market calendar is built before the port opens (about 0.3 s, seconds on a loaded
+    # machine): built by the first day order instead, it held up that request and every one
+    # behind it on the event loop, past a client's timeout.
+    xnys()
     engine, fault_state = open_state(state, seed, faults, fill_model, market_hours)
     limiter = open_rate_limit(engine, rate_limit)
     server = BrokerSimServer(engine, fault_state, key_id, secret_key, limiter)
