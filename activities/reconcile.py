@@ -194,7 +194,7 @@ SELECT broker_order_id FROM reconcile_followed
 _LIVE_ORDERS = f"""
 SELECT account_id, order_id, status, reason, updated_at FROM orders
  WHERE status NOT IN ({", ".join(f"'{s}'" for s in TERMINAL_STATUS_NAMES)})
-   AND (status = $1 OR updated_at < $2)
+   AND (status = $1 OR (updated_at < $2 AND status <> $3))
 """
 
 # Stuck and parked breaks whose order has moved on are resolved by the reconciler itself.
@@ -245,9 +245,13 @@ async def record_breaks(conn: asyncpg.Connection, breaks: list[Break]) -> None:
 
 
 async def order_breaks(conn: asyncpg.Connection, stuck_after_s: float) -> list[Break]:
-    """Parked orders (any age) and orders not final for longer than ``stuck_after_s``."""
+    """Parked orders (any age) and orders not final for longer than ``stuck_after_s``, except
+    those QUEUED for the open."""
     cutoff = datetime.now().astimezone() - timedelta(seconds=stuck_after_s)
-    rows = await conn.fetch(_LIVE_ORDERS, OrderStatus.NEEDS_ATTENTION.value, cutoff)
+    # A QUEUED order waits for the market's open by design (over a weekend, say): not stuck.
+    rows = await conn.fetch(
+        _LIVE_ORDERS, OrderStatus.NEEDS_ATTENTION.value, cutoff, OrderStatus.QUEUED.value
+    )
     found = []
     for row in rows:
         parked = row["status"] == OrderStatus.NEEDS_ATTENTION.value

@@ -1,4 +1,5 @@
-"""``python -m brokersim --host H --port P --state FILE [--seed N] [--faults JSON]``.
+"""``python -m brokersim --host H --port P --state FILE [--seed N] [--faults JSON]
+[--market-hours always|enforce]``.
 
 The keys it accepts are ORDERSAGA_BROKER_KEY_ID and ORDERSAGA_BROKER_SECRET_KEY (or --key-id and
 --secret-key); outside the dev stack it refuses the dev secret with one line (exit 2).
@@ -30,6 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rate-limit", type=json.loads, default=None, help='JSON, e.g. {"limit": 200}; off'
     )
+    parser.add_argument(
+        "--market-hours",
+        choices=("always", "enforce"),
+        default=None,
+        help="always: match around the clock (a new state file's default); enforce: only while"
+        " the NYSE calendar says open, orders submitted while closed wait for the open",
+    )
     parser.add_argument("--key-id", default=settings.broker_key_id)
     parser.add_argument("--secret-key", default=None, help="default: ORDERSAGA_BROKER_SECRET_KEY")
     args = parser.parse_args(argv)
@@ -51,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             faults=args.faults,
             fill_model=args.fill_model,
             rate_limit=args.rate_limit,
+            market_hours=args.market_hours,
         )
     )
 

@@ -1,24 +1,33 @@
-"""The simulated clock: real UTC time plus a persisted, only-growing offset.
+"""The simulated clock, and the market calendar it runs on.
 
-The only session boundary matching follows is the daily close at 21:00 UTC, where ``day`` orders
-expire; matching runs around the clock so tests and demos work at any real hour. The market
-clock and calendar served to clients (GET /v2/clock, /v2/calendar) are a plain weekday calendar:
-every Monday to Friday open 9:30 to 16:00 America/New_York (no holidays, no early closes) with
-the extended session 4:00 to 20:00 and settlement one weekday later (T+1).
+The clock is real UTC time plus a persisted, only-growing offset. The market clock and calendar
+served to clients (GET /v2/clock, /v2/calendar) and the close at which ``day`` orders expire
+follow the NYSE calendar (core/calendar.py, from ``exchange-calendars``): holidays, early closes
+and New York's daylight-saving changes, regular session 9:30 to 16:00 New York time (13:00 on
+early closes), the extended session 4:00 to 20:00 (17:00 on early closes) and settlement on the
+next session (T+1).
+
+Matching follows the calendar only in the ``enforce`` market-hours mode (engine.py); by default
+it runs around the clock so tests and demos work at any real hour.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
-from zoneinfo import ZoneInfo
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
 
-MARKET_CLOSE = time(21, 0, tzinfo=UTC)
-NEW_YORK = ZoneInfo("America/New_York")
-SESSION_OPEN, SESSION_CLOSE = time(9, 30), time(16, 0)
-EXTENDED_OPEN, EXTENDED_CLOSE = "0400", "2000"
-# The offset never passes a century: far from datetime's year 9999, so `now` always exists.
+from core.calendar import NEW_YORK, OutsideCalendar, Session, xnys
+
+__all__ = ["NEW_YORK", "OutsideCalendar"]
+
+MarketHours = Literal["always", "enforce"]
+MARKET_HOURS: tuple[str, ...] = ("always", "enforce")
+EXTENDED_OPEN = "0400"
+# The extended session ends four hours after the regular close (20:00, or 17:00 on early closes).
+EXTENDED_AFTER_CLOSE = timedelta(hours=4)
+# The offset never passes a century: far from datetime's year 9999, so `now` always exists. The
+# calendar's end (core/calendar.LAST_DAY) usually comes first; the engine refuses to pass it.
 MAX_OFFSET_US = 100 * 366 * 86_400 * 1_000_000
 
 
@@ -36,9 +45,22 @@ def parse_rfc3339(text: str) -> datetime:
 
 
 def next_close(dt: datetime) -> datetime:
-    """The first market close strictly after ``dt``."""
-    close = datetime.combine(dt.astimezone(UTC).date(), MARKET_CLOSE)
-    return close if close > dt else close + timedelta(days=1)
+    """The first market close strictly after ``dt``: when a day order placed at ``dt`` expires
+    (the close of the session in progress, or of the next one while the market is closed)."""
+    return xnys().next_close(dt)
+
+
+def is_open(dt: datetime) -> bool:
+    return xnys().is_open(dt)
+
+
+def next_open(dt: datetime) -> datetime:
+    return xnys().next_open(dt)
+
+
+def last_moment() -> datetime:
+    """The latest the simulated clock may show: the next open and close must stay known."""
+    return xnys().last_moment
 
 
 class SimClock:
@@ -55,59 +77,44 @@ class SimClock:
             raise ValueError("the simulated clock never goes back")
         if self.offset_us + micros > MAX_OFFSET_US:
             raise ValueError("the simulated clock may run at most 100 years ahead")
+        if self.now() + timedelta(microseconds=micros) > last_moment():
+            raise ValueError(
+                f"the simulated clock may not pass {rfc3339(last_moment())}"
+                " (the end of the market calendar)"
+            )
         self.offset_us += micros
-
-
-def is_trading_day(day: date) -> bool:
-    return day.weekday() < 5
-
-
-def next_trading_day(day: date) -> date:
-    day += timedelta(days=1)
-    while not is_trading_day(day):
-        day += timedelta(days=1)
-    return day
-
-
-def _session(day: date) -> tuple[datetime, datetime]:
-    return (
-        datetime.combine(day, SESSION_OPEN, tzinfo=NEW_YORK),
-        datetime.combine(day, SESSION_CLOSE, tzinfo=NEW_YORK),
-    )
 
 
 def market_clock(now: datetime) -> dict[str, Any]:
     """Alpaca's Clock entity at ``now``: timestamps in New York time with their offset."""
-    local = now.astimezone(NEW_YORK)
-    day = local.date()
-    opens, closes = _session(day)
-    is_open = is_trading_day(day) and opens <= local < closes
-    if not is_trading_day(day) or local >= closes:
-        opens, closes = _session(next_trading_day(day))
-    elif is_open:
-        opens = _session(next_trading_day(day))[0]
+    cal = xnys()
     return {
-        "timestamp": local.isoformat(),
-        "is_open": is_open,
-        "next_open": opens.isoformat(),
-        "next_close": closes.isoformat(),
+        "timestamp": now.astimezone(NEW_YORK).isoformat(),
+        "is_open": cal.is_open(now),
+        "next_open": cal.next_open(now).astimezone(NEW_YORK).isoformat(),
+        "next_close": cal.next_close(now).astimezone(NEW_YORK).isoformat(),
+    }
+
+
+def _calendar_day(session: Session, settles: date) -> dict[str, str]:
+    opens, closes = session.local()
+    return {
+        "date": session.day.isoformat(),
+        "open": opens.strftime("%H:%M"),
+        "close": closes.strftime("%H:%M"),
+        "session_open": EXTENDED_OPEN,
+        "session_close": (closes + EXTENDED_AFTER_CLOSE).strftime("%H%M"),
+        "settlement_date": settles.isoformat(),
     }
 
 
 def calendar(start: date, end: date) -> list[dict[str, str]]:
-    """Alpaca's Calendar entities of the trading days from ``start`` to ``end``, inclusive."""
-    days = []
-    day = start if is_trading_day(start) else next_trading_day(start)
-    while day <= end:
-        days.append(
-            {
-                "date": day.isoformat(),
-                "open": SESSION_OPEN.strftime("%H:%M"),
-                "close": SESSION_CLOSE.strftime("%H:%M"),
-                "session_open": EXTENDED_OPEN,
-                "session_close": EXTENDED_CLOSE,
-                "settlement_date": next_trading_day(day).isoformat(),
-            }
-        )
-        day = next_trading_day(day)
-    return days
+    """Alpaca's Calendar entities of the trading days from ``start`` to ``end``, inclusive.
+
+    Raises OutsideCalendar (one line) for days the calendar does not cover."""
+    cal = xnys()
+    sessions = cal.sessions(start, end)
+    if not sessions:
+        return []
+    following = [*sessions[1:], cal.next_session(sessions[-1].day)]
+    return [_calendar_day(s, t.day) for s, t in zip(sessions, following, strict=True)]

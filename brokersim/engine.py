@@ -13,14 +13,22 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from brokersim import inputs
-from brokersim.clock import SimClock, next_close, parse_rfc3339, rfc3339
+from brokersim.clock import (
+    MarketHours,
+    SimClock,
+    is_open,
+    next_close,
+    next_open,
+    parse_rfc3339,
+    rfc3339,
+)
 from brokersim.inputs import ApiError, Parts, TickMillis, bad_request, invalid, shown
 from brokersim.orders import (
     REPLACEABLE,
@@ -114,6 +122,10 @@ class Engine:
         # across a restart).
         self.quote_overrides: dict[str, Any] = {}
         self.account_created = clock.now()  # the account's (GET /v2/account), kept in meta
+        # "always": matching runs around the clock (the default: tests pass at any real hour);
+        # "enforce": only while the calendar says open, and orders submitted while it is closed
+        # wait, status accepted, until the open (Alpaca's behaviour).
+        self.market_hours: MarketHours = "always"
 
     @classmethod
     def open(cls, store: Store, clock: SimClock, seed: int) -> Engine:
@@ -126,6 +138,7 @@ class Engine:
             engine.price_time = parse_rfc3339(meta["price_time"])
         engine.tick_no = int(meta.get("tick_no", 0))
         engine.fill_model = FillModel.model_validate(meta.get("fill_model", {}))
+        engine.market_hours = "enforce" if meta.get("market_hours") == "enforce" else "always"
         for record in store.load_orders():
             order = Order.from_record(record)
             engine.orders[order.id] = order
@@ -200,9 +213,36 @@ class Engine:
             order.failed_at = now
             self._emit(batch, order, "rejected", now)
         else:
-            self._emit(batch, order, "new", now)
+            self._announce(batch, order, now)
         self._admit(batch, order)
         return order
+
+    def market_open(self, now: datetime) -> bool:
+        return is_open(now)
+
+    def _matching(self, now: datetime) -> bool:
+        """Whether orders are matched now: always, or in the enforce mode while open."""
+        return self.market_hours != "enforce" or is_open(now)
+
+    def _announce(self, batch: _Batch, order: Order, now: datetime) -> None:
+        """A new order's first event: ``new``; none for one held for the open (``accepted``,
+        which Alpaca's trade updates have no event for: its ``new`` comes at the open)."""
+        if order.status == "accepted":
+            order.updated_at = now
+            batch.orders[order.id] = order
+        else:
+            self._emit(batch, order, "new", now)
+
+    def _route_accepted(self, batch: _Batch, now: datetime) -> None:
+        """At the open the orders held for it go to the market: ``accepted`` -> ``new``."""
+        for order in self._open_orders():
+            if order.status == "accepted":
+                order.status = "new"
+                self._emit(batch, order, "new", now)
+
+    def set_market_hours(self, mode: MarketHours) -> None:
+        self.market_hours = mode
+        self.save_meta(market_hours=mode)
 
     def _new_order(
         self,
@@ -227,7 +267,7 @@ class Engine:
             order_type=order_type,
             time_in_force=time_in_force,
             limit_price=limit_price,
-            status="new",
+            status="new" if self._matching(now) else "accepted",
             created_at=now,
             updated_at=now,
             expires_at=next_close(now) if time_in_force == "day" else None,
@@ -273,7 +313,7 @@ class Engine:
         self._emit(batch, old, "pending_replace", now)
         old.status, old.replaced_at, old.replaced_by = "replaced", now, new.id
         self._emit(batch, old, "replaced", now)
-        self._emit(batch, new, "new", now)
+        self._announce(batch, new, now)
         self.open_orders.pop(old.id, None)  # replaced: final, never matched again
         self._admit(batch, new)
         return new
@@ -358,11 +398,13 @@ class Engine:
             self._walk(now)
         expired = self._expire_due(batch, now)
         fills = canceled = 0
-        for order in self._open_orders():
-            fills += self._match(batch, order, now)
-            if order.time_in_force == "ioc" and order.is_open:
-                self._finish(batch, order, "canceled", now)
-                canceled += 1
+        if self._matching(now):
+            self._route_accepted(batch, now)
+            for order in self._open_orders():
+                fills += self._match(batch, order, now)
+                if order.time_in_force == "ioc" and order.is_open:
+                    self._finish(batch, order, "canceled", now)
+                    canceled += 1
         for order in self._open_orders():
             if order.status == "pending_cancel":
                 self._finish(batch, order, "canceled", now)
@@ -424,6 +466,12 @@ class Engine:
         return len(due)
 
     # -- admin ----------------------------------------------------------------------------
+
+    def advance_clock_to(self, target: Literal["next_open", "next_close"]) -> int:
+        """Move the simulated clock to the calendar's next open or close (just past it)."""
+        now = self.clock.now()
+        moment = next_open(now) if target == "next_open" else next_close(now)
+        return self.advance_clock(Decimal((moment - now) // timedelta(microseconds=1)) / 10**6)
 
     def advance_clock(self, seconds: Decimal) -> int:
         """Move the simulated clock forward and expire the day orders whose close passed."""

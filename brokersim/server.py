@@ -35,11 +35,15 @@ from pydantic import ValidationError
 from brokersim.account import account_json, holdings, position_json, positions_json
 from brokersim.assets import ASSET_CLASSES, ASSET_STATUSES, asset_json, find_asset
 from brokersim.clock import (
+    MARKET_HOURS,
     NEW_YORK,
+    MarketHours,
+    OutsideCalendar,
     SimClock,
     calendar,
     market_clock,
     next_close,
+    next_open,
     parse_rfc3339,
     rfc3339,
 )
@@ -61,6 +65,7 @@ from brokersim.inputs import (
 from brokersim.ratelimit import LIMITED_CODE, RateLimitConfig, RateLimiter
 from brokersim.store import Store
 from brokersim.stream import TradingStream
+from core.calendar import xnys
 
 log = logging.getLogger("brokersim")
 
@@ -446,7 +451,10 @@ class BrokerSimServer:
             raise invalid("end must not be before start")
         if (end - start).days > CALENDAR_MAX_DAYS:
             raise invalid(f"at most {CALENDAR_MAX_DAYS} days at once")
-        return _json(calendar(start, end))
+        try:
+            return _json(calendar(start, end))
+        except OutsideCalendar as exc:
+            raise invalid(str(exc)) from None
 
     async def list_assets(self, request: web.Request) -> web.Response:
         status = request.query.get("status")  # Alpaca: every status unless one is named
@@ -595,17 +603,33 @@ class BrokerSimServer:
         return _json(config.model_dump())
 
     def _clock_info(self) -> dict[str, Any]:
-        now = self.engine.clock.now()
-        # Matching runs around the clock; the daily close only ends day orders.
-        return {"now": rfc3339(now), "market_open": True, "next_close": rfc3339(next_close(now))}
+        engine = self.engine
+        now = engine.clock.now()
+        return {
+            "now": rfc3339(now),
+            "market_open": engine.market_open(now),
+            "next_open": rfc3339(next_open(now)),
+            "next_close": rfc3339(next_close(now)),
+            # "always": matching runs around the clock; "enforce": only while open.
+            "market_hours": engine.market_hours,
+        }
 
     async def get_clock(self, request: web.Request) -> web.Response:
         return _json(self._clock_info())
 
     async def advance_clock(self, request: web.Request) -> web.Response:
-        raw = (await read_json_object(request)).get("seconds")
-        seconds = number(raw, "seconds", places=6, maximum=MAX_ADVANCE_S)
-        expired = self.engine.advance_clock(seconds)
+        """``{"seconds": S}`` forward by S seconds, or ``{"to": "next_open" | "next_close"}``
+        to the calendar's next open or close."""
+        body = await read_json_object(request)
+        if len(body) != 1 or set(body) - {"seconds", "to"}:
+            raise invalid('body must be {"seconds": S} or {"to": "next_open" | "next_close"}')
+        if "to" in body:
+            if body["to"] not in ("next_open", "next_close"):
+                raise invalid(f'to must be "next_open" or "next_close", not {shown(body["to"])}')
+            expired = self.engine.advance_clock_to(body["to"])
+        else:
+            seconds = number(body["seconds"], "seconds", places=6, maximum=MAX_ADVANCE_S)
+            expired = self.engine.advance_clock(seconds)
         return _json({**self._clock_info(), "expired": expired})
 
     async def get_prices(self, request: web.Request) -> web.Response:
@@ -665,8 +689,10 @@ def open_state(
     seed: int = 0,
     faults: dict[str, Any] | None = None,
     fill_model: dict[str, Any] | None = None,
+    market_hours: MarketHours | None = None,
 ) -> tuple[Engine, Faults]:
-    """Load (or create) the state file; ``faults``/``fill_model`` are merged over what it holds.
+    """Load (or create) the state file; ``faults``/``fill_model`` are merged over what it holds,
+    ``market_hours`` replaces its mode (None keeps it; a fresh file starts in ``always``).
 
     Raises ValueError (one line) on a bad ``faults`` or ``fill_model`` field.
     """
@@ -682,6 +708,10 @@ def open_state(
         raise ValueError(_one_line(exc)) from None
     except ApiError as exc:
         raise ValueError(exc.message) from None
+    if market_hours is not None:
+        if market_hours not in MARKET_HOURS:
+            raise ValueError(f"market hours must be one of {', '.join(MARKET_HOURS)}")
+        engine.set_market_hours(market_hours)
     engine.save_meta(faults=fault_state.config.model_dump())
     return engine, fault_state
 
@@ -714,9 +744,14 @@ async def serve(
     faults: dict[str, Any] | None = None,
     fill_model: dict[str, Any] | None = None,
     rate_limit: dict[str, Any] | None = None,
+    market_hours: MarketHours | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT; prints one ready line once the port accepts connections."""
-    engine, fault_state = open_state(state, seed, faults, fill_model)
+    # The market calendar is built before the port opens (about 0.3 s, seconds on a loaded
+    # machine): built by the first day order instead, it held up that request and every one
+    # behind it on the event loop, past a client's timeout.
+    xnys()
+    engine, fault_state = open_state(state, seed, faults, fill_model, market_hours)
     limiter = open_rate_limit(engine, rate_limit)
     server = BrokerSimServer(engine, fault_state, key_id, secret_key, limiter)
     runner = _Runner(server.build_app(), access_log=None, shutdown_timeout=1.0)

@@ -44,7 +44,9 @@ from core.broker_models import (  # the models and errors, importable from here 
     BrokerUnavailable,
     DuplicateClientOrderId,
     EventFrame,
+    InvalidMarketClock,
     InvalidTradeEvent,
+    MarketClock,
     OrderNotCancelable,
     OrderNotFound,
     Quote,
@@ -69,7 +71,9 @@ __all__ = [
     "BrokerUnavailable",
     "DuplicateClientOrderId",
     "EventFrame",
+    "InvalidMarketClock",
     "InvalidTradeEvent",
+    "MarketClock",
     "OrderNotCancelable",
     "OrderNotFound",
     "Quote",
@@ -311,6 +315,10 @@ class BrokerClient:
         if not isinstance(raw, list):
             raise BrokerError("GET /v2/positions: the broker's answer is not a list")
         return [BrokerPosition.model_validate(p) for p in raw]
+
+    async def market_clock(self) -> MarketClock:
+        """The broker's market clock (GET /v2/clock), parsed strictly (InvalidMarketClock)."""
+        return MarketClock.from_alpaca(await self._trading("GET", "/v2/clock"))
 
     # --- market data ----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -186,6 +186,74 @@ class Quote(BaseModel):
             ask_size=check_size(raw.get("as", 0), "ask_size"),
             timestamp=check_timestamp(raw.get("t")),
         )
+
+
+class InvalidMarketClock(BrokerError):
+    """The broker's market clock does not parse or does not add up; the reason says why."""
+
+
+# How far ahead a clock's next open or close may be: the longest closure of the NYSE since 1933
+# (four days after 11 September 2001) fits many times over; a clock further out is refused.
+MAX_CLOCK_HORIZON = timedelta(days=31)
+MAX_TIMESTAMP_CHARS = 40
+
+
+def _clock_time(raw: Mapping[str, Any], name: str) -> datetime:
+    value = raw.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TIMESTAMP_CHARS:
+        raise InvalidMarketClock(f"{name} is not a timestamp")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidMarketClock(f"{name} is not an RFC 3339 time") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidMarketClock(f"{name} has no time zone")
+    return moment
+
+
+class MarketClock(BaseModel):
+    """The broker's market clock (Alpaca's Clock entity: GET /v2/clock), in the broker's own
+    time: the authority on whether the market is open, since the broker's clock, not ours,
+    decides when an order may trade (the simulator's can run ahead of real time)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    timestamp: datetime
+    is_open: bool
+    next_open: datetime
+    next_close: datetime
+
+    @property
+    def until_open(self) -> timedelta:
+        """How long, on the broker's clock, until the market opens (zero while open)."""
+        return timedelta(0) if self.is_open else self.next_open - self.timestamp
+
+    @classmethod
+    def from_alpaca(cls, raw: object) -> MarketClock:
+        """Parse strictly: a JSON object, ``is_open`` a JSON boolean, three RFC 3339 times
+        with their offsets, the next open and close after the timestamp and within
+        ``MAX_CLOCK_HORIZON`` of it, and in the order ``is_open`` implies (open: the close
+        comes first). Raises InvalidMarketClock with the reason."""
+        if not isinstance(raw, Mapping):
+            raise InvalidMarketClock("the clock is not a JSON object")
+        is_open = raw.get("is_open")
+        if not isinstance(is_open, bool):
+            raise InvalidMarketClock("is_open is not a boolean")
+        now = _clock_time(raw, "timestamp")
+        opens, closes = _clock_time(raw, "next_open"), _clock_time(raw, "next_close")
+        for name, moment in (("next_open", opens), ("next_close", closes)):
+            if not now < moment <= now + MAX_CLOCK_HORIZON:
+                raise InvalidMarketClock(
+                    f"{name} {moment.isoformat()} is not within {MAX_CLOCK_HORIZON.days} days"
+                    f" after the clock's timestamp {now.isoformat()}"
+                )
+        if is_open != (closes < opens):
+            state = "open" if is_open else "closed"
+            raise InvalidMarketClock(
+                f"the market is said to be {state}, but it next opens at {opens.isoformat()}"
+                f" and next closes at {closes.isoformat()}"
+            )
+        return cls(timestamp=now, is_open=is_open, next_open=opens, next_close=closes)
 
 
 class TradeEvent(BaseModel):

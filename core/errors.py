@@ -37,6 +37,8 @@ INVALID_REQUEST = "InvalidRequest"  # malformed input other than an amount (asse
 # Pre-trade risk refused the order: a limit (per order, per account per day) or the firm's
 # trading state (REDUCING, HALTED). The message is the reason the customer sees.
 RISK_LIMIT = "RiskLimit"
+# The broker's market clock does not parse or does not add up (core/broker_models.MarketClock).
+BROKER_BAD_CLOCK = "BrokerBadClock"
 
 NON_RETRYABLE_LEDGER = [
     INSUFFICIENT_FUNDS,

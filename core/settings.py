@@ -65,6 +65,12 @@ class SagaSettings(BaseModel):
     absent_grace_s: float = Field(180.0, gt=0, le=30 * 86_400)
     # Past this many history events an order continues as new.
     max_history_events: int = Field(2_000, ge=20, le=40_000)
+    # "enforce": an order accepted while the broker's market clock says closed waits, QUEUED and
+    # cancelable, until the broker's next open before it is submitted, asking the broker's clock
+    # again at least every market_recheck_s (the broker's clock is the authority: a simulator's
+    # may run ahead of real time). "off": submitted at once at any hour (the broker holds it).
+    market_hours: Literal["off", "enforce"] = "off"
+    market_recheck_s: float = Field(1_800.0, gt=0, le=86_400)
 
 
 class SagaConfig(SagaSettings):

@@ -15,6 +15,9 @@ class OrderStatus(StrEnum):
 
     NEW = "NEW"  # validating, pricing, reserving
     ACCEPTED = "ACCEPTED"  # funds or shares held; going to the broker
+    # Held, and waiting for the market to open before it goes to the broker (the saga's
+    # market_hours setting "enforce"); cancelable, and nothing is at the broker yet.
+    QUEUED = "QUEUED"
     SUBMITTED = "SUBMITTED"  # the broker has it
     PARTIALLY_FILLED = "PARTIALLY_FILLED"
     CANCEL_REQUESTED = "CANCEL_REQUESTED"

@@ -32,6 +32,7 @@ from activities.broker import BrokerActivities
 from activities.config import ConfigActivities
 from activities.ledger import Ledger, LedgerActivities, max_fence
 from activities.lock import AccountLock, LockActivities
+from activities.market import MarketActivities
 from activities.marketdata import MarketDataActivities
 from activities.orders import OrderStore, OrderStoreActivities
 from activities.positions import PositionActivities
@@ -210,6 +211,7 @@ def build_workers(
     if "broker" in queues:
         assert res.broker is not None
         broker = BrokerActivities(res.broker, metrics)
+        market = MarketActivities(res.broker)
         workers.append(
             Worker(
                 client,
@@ -225,6 +227,7 @@ def build_workers(
                     broker.list_broker_orders_page,
                     broker.get_broker_orders,
                     broker.get_holdings,
+                    market.market_clock,  # orders whose settings have no asks queue
                 ],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
                 # The broker key's rate limit (core/settings.py), shared with the asks queue.
@@ -239,7 +242,7 @@ def build_workers(
             Worker(
                 client,
                 task_queue=s.asks_task_queue,
-                activities=[broker.reconcile_order],
+                activities=[broker.reconcile_order, market.market_clock],
                 max_concurrent_activities=s.broker_max_concurrent_activities,
                 max_task_queue_activities_per_second=queue_rate(
                     s.broker_asks_max_activities_per_second

@@ -73,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         error_type,
         innermost,
     )
+    from workflows.session import MarketHours
 
 __all__ = [
     "DECIDED_OR_REFUSED_PATCH",
@@ -95,7 +96,7 @@ STRICT_INPUT_PATCH = "strict-input-v1"
 # continue-as-new (FollowBroker._continue). Changes that must reach running orders still go
 # behind workflow.patched (docs/DEPLOY.md).
 @workflow.defn
-class OrderWorkflow(ReplaceOrder):
+class OrderWorkflow(MarketHours, ReplaceOrder):
     @workflow.init
     def __init__(self, inp: OrderInput) -> None:
         self._cfg = SagaConfig()  # the worker's, read first thing in run()
@@ -416,6 +417,7 @@ class OrderWorkflow(ReplaceOrder):
     async def _execute(self) -> None:
         """From the pivot on: submit, follow the broker, finish."""
         if self._state.broker_order_id is None and not self._pivoted:
+            await self._wait_for_open()  # QUEUED while the market is closed (workflows/session.py)
             if self._state.cancel_requested:
                 await self._void("canceled before reaching the broker")
                 await self._finish(OrderStatus.CANCELED, "canceled before reaching the broker")

@@ -60,6 +60,13 @@ def register(cli: click.Group) -> None:
         help='Per-key limit, e.g. \'{"limit": 200, "window_s": 60}\' (Alpaca\'s); default off.',
     )
     @click.option(
+        "--market-hours",
+        type=click.Choice(["always", "enforce"]),
+        default=None,
+        help="always: match around the clock (a new state file's default); enforce: only while"
+        " the NYSE calendar says open, orders submitted while closed wait for the open.",
+    )
+    @click.option(
         "--key-id", default=settings.broker_key_id, help="Defaults to ORDERSAGA_BROKER_KEY_ID."
     )
     @click.option("--secret-key", default=None, help="Defaults to ORDERSAGA_BROKER_SECRET_KEY.")
@@ -71,6 +78,7 @@ def register(cli: click.Group) -> None:
         faults: dict[str, Any] | None,
         fill_model: dict[str, Any] | None,
         rate_limit: dict[str, Any] | None,
+        market_hours: str | None,
         key_id: str,
         secret_key: str | None,
     ) -> None:
@@ -96,6 +104,7 @@ def register(cli: click.Group) -> None:
                     faults=faults,
                     fill_model=fill_model,
                     rate_limit=rate_limit,
+                    market_hours=market_hours,  # type: ignore[arg-type]
                 )
             )
         except ValueError as exc:  # a bad --faults / --fill-model / --rate-limit field

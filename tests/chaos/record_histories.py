@@ -129,7 +129,7 @@ async def day_order_expires(saga: SagaStack) -> OrderState:
         acct, symbol="TSLA", side="buy", qty="1", order_type="limit", limit_price=low
     )
     await _until_at_broker(saga, acct, placed.order_id)
-    await saga.sim.admin("POST", "/admin/clock/advance", {"seconds": 86_400})
+    await saga.sim.admin("POST", "/admin/clock/advance", {"to": "next_close"})
     return await saga.wait(acct, placed.order_id)
 
 

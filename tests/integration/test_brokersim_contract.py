@@ -139,7 +139,7 @@ async def test_orders_through_their_lifecycle(sim: BrokerSim) -> None:
     seen.add(check("order", await ok(sim, "GET", f"/v2/orders/{limit['id']}"))["status"])
     await tick(sim)
     day = await submit(sim, type="limit", limit_price="100")
-    await sim.admin("POST", "/admin/clock/advance", {"seconds": 86_400})
+    await sim.admin("POST", "/admin/clock/advance", {"to": "next_close"})
     for query in ("", "?status=open", "?status=closed&direction=asc", "?status=all&limit=500"):
         listed = check_all("order", await ok(sim, "GET", "/v2/orders" + query))
         seen.update(o["status"] for o in listed)

@@ -49,6 +49,7 @@ class BrokerSim:
         seed: int = 0,
         fill_model: dict[str, Any] | None = None,
         rate_limit: dict[str, Any] | None = None,
+        market_hours: str | None = None,
         key_id: str | None = None,
         secret_key: str | None = None,
     ) -> None:
@@ -58,6 +59,7 @@ class BrokerSim:
         self.seed = seed
         self.fill_model = fill_model
         self.rate_limit = rate_limit
+        self.market_hours = market_hours
         self.key_id = key_id or settings.broker_key_id
         self.secret_key = secret_key or settings.broker_secret_key.get_secret_value()
         self.port = 0
@@ -96,6 +98,8 @@ class BrokerSim:
             cmd += ["--fill-model", json.dumps(self.fill_model)]
         if self.rate_limit:
             cmd += ["--rate-limit", json.dumps(self.rate_limit)]
+        if self.market_hours:
+            cmd += ["--market-hours", self.market_hours]
         return cmd
 
     def _launch(self) -> None:

@@ -183,7 +183,7 @@ async def test_day_order_expires_when_the_broker_closes(saga: SagaStack) -> None
         acct, symbol="TSLA", side="buy", qty="1", order_type="limit", limit_price=low
     )
     await _until(saga, acct, placed.order_id, lambda s: s.broker_order_id is not None)
-    await saga.sim.admin("POST", "/admin/clock/advance", {"seconds": 86_400})
+    await saga.sim.admin("POST", "/admin/clock/advance", {"to": "next_close"})
     final = await saga.wait(acct, placed.order_id)
     assert final.status == OrderStatus.EXPIRED
     assert await balances(saga, acct) == {"USD": (Decimal("10000.00"), Decimal(0))}
