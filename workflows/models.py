@@ -6,7 +6,7 @@ import hashlib
 import json
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ModelWrapValidatorHandler, ValidationError, model_validator
 
@@ -207,8 +207,10 @@ class ReplaceRequest(BaseModel):
     """A customer's amendment of a live limit order: its new total quantity, its new limit, or
     both (None: unchanged). Parsed strictly in the workflow (``replace_problem``)."""
 
-    qty: Decimal | None = None
-    limit_price: Decimal | None = None
+    # Any number decodes (NaN and infinities too), so a hostile one sent straight through the
+    # frontend is refused by ``replace_problem`` with its reason, not by the payload's decoding.
+    qty: Annotated[Decimal, Field(allow_inf_nan=True)] | None = None
+    limit_price: Annotated[Decimal, Field(allow_inf_nan=True)] | None = None
 
 
 class ReplaceResult(BaseModel):

@@ -78,6 +78,8 @@ def replace_problem(state: OrderState, ask: ReplaceRequest) -> str | None:
         return "order is parked; resume it first"
     if st.cancel_requested:
         return "order is being canceled"
+    if st.status == OrderStatus.QUEUED:
+        return "order is queued for the market's open; cancel it and place a new one"
     if st.broker_order_id is None:
         return "order is not at the broker yet; try again in a moment"
     if st.replaces >= MAX_REPLACES:
