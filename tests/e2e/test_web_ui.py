@@ -10,6 +10,7 @@ front of both would (docs/SECURITY.md). Screenshots go to ``test-artifacts/web-u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
@@ -27,6 +29,9 @@ from core.statuses import OrderStatus
 from devstack.stack import DevStack, StackOptions, StackPorts, free_port
 from ordersaga.client import OrderClient
 from tests.conftest import owner_url, scratch_database
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
@@ -44,6 +49,25 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+@contextlib.asynccontextmanager
+async def ui_page(settings: Settings) -> AsyncIterator[Page]:
+    """A page in Debian's chromium (Playwright) that sends the codec server's token, as the
+    dev stack's UI is told to; the browser is closed afterwards. Screenshots go to ARTIFACTS."""
+    from playwright.async_api import async_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    token = settings.codec_server_token.get_secret_value()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(
+                extra_http_headers={"Authorization": f"Bearer {token}"}
+            )
+            yield await context.new_page()
+        finally:
+            await browser.close()
 
 
 def _browser_or_skip() -> None:
@@ -101,8 +125,6 @@ def stack_settings(dev: DevStack) -> Settings:
 async def test_the_web_ui_shows_an_order_decoded_and_nothing_without_the_codec_server(
     ui_stack: DevStack,
 ) -> None:
-    from playwright.async_api import async_playwright
-
     settings = stack_settings(ui_stack)
     async with OrderClient.connect(settings) as oc:
         acct = f"webui-{uuid.uuid4().hex[:8]}"
@@ -120,32 +142,22 @@ async def test_the_web_ui_shows_an_order_decoded_and_nothing_without_the_codec_s
         final = await oc.wait(acct, placed.order_id, timeout_s=60)
         assert final.status == OrderStatus.SETTLED, (final.status, final.reason)
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     ui = settings.temporal_ui_url
-    token = settings.codec_server_token.get_secret_value()
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context(
-                extra_http_headers={"Authorization": f"Bearer {token}"}
-            )
-            page = await context.new_page()
-            query = f"AccountId = '{acct}'"
-            await page.goto(f"{ui}/namespaces/default/workflows?query={query}")
-            link = page.get_by_role("link", name=placed.workflow_id)
-            await link.first.wait_for(timeout=30_000)
-            await link.first.click()
-            await page.get_by_text(QTY).first.wait_for(timeout=30_000)
-            text = await page.content()
-            await page.screenshot(path=str(ARTIFACTS / "decoded.png"), full_page=True)
-            assert QTY in text and str(limit) in text
+    async with ui_page(settings) as page:
+        query = f"AccountId = '{acct}'"
+        await page.goto(f"{ui}/namespaces/default/workflows?query={query}")
+        link = page.get_by_role("link", name=placed.workflow_id)
+        await link.first.wait_for(timeout=30_000)
+        await link.first.click()
+        await page.get_by_text(QTY).first.wait_for(timeout=30_000)
+        text = await page.content()
+        await page.screenshot(path=str(ARTIFACTS / "decoded.png"), full_page=True)
+        assert QTY in text and str(limit) in text
 
-            await ui_stack.stop("codec-server")
-            await page.reload()
-            # The payloads are on the page, as the UI got them: encrypted.
-            await page.get_by_text("encryption-key-id").first.wait_for(timeout=30_000)
-            await page.screenshot(path=str(ARTIFACTS / "without-codec-server.png"), full_page=True)
-            text = await page.content()
-            assert QTY not in text and str(limit) not in text
-        finally:
-            await browser.close()
+        await ui_stack.stop("codec-server")
+        await page.reload()
+        # The payloads are on the page, as the UI got them: encrypted.
+        await page.get_by_text("encryption-key-id").first.wait_for(timeout=30_000)
+        await page.screenshot(path=str(ARTIFACTS / "without-codec-server.png"), full_page=True)
+        text = await page.content()
+        assert QTY not in text and str(limit) not in text

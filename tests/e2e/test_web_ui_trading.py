@@ -17,10 +17,9 @@ from devstack.stack import DevStack
 from ordersaga.client import OrderClient
 from tests.e2e.test_web_ui import (  # noqa: F401 (fixtures)
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     browser_available,
     stack_settings,
+    ui_page,
     ui_stack,
 )
 from workflows.trading import TRADING_WORKFLOW_ID
@@ -49,28 +48,16 @@ async def shown_text(page: Page, wanted: str, timeout_s: float = 30) -> str:
 async def test_the_web_ui_shows_the_trading_state_who_and_why(
     ui_stack: DevStack,  # noqa: F811
 ) -> None:
-    from playwright.async_api import async_playwright
-
     settings = stack_settings(ui_stack)
     reason = f"exchange outage {uuid.uuid4().hex[:6]}"
     async with OrderClient.connect(settings) as oc:
         await oc.risk.set_trading_state("HALTED", reason, by="webui-ops")
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    token = settings.codec_server_token.get_secret_value()
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context(
-                extra_http_headers={"Authorization": f"Bearer {token}"}
-            )
-            page = await context.new_page()
-            url = f"{settings.temporal_ui_url}/namespaces/default/workflows/{TRADING_WORKFLOW_ID}"
-            await page.goto(url)
-            # the state shows as the workflow's current details (and its memo)
-            await page.get_by_text("User Metadata").first.click(timeout=30_000)
-            text = await shown_text(page, reason)
-            await page.screenshot(path=str(ARTIFACTS / "trading-halted.png"), full_page=True)
-            assert "Trading HALTED" in text and "by webui-ops: " + reason in text, text
-        finally:
-            await browser.close()
+    async with ui_page(settings) as page:
+        url = f"{settings.temporal_ui_url}/namespaces/default/workflows/{TRADING_WORKFLOW_ID}"
+        await page.goto(url)
+        # the state shows as the workflow's current details (and its memo)
+        await page.get_by_text("User Metadata").first.click(timeout=30_000)
+        text = await shown_text(page, reason)
+        await page.screenshot(path=str(ARTIFACTS / "trading-halted.png"), full_page=True)
+        assert "Trading HALTED" in text and "by webui-ops: " + reason in text, text
