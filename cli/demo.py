@@ -1,7 +1,8 @@
 """``ordersaga demo``: the local stack, accounts, a mix of orders, and a look at the results.
 
 Brings the dev stack up (or reuses it), opens and funds three accounts, places buys, sells,
-limits, a fractional order, one that is canceled and one refused for funds, waits for all of them,
+limits, a fractional order, one replaced at the broker (its limit chased up to the market), one
+that is canceled and one refused for funds, waits for all of them,
 prints the orders and balances, runs the ledger check and prints the Web UI link filtered to these
 orders. The stack stays up for looking around until ``ordersaga dev down``.
 """
@@ -38,6 +39,7 @@ class DemoOrder:
     limit: str | None = None  # a multiple of the current price, e.g. "0.7"
     tif: str = "day"
     cancel: bool = False
+    replace: str | None = None  # once at the broker, its limit moved to this multiple
 
 
 ACCOUNTS = {"alice": ("50000", {}), "bob": ("2000", {"AAPL": "10"}), "carol": ("25", {})}
@@ -48,6 +50,7 @@ ORDERS = (
     DemoOrder("bob", "AAPL", "sell", "3"),
     DemoOrder("bob", "AAPL", "sell", "1.25", "limit", limit="0.98"),
     DemoOrder("alice", "TSLA", "buy", "3", "limit", limit="0.7", tif="gtc", cancel=True),
+    DemoOrder("bob", "MSFT", "buy", "1", "limit", limit="0.8", tif="gtc", replace="1.05"),
     DemoOrder("carol", "AAPL", "buy", "1"),  # refused: insufficient funds
 )
 
@@ -96,6 +99,11 @@ async def _wait_all(oc: OrderClient, placed: list[tuple[DemoOrder, Any]]) -> lis
         if order.cancel and result.accepted:
             await _until_at_broker(oc, result.account_id, result.order_id)
             await oc.cancel_order(result.account_id, result.order_id)
+        if order.replace is not None and result.accepted:
+            await _until_at_broker(oc, result.account_id, result.order_id)
+            price = await _price(oc, order.symbol)
+            limit = (price * Decimal(order.replace)).quantize(Decimal("0.01"))
+            await oc.replace_order(result.account_id, result.order_id, limit_price=limit)
     finals: list[OrderState] = []
     pending = [oc.wait(r.account_id, r.order_id, timeout_s=120) for _, r in placed]
     for i, fut in enumerate(asyncio.as_completed(pending)):
@@ -120,7 +128,8 @@ def _order_rows(finals: list[OrderState]) -> list[dict[str, object]]:
             {
                 "account": req.account_id,
                 "order": req.order_id,
-                "order_desc": f"{req.side} {req.qty} {req.symbol} {req.order_type}",
+                "order_desc": f"{req.side} {st.order_qty} {req.symbol} {req.order_type}"
+                + (" (replaced)" if st.replaced_ids else ""),
                 "status": st.status.value,
                 "filled": st.filled_qty,
                 "cost": st.posted_cash,
