@@ -135,7 +135,9 @@ class Ledger:
         record the order row if given, in one transaction guarded by the fencing token."""
         with refusals():
             symbol = rules.check_symbol(input.symbol)
-            asset = rules.held_asset(input.side, symbol, input.asset)
+            pay_asset = input.pay_asset
+            rate = None if pay_asset is None else rules.fx_rate(input.fx_rate, pay_asset)
+            asset = rules.held_asset(input.side, symbol, input.asset, pay_asset)
             amount = rules.amount(input.amount, asset)
             qty, limit_price = hold_bounds(input, symbol)
             notional = risk_notional(input, qty, limit_price)
@@ -212,6 +214,8 @@ class Ledger:
                 symbol,
                 qty,
                 limit_price,
+                pay_asset,
+                rate,
             )
             _, available_after, _ = rules.balances_after(moves)[row.id]
             result = ReserveResult(
@@ -222,6 +226,7 @@ class Ledger:
                 available_after=q(available_after, asset),
                 fence=fence,
                 price_bound=limit_price,
+                fx_rate=rate,
             )
             await store.record(conn, key, "reserve", args, result)
             return result
@@ -488,6 +493,12 @@ def reserve_args_hash(input: ReserveInput, *, asset: str, amount: Decimal, symbo
             "side": input.side,
             "symbol": symbol,
             "order": input.order.model_dump(mode="json") if input.order else None,
+            # Only when paid in won, so the hashes of USD reserves recorded before are unchanged.
+            **(
+                {"pay_asset": input.pay_asset, "fx_rate": input.fx_rate}
+                if input.pay_asset is not None
+                else {}
+            ),
         },
     )
 
