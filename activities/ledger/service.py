@@ -38,7 +38,7 @@ from activities.ledger.postings import EXTERNAL, Hold, Refused, firm_shard, q
 from activities.ledger.risk import check_amendment, check_and_count
 from activities.orders import REFUSED_STATUS, RESERVED_STATUS, insert_order
 from core import errors
-from core.money import CASH_ASSET
+from core.money import CASH_ASSET, is_currency
 from core.risk import RiskLimits, order_notional
 
 T = TypeVar("T")
@@ -69,15 +69,19 @@ class Ledger:
     # -- accounts
 
     async def open_account(self, input: OpenAccountInput) -> OpenAccountResult:
-        """Open a customer account and its USD row; opening twice is a no-op."""
+        """Open a customer account and its row in its currency (USD, or KRW for a won account,
+        which may still hold dollars and shares); opening twice is a no-op."""
         with refusals():
             account_id = rules.check_account_id(input.account_id)
-            if input.currency != CASH_ASSET:
-                raise Refused(f"unsupported currency {input.currency!r}", errors.INVALID_REQUEST)
+            if not is_currency(input.currency):
+                raise Refused(
+                    f"unsupported currency {str(input.currency)[:20]!r} (USD, KRW)",
+                    errors.INVALID_REQUEST,
+                )
         async with self._pool.acquire() as conn, conn.transaction():
             await store.ensure_firm_accounts(conn)
             created = await conn.fetchval(store.INSERT_CUSTOMER, account_id, input.currency)
-            await conn.execute(store.INSERT_ROW, account_id, "customer", CASH_ASSET)
+            await conn.execute(store.INSERT_ROW, account_id, "customer", input.currency)
         return OpenAccountResult(
             account_id=account_id, currency=input.currency, created=bool(created)
         )
