@@ -121,7 +121,8 @@ class OrderState(BaseModel):
     prior_filled_notional: Decimal = Decimal(0)
     # Paid (or paid out) in won (workflows/fxleg.py): the currency and the won-per-dollar rate the
     # first reserve fixed (the FX ask for a buy, the bid for a sell); ``held_usd`` is a buy's
-    # dollar hold that ``held`` (in won) converts. None: a USD order.
+    # dollar hold that ``held`` (in won) converts (None: a USD order, or a retried task whose
+    # quotes differed from the first reserve's: ``held`` and ``fx_rate`` are the first's).
     pay_asset: str | None = None
     fx_rate: Decimal | None = None
     held_usd: Decimal | None = None

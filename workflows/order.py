@@ -342,6 +342,8 @@ class OrderWorkflow(ReplaceOrder, FxLeg):
         amount = got.amount
         if got.fx_rate is not None:  # the first reserve's rate, as its amount
             self._state.fx_rate = got.fx_rate
+            if got.amount != hold.amount:  # this try's dollar hold is not the one held
+                self._state.held_usd = None
         if got.price_bound is not None and got.price_bound != self._state.limit_sent:
             self._state.limit_sent = got.price_bound
         self._state.held = amount
