@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 from temporalio import activity
 
+from core.fx import PAIR, parse_fx_record
 from core.keys import RedisKeys
 from core.quotes import InvalidQuote, parse_quote_record
 
@@ -49,6 +50,22 @@ class GetQuoteResult(BaseModel):
     """Why the stored record is not a quote at all (None for a good, stale or missing one)."""
 
 
+class GetFxQuoteInput(BaseModel):
+    pair: str = PAIR
+
+
+class GetFxQuoteResult(BaseModel):
+    """The firm's FX quote (won per dollar); bid and ask None unless fresh."""
+
+    pair: str
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    as_of: datetime | None = None
+    age_s: float | None = None
+    fresh: bool = False
+    refused: str | None = None
+
+
 class MarketDataActivities:
     def __init__(
         self,
@@ -56,10 +73,12 @@ class MarketDataActivities:
         keys: RedisKeys,
         max_age_s: float,
         clock: Callable[[], float] = time.time,
+        fx_max_age_s: float = 30.0,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self.max_age_s = max_age_s
+        self.fx_max_age_s = fx_max_age_s
         self._clock = clock
         self.refused = 0
         self.refusals: Counter[str] = Counter()
@@ -89,6 +108,39 @@ class MarketDataActivities:
             return GetQuoteResult(symbol=symbol, as_of=quote.timestamp, age_s=age_s)
         return GetQuoteResult(
             symbol=symbol,
+            bid=quote.bid,
+            ask=quote.ask,
+            as_of=quote.timestamp,
+            age_s=age_s,
+            fresh=True,
+        )
+
+    @activity.defn
+    async def get_fx_quote(self, req: GetFxQuoteInput) -> GetFxQuoteResult:
+        """The firm's latest FX quote for a pair from Redis (core/fx.py's rules).
+
+        fresh=True only for a record that passes ``parse_fx_record`` and is neither past its own
+        ``expires_at`` nor older than ``fx_max_age_s``. Never raises for a bad or missing record:
+        it answers not fresh (``refused`` says why a record is not a quote). A read: a retry
+        changes nothing.
+        """
+        pair = req.pair.upper()
+        if pair != PAIR:
+            return GetFxQuoteResult(pair=pair[:20], refused=f"unknown pair (only {PAIR})")
+        raw = await self._redis.get(self._keys.fx(pair))
+        if raw is None:
+            return GetFxQuoteResult(pair=pair)
+        now = self._clock()
+        try:
+            quote = parse_fx_record(raw, pair, now)
+        except InvalidQuote as exc:
+            self._refuse(pair, str(exc), now)
+            return GetFxQuoteResult(pair=pair, refused=str(exc))
+        age_s = now - quote.received_at
+        if quote.stale(now, self.fx_max_age_s):
+            return GetFxQuoteResult(pair=pair, as_of=quote.timestamp, age_s=age_s)
+        return GetFxQuoteResult(
+            pair=pair,
             bid=quote.bid,
             ask=quote.ask,
             as_of=quote.timestamp,

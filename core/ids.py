@@ -18,5 +18,11 @@ def is_id(text: object) -> bool:
     return isinstance(text, str) and ID.fullmatch(text) is not None
 
 
+# Currency codes are the ledger's cash assets (core/money.CURRENCIES), never a symbol's shares.
+CURRENCY_CODES = frozenset({"USD", "KRW"})
+
+
 def is_symbol(text: object) -> bool:
-    return isinstance(text, str) and SYMBOL.fullmatch(text) is not None
+    return (
+        isinstance(text, str) and SYMBOL.fullmatch(text) is not None and text not in CURRENCY_CODES
+    )

@@ -18,6 +18,10 @@ class RedisKeys:
     def quote(self, symbol: str) -> str:
         return f"{self.prefix}quote:{symbol.upper()}"
 
+    def fx(self, pair: str) -> str:
+        """The firm's FX quote for a currency pair (core/fx.py, feeds/fx.py)."""
+        return f"{self.prefix}fx:{pair.upper()}"
+
     def listener_offset(self, name: str = "default") -> str:
         return f"{self.prefix}listener:offset:{name}"
 

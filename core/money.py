@@ -1,7 +1,8 @@
 """Money and quantities: Decimal only, with the rounding rules defined once.
 
 Rounding (documented in docs/ARCHITECTURE.md):
-- Cash is USD with 2 decimals (cents). Share quantities have 9 decimals.
+- Cash is USD with 2 decimals (cents); KRW has none (whole won). Share quantities have 9
+  decimals.
 - A fill's cash amount is rounded from the *cumulative* exact notional of its hold:
   ``posted_cash_after = round_half_up(sum(qty_i * price_i), cents)``, and the post moves
   ``posted_cash_after - posted_cash_before``. Rounding errors therefore never accumulate: the
@@ -37,6 +38,11 @@ from decimal import (
 
 CASH_ASSET = "USD"
 CASH_PLACES = 2
+# Korean won: no minor unit. An account may hold it beside USD; orders paid in won convert through
+# the firm's FX desk (core/fx.py, docs/LEDGER.md).
+KRW = "KRW"
+# Every currency the ledger keeps, with its decimals; any other asset is a symbol's shares.
+CURRENCIES = {CASH_ASSET: CASH_PLACES, KRW: 0}
 SHARE_PLACES = 9
 PRICE_PLACES = 4
 CENT = Decimal(1).scaleb(-CASH_PLACES)
@@ -67,11 +73,15 @@ class InvalidAmount(ValueError):
 
 
 def places_for(asset: str) -> int:
-    return CASH_PLACES if asset == CASH_ASSET else SHARE_PLACES
+    return CURRENCIES.get(asset, SHARE_PLACES)
 
 
 def quantum_for(asset: str) -> Decimal:
-    return CENT if asset == CASH_ASSET else SHARE_QUANTUM
+    return Decimal(1).scaleb(-places_for(asset))
+
+
+def is_currency(asset: object) -> bool:
+    return isinstance(asset, str) and asset in CURRENCIES
 
 
 def parse_decimal(value: object, what: str = "amount") -> Decimal:

@@ -195,6 +195,17 @@ class Settings(BaseSettings):
     quote_max_age_s: float = 10.0
     marketdata_symbols: str = "AAPL,MSFT,TSLA,NVDA,AMZN"
     marketdata_interval_s: float = 1.0
+    # The firm's KRW/USD quote (core/fx.py, feeds/fx.py; docs/OPERATIONS.md): an order paid in
+    # won is refused once the quote is older than fx_max_age_s or past its expiry. The feed
+    # (inside `ordersaga marketdata`) quotes fx_spread (the whole spread, a fraction of the mid)
+    # around a mid that starts at fx_mid and walks up to fx_walk per update, each quote valid
+    # for fx_quote_ttl_s. fx_feed=false leaves the quote to another writer.
+    fx_max_age_s: float = Field(30.0, gt=0, le=3_600)
+    fx_feed: bool = True
+    fx_mid: Decimal = Field(Decimal("1385"), gt=0, le=Decimal(100_000))
+    fx_spread: Decimal = Field(Decimal("0.01"), ge=0, le=Decimal("0.2"))
+    fx_walk: Decimal = Field(Decimal("0.0005"), ge=0, le=Decimal("0.05"))
+    fx_quote_ttl_s: float = Field(15.0, gt=0, le=3_600)
 
     # The order saga (nested: ORDERSAGA_SAGA__COMMISSION_RATE, ...)
     saga: SagaSettings = Field(default_factory=SagaSettings)

@@ -41,11 +41,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.ledger import (
     AccountBalances,
     DepositInput,
+    FxPosition,
     Ledger,
     OpenAccountInput,
     OpenAccountResult,
     TransferResult,
     WithdrawInput,
+    fx_position,
     get_balances,
 )
 from activities.orders import OrderRow, OrderStore
@@ -53,7 +55,7 @@ from core.db import create_pool
 from core.errors import NON_RETRYABLE_LEDGER, UserError
 from core.ids import is_id, is_symbol
 from core.money import (
-    CASH_ASSET,
+    CURRENCIES,
     MAX_LIMIT_PRICE,
     MAX_ORDER_QTY,
     PRICE_PLACES,
@@ -104,10 +106,19 @@ def check_account_id(account_id: object) -> str:
 
 
 def check_asset(asset: object) -> str:
-    """USD or a ticker symbol (upper-cased), or UserError."""
+    """A currency (USD, KRW) or a ticker symbol (upper-cased), or UserError."""
     text = asset.upper() if isinstance(asset, str) else asset
-    if text != CASH_ASSET and not is_symbol(text):
-        raise UserError(f"unknown asset {_shown(asset)} (USD or a ticker symbol)")
+    if text not in CURRENCIES and not is_symbol(text):
+        raise UserError(f"unknown asset {_shown(asset)} (USD, KRW or a ticker symbol)")
+    assert isinstance(text, str)
+    return text
+
+
+def check_currency(currency: object) -> str:
+    """A currency the ledger keeps (USD, KRW; upper-cased), or UserError."""
+    text = currency.upper() if isinstance(currency, str) else currency
+    if text not in CURRENCIES:
+        raise UserError(f"unknown currency {_shown(currency)} ({', '.join(CURRENCIES)})")
     assert isinstance(text, str)
     return text
 
@@ -141,16 +152,19 @@ def build_request(
     limit_price: Decimal | str | int | None = None,
     time_in_force: str = "day",
     order_id: str | None = None,
+    pay: str = "USD",
 ) -> OrderRequest:
     """A validated request, with no connection: bad input raises UserError (one line) before
     anything is contacted. Numbers go through ``parse_bounded`` (kept as written: ``1``, not
     ``1.000000000``), ids and symbols through ``core.ids``, and the result through
-    ``validate_request``, the workflow's own check."""
+    ``validate_request``, the workflow's own check. ``pay``: the currency the order pays in (a
+    buy) or is paid out in (a sell), USD or KRW (through the firm's FX desk)."""
     check_account_id(account_id)
     if order_id is not None and not is_id(order_id):
         raise UserError(f"invalid order id {_shown(order_id)}: {ID_RULE}")
     if not isinstance(symbol, str) or not is_symbol(symbol.upper()):
         raise UserError(f"invalid symbol {_shown(symbol)}")
+    pay = check_currency(pay)
     try:
         parsed_qty = _number(qty, "quantity", places=SHARE_PLACES, maximum=MAX_ORDER_QTY)
         parsed_limit = (
@@ -167,6 +181,7 @@ def build_request(
             order_type=order_type,  # type: ignore[arg-type]
             time_in_force=time_in_force,  # type: ignore[arg-type]
             limit_price=parsed_limit,
+            pay=pay,  # type: ignore[arg-type]
         )
     except ValidationError as exc:  # side, order type, time in force
         first = exc.errors()[0]
@@ -430,8 +445,17 @@ class OrderClient:
         )
 
     async def deposit(
-        self, account_id: str, amount: Decimal | str, asset: str = "USD", key: str | None = None
+        self,
+        account_id: str,
+        amount: Decimal | str,
+        asset: str = "USD",
+        key: str | None = None,
+        *,
+        currency: str | None = None,
     ) -> TransferResult:
+        """Deposit ``amount`` of ``asset`` (or of ``currency``: USD, KRW in whole won)."""
+        if currency is not None:
+            asset = check_currency(currency)
         return await self._transfer("deposit", account_id, amount, asset, key)
 
     async def withdraw(
@@ -462,6 +486,10 @@ class OrderClient:
 
     async def balance(self, account_id: str) -> AccountBalances:
         return await get_balances(self._pool, check_account_id(account_id))
+
+    async def fx_position(self) -> FxPosition:
+        """The FX desk's won and dollars and the implied average rate (docs/LEDGER.md)."""
+        return await fx_position(self._pool)
 
 
 @asynccontextmanager

@@ -170,7 +170,9 @@ def build_workers(
         lock = LockActivities(
             AccountLock(res.redis, keys, fence_floor=functools.partial(max_fence, res.pool))
         )
-        quotes = MarketDataActivities(res.redis, keys, max_age_s=s.quote_max_age_s)
+        quotes = MarketDataActivities(
+            res.redis, keys, max_age_s=s.quote_max_age_s, fx_max_age_s=s.fx_max_age_s
+        )
         store = OrderStoreActivities(OrderStore(res.pool))
         reconcile = ReconcileActivities(res.pool)
         positions = PositionActivities(res.pool, s.broker_cash_baseline)
@@ -190,6 +192,7 @@ def build_workers(
                     ledger.void_funds,
                     ledger.book_error_fill,
                     quotes.get_quote,
+                    quotes.get_fx_quote,
                     store.record_order,
                     store.update_order,
                     reconcile.find_breaks,

@@ -9,6 +9,7 @@ what is held.
 
 from __future__ import annotations
 
+from core.fx import krw_cost
 from core.money import MAX_AMOUNT, SHARE_QUANTUM, round_cash
 from core.settings import SagaSettings
 from core.statuses import BROKER_STATUSES
@@ -44,6 +45,8 @@ def report_problem(state: OrderState, report: BrokerReport, saga: SagaSettings) 
         return f"sold below the limit {limit}"
     if req.side == "buy":
         cost = round_cash(notional) + cumulative_fee("buy", notional, saga)
+        if st.fx_rate is not None:  # paid in won: what it costs in won at the order's rate
+            cost = krw_cost(cost, st.fx_rate)
         if cost > st.held:
             return f"costs {cost} with fees, more than the {st.held} held"
     return None

@@ -28,6 +28,9 @@ from core.statuses import OrderStatus
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit"]
 TimeInForce = Literal["day", "gtc", "ioc"]
+# The currency an order pays in (a buy) or is paid out in (a sell): USD, or won through the
+# firm's FX desk (workflows/fxleg.py).
+PayCurrency = Literal["USD", "KRW"]
 
 
 class OrderRequest(BaseModel):
@@ -41,6 +44,7 @@ class OrderRequest(BaseModel):
     order_type: OrderType = "market"
     time_in_force: TimeInForce = "day"
     limit_price: Decimal | None = None
+    pay: PayCurrency = "USD"
 
     @property
     def key(self) -> OrderKey:
@@ -60,6 +64,8 @@ class OrderRequest(BaseModel):
             "order_type": self.order_type,
             "time_in_force": self.time_in_force,
             "limit_price": None if self.limit_price is None else canonical(self.limit_price),
+            # Only when not USD: the hashes of orders placed before payment in won are unchanged.
+            **({"pay": self.pay} if self.pay != "USD" else {}),
         }
         return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -113,6 +119,13 @@ class OrderState(BaseModel):
     replaced_ids: list[str] = Field(default_factory=list)
     prior_filled_qty: Decimal = Decimal(0)
     prior_filled_notional: Decimal = Decimal(0)
+    # Paid (or paid out) in won (workflows/fxleg.py): the currency and the won-per-dollar rate the
+    # first reserve fixed (the FX ask for a buy, the bid for a sell); ``held_usd`` is a buy's
+    # dollar hold that ``held`` (in won) converts (None: a USD order, or a retried task whose
+    # quotes differed from the first reserve's: ``held`` and ``fx_rate`` are the first's).
+    pay_asset: str | None = None
+    fx_rate: Decimal | None = None
+    held_usd: Decimal | None = None
 
     @property
     def terminal(self) -> bool:

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from core.risk import order_notional
     from core.settings import SagaConfig
     from core.statuses import OrderStatus
+    from workflows.fxleg import FX_LEG_PATCH, FxLeg
     from workflows.metrics import record_decision
     from workflows.models import (
         BrokerReport,
@@ -77,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
 
 __all__ = [
     "DECIDED_OR_REFUSED_PATCH",
+    "FX_LEG_PATCH",
     "LOCAL_STEPS_PATCH",
     "TRUST_BOUNDARY_PATCH",
     "WORKER_SETTINGS_PATCH",
@@ -96,7 +98,7 @@ STRICT_INPUT_PATCH = "strict-input-v1"
 # continue-as-new (FollowBroker._continue). Changes that must reach running orders still go
 # behind workflow.patched (docs/DEPLOY.md).
 @workflow.defn
-class OrderWorkflow(MarketHours, ReplaceOrder):
+class OrderWorkflow(MarketHours, ReplaceOrder, FxLeg):
     @workflow.init
     def __init__(self, inp: OrderInput) -> None:
         self._cfg = SagaConfig()  # the worker's, read first thing in run()
@@ -319,6 +321,12 @@ class OrderWorkflow(MarketHours, ReplaceOrder):
                 recorded=False,
             )
             return
+        if self._pays_in_won():  # workflows/fxleg.py: the rate, and a buy's hold in won
+            converted = await self._in_won(hold)
+            if isinstance(converted, str):
+                await self._refuse(converted, recorded=False)
+                return
+            hold = converted
         asset, amount = hold.asset, hold.amount
         self._state.hold_asset, self._state.limit_sent = asset, hold.limit_sent
         # Pushed before the reserve: a reserve interrupted by a cancellation may still commit,
@@ -333,6 +341,10 @@ class OrderWorkflow(MarketHours, ReplaceOrder):
         # workflow task, after a reserve that committed and a quote that moved, gets the first
         # reserve's amount and bound back (activities/ledger/service.py, first_reserve).
         amount = got.amount
+        if got.fx_rate is not None:  # the first reserve's rate, as its amount
+            self._state.fx_rate = got.fx_rate
+            if got.amount != hold.amount:  # this try's dollar hold is not the one held
+                self._state.held_usd = None
         if got.price_bound is not None and got.price_bound != self._state.limit_sent:
             self._state.limit_sent = got.price_bound
         self._state.held = amount
@@ -383,6 +395,8 @@ class OrderWorkflow(MarketHours, ReplaceOrder):
                     order=self._order_record(),
                     price_bound=self._state.limit_sent,  # a market buy's cap
                     notional=order_notional(req.qty, self._state.limit_sent or self._ask),
+                    pay_asset=self._state.pay_asset,  # paid in won (workflows/fxleg.py)
+                    fx_rate=self._state.fx_rate,
                 ),
             )
 

@@ -72,6 +72,8 @@ def replace_problem(state: OrderState, ask: ReplaceRequest) -> str | None:
     st, req = state, state.request
     if st.terminal:
         return f"order is already {st.status.value}"
+    if st.fx_rate is not None:  # its won were converted at the reserve's rate (docs/LEDGER.md)
+        return f"an order paid in {st.pay_asset} cannot be replaced: cancel it and place another"
     if req.order_type != "limit":
         return "only a limit order can be replaced"
     if st.status == OrderStatus.NEEDS_ATTENTION:

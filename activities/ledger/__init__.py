@@ -5,6 +5,7 @@
 - ``service``: ``Ledger``, the operations as plain async code (the SDK and the CLI use it);
 - ``activities``: ``LedgerActivities``, the thin Temporal activities over ``Ledger``;
 - ``queries``: reads that are not activities (balances, the fence floor, the invariant check);
+- ``fxdesk``: the FX desk's position (orders paid in won convert through it);
 - ``models``: the inputs and results.
 
 See docs/LEDGER.md. The names other packages use are re-exported here.
@@ -13,6 +14,7 @@ See docs/LEDGER.md. The names other packages use are re-exported here.
 from __future__ import annotations
 
 from activities.ledger.activities import LedgerActivities
+from activities.ledger.fxdesk import FxPosition, fx_position
 from activities.ledger.models import (
     AccountBalances,
     Balance,
@@ -33,7 +35,7 @@ from activities.ledger.models import (
     VoidResult,
     WithdrawInput,
 )
-from activities.ledger.postings import ERROR, EXTERNAL, FEES, OMNIBUS, firm_shard
+from activities.ledger.postings import ERROR, EXTERNAL, FEES, FX, OMNIBUS, firm_shard
 from activities.ledger.queries import LedgerReport, check_ledger, get_balances, max_fence
 from activities.ledger.service import Ledger
 
@@ -41,12 +43,14 @@ __all__ = [
     "ERROR",
     "EXTERNAL",
     "FEES",
+    "FX",
     "OMNIBUS",
     "AccountBalances",
     "Balance",
     "DepositInput",
     "ErrorFillInput",
     "ErrorFillResult",
+    "FxPosition",
     "Ledger",
     "LedgerActivities",
     "LedgerReport",
@@ -65,6 +69,7 @@ __all__ = [
     "WithdrawInput",
     "check_ledger",
     "firm_shard",
+    "fx_position",
     "get_balances",
     "max_fence",
 ]

@@ -96,6 +96,11 @@ class ReserveInput(BaseModel):
     # price bound to compute it from: a market sell's qty x the ask the saga read. Optional and
     # out of the idempotency hash, like price_bound.
     notional: AnyDecimal | None = None
+    # An order paid (a buy) or paid out (a sell) in won: KRW, and the won-per-dollar rate the
+    # saga read (the FX ask for a buy, the bid for a sell). A buy's ``asset`` and ``amount`` are
+    # then in won. The hold keeps both; every fill converts at the rate (docs/LEDGER.md).
+    pay_asset: str | None = None
+    fx_rate: AnyDecimal | None = None
 
 
 class ReserveResult(BaseModel):
@@ -108,6 +113,9 @@ class ReserveResult(BaseModel):
     # The price bound the hold records (a market buy's cap, else the order's limit; None for a
     # market sell). None too in results stored before it was returned.
     price_bound: Decimal | None = None
+    # The rate the hold converts at (an order paid in won), fixed by the first reserve: a retried
+    # workflow task that read another rate adopts this one with the first amount.
+    fx_rate: Decimal | None = None
 
 
 class PostFillInput(BaseModel):

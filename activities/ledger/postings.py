@@ -16,11 +16,14 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from core import errors
+from core.fx import MAX_RATE, krw_cost, krw_proceeds
 from core.ids import is_id, is_symbol
 from core.money import (
     CASH_ASSET,
+    KRW,
     MAX_AMOUNT,
     InvalidAmount,
+    is_currency,
     parse_decimal,
     quantum_for,
     round_cash,
@@ -31,7 +34,10 @@ OMNIBUS = "$omnibus"
 FEES = "$fees"
 EXTERNAL = "$external"
 ERROR = "$error"
-FIRM_KINDS = {OMNIBUS: "omnibus", FEES: "fees", EXTERNAL: "external", ERROR: "error"}
+# The FX desk (migrations/0013): it takes the won of orders paid in won and pays their dollars
+# (or the reverse for a sale paid out in won); sharded like the omnibus.
+FX = "$fx"
+FIRM_KINDS = {OMNIBUS: "omnibus", FEES: "fees", EXTERNAL: "external", ERROR: "error", FX: "fx"}
 # The omnibus, fees and external rows take part in every fill and deposit of every customer: as
 # single rows they would serialize the whole firm's compare-and-sets on one version column. Each
 # is split into FIRM_SHARDS rows ('$omnibus', '$omnibus~1', ...), chosen by a stable hash of the
@@ -95,8 +101,10 @@ def cumulative(value: object, what: str, quantize_to: Decimal | None = None) -> 
 
 
 def check_asset(asset: str) -> str:
-    if asset != CASH_ASSET and not is_symbol(asset):
-        raise Refused(f"unknown asset {asset!r} (USD or a ticker symbol)", errors.INVALID_REQUEST)
+    if not is_currency(asset) and not is_symbol(asset):
+        raise Refused(
+            f"unknown asset {asset!r} (USD, KRW or a ticker symbol)", errors.INVALID_REQUEST
+        )
     return asset
 
 
@@ -114,6 +122,21 @@ def price_bound(value: object) -> Decimal:
         raise Refused(str(exc), errors.INVALID_AMOUNT) from None
     if not 0 < d <= MAX_AMOUNT:
         raise Refused(f"price bound must be in (0, {MAX_AMOUNT}], got {d}", errors.INVALID_AMOUNT)
+    return d
+
+
+def fx_rate(value: object, pay_asset: object) -> Decimal:
+    """A hold's won-per-dollar rate (orders paid in won): positive, finite, at most MAX_RATE."""
+    if pay_asset != KRW:
+        raise Refused(
+            f"unknown payment currency {str(pay_asset)[:20]!r} (KRW)", errors.INVALID_REQUEST
+        )
+    try:
+        d = parse_decimal(value, "FX rate")
+    except InvalidAmount as exc:
+        raise Refused(str(exc), errors.INVALID_AMOUNT) from None
+    if not 0 < d <= MAX_RATE:
+        raise Refused(f"FX rate must be in (0, {MAX_RATE}], got {d}", errors.INVALID_AMOUNT)
     return d
 
 
@@ -144,9 +167,10 @@ def check_idempotency_key(key: object) -> str:
     )
 
 
-def held_asset(side: str, symbol: str, asset: str) -> str:
-    """What an order holds: cash for a buy, the symbol's shares for a sell."""
-    expected = CASH_ASSET if side == "buy" else symbol
+def held_asset(side: str, symbol: str, asset: str, pay_asset: str | None = None) -> str:
+    """What an order holds: cash for a buy (in the currency it pays in), the symbol's shares
+    for a sell."""
+    expected = (pay_asset or CASH_ASSET) if side == "buy" else symbol
     if asset != expected:
         raise Refused(f"a {side} of {symbol} holds {expected}, not {asset}", errors.INVALID_REQUEST)
     return asset
@@ -201,6 +225,10 @@ class Hold:
     # reserve without an order) or no price bound (a market sell).
     qty: Decimal | None = None
     limit_price: Decimal | None = None
+    # An order paid (a buy) or paid out (a sell) in won (migrations/0013): the currency and the
+    # won-per-dollar rate fixed at the reserve. None: a USD order.
+    pay_asset: str | None = None
+    fx_rate: Decimal | None = None
 
 
 def moves(*wanted: tuple[Row, Bucket, Decimal]) -> list[Move]:
@@ -310,11 +338,17 @@ class Fill:
     cum_notional: Decimal
     cash_after: Decimal
     cum_fee: Decimal
+    # An order paid in won: the won this fill converts at the hold's rate (a buy pays them, a
+    # sale is paid them; ``fx_fill``).
+    converted: Decimal | None = None
 
     @property
     def held_used(self) -> Decimal:
-        """What leaves the hold: cash plus fee for a buy, shares for a sell."""
-        return self.cash_delta + self.fee_delta if self.side == "buy" else self.qty_delta
+        """What leaves the hold: cash plus fee for a buy (the won they cost, paid in won),
+        shares for a sell."""
+        if self.side == "sell":
+            return self.qty_delta
+        return self.converted if self.converted is not None else self.cash_delta + self.fee_delta
 
     def hold_after(self, hold: Hold) -> Hold:
         return replace(
@@ -350,6 +384,8 @@ def fill(hold: Hold, cum_qty: Decimal, cum_notional: Decimal, cum_fee: Decimal) 
             f"cumulative figures of order {hold.order_id!r} went backwards", errors.HOLD_STATE
         )
     check_within_bounds(hold, cum_qty, cum_notional)
+    if hold.fx_rate is not None:
+        post = fx_fill(hold, post)
     if post.held_used > hold.held_remaining:
         raise Refused(
             f"fill of order {hold.order_id!r} needs {post.held_used} {hold.asset} "
@@ -381,7 +417,10 @@ def beyond_bounds(order_key: str, why: str) -> Refused:
 
 def fill_rows(hold: Hold) -> list[tuple[str, str]]:
     """The five rows a fill moves, as (owner, asset), in the order ``fill_moves`` takes them:
-    customer cash, customer shares, omnibus cash, omnibus shares, fees (firm rows by shard)."""
+    customer cash, customer shares, omnibus cash, omnibus shares, fees (firm rows by shard); an
+    order paid in won adds the FX desk's rows (``fx_fill_rows``)."""
+    if hold.pay_asset is not None:
+        return fx_fill_rows(hold)
     omnibus, fees = (firm_shard(o, hold.order_id) for o in (OMNIBUS, FEES))
     return [
         (hold.owner, CASH_ASSET),
@@ -395,6 +434,8 @@ def fill_rows(hold: Hold) -> list[tuple[str, str]]:
 def fill_moves(post: Fill, rows: Sequence[Row]) -> list[Move]:
     """A buy: held cash pays the omnibus and the fee, shares go omnibus -> customer. A sell:
     held shares go to the omnibus, the proceeds less the fee to the customer."""
+    if post.converted is not None:
+        return fx_fill_moves(post, rows)
     cust_cash, cust_shares, omni_cash, omni_shares, fees = rows
     if post.side == "buy":
         legs: list[tuple[Row, Bucket, Decimal]] = [
@@ -438,6 +479,11 @@ def resize(
     database says so too)."""
     if hold.status != "open":
         raise Refused(f"hold of order {hold.order_id!r} is {hold.status}", errors.HOLD_STATE)
+    if hold.pay_asset is not None:  # the saga refuses to replace them; this is the last line
+        raise Refused(
+            f"hold of order {hold.order_id!r} is paid in {hold.pay_asset}: not resized",
+            errors.HOLD_STATE,
+        )
     spent = used(hold, amount)
     keep = budget - spent
     if keep < 0:
@@ -544,3 +590,73 @@ def error_fill_moves(pos: ErrorPosition, post: ErrorFill, rows: Sequence[Row]) -
         (error_cash, "available", -sign * post.cash_delta),
         (omni_cash, "available", sign * post.cash_delta),
     )
+
+
+# ---------------------------------------------------------------- the FX desk
+
+
+def fx_fill(hold: Hold, post: Fill) -> Fill:
+    """The won a fill of an order paid in won converts, at the hold's rate, of cumulative
+    figures (so rounding never accumulates): a buy pays ``krw_cost`` of its dollars so far
+    (cash and fees) less what it has paid, a sale is paid ``krw_proceeds`` of its proceeds so
+    far (cash less fees) less what it has been paid. Both round in the firm's favour."""
+    rate = hold.fx_rate
+    assert rate is not None
+    if post.side == "buy":
+        before = krw_cost(hold.posted_cash + hold.posted_fee, rate)
+        after = krw_cost(post.cash_after + post.cum_fee, rate)
+    else:
+        before = krw_proceeds(hold.posted_cash - hold.posted_fee, rate)
+        after = krw_proceeds(post.cash_after - post.cum_fee, rate)
+    if after < before:
+        raise Refused(
+            f"won of order {hold.order_id!r} would go backwards ({before} -> {after})",
+            errors.HOLD_STATE,
+        )
+    return replace(post, converted=after - before)
+
+
+def fx_fill_rows(hold: Hold) -> list[tuple[str, str]]:
+    """The seven rows a fill of an order paid in won moves, as (owner, asset): the customer's
+    won, the customer's shares, omnibus cash, omnibus shares, fees, the FX desk's won and its
+    dollars (firm rows by shard)."""
+    assert hold.pay_asset is not None
+    omnibus, fees, desk = (firm_shard(o, hold.order_id) for o in (OMNIBUS, FEES, FX))
+    return [
+        (hold.owner, hold.pay_asset),
+        (hold.owner, hold.symbol),
+        (omnibus, CASH_ASSET),
+        (omnibus, hold.symbol),
+        (fees, CASH_ASSET),
+        (desk, hold.pay_asset),
+        (desk, CASH_ASSET),
+    ]
+
+
+def fx_fill_moves(post: Fill, rows: Sequence[Row]) -> list[Move]:
+    """A buy paid in won: the held won go to the desk, the desk pays the omnibus and the fee in
+    dollars, shares go omnibus -> customer. A sale paid out in won: held shares go to the
+    omnibus, the omnibus pays the proceeds to the desk (less the fee), the desk pays the
+    customer won. Each currency's lines sum to zero on their own."""
+    cust_pay, cust_shares, omni_cash, omni_shares, fees, desk_pay, desk_cash = rows
+    won = post.converted
+    assert won is not None
+    if post.side == "buy":
+        legs: list[tuple[Row, Bucket, Decimal]] = [
+            (cust_pay, "held", -won),
+            (desk_pay, "available", won),
+            (desk_cash, "available", -(post.cash_delta + post.fee_delta)),
+            (omni_cash, "available", post.cash_delta),
+            (omni_shares, "available", -post.qty_delta),
+            (cust_shares, "available", post.qty_delta),
+        ]
+    else:
+        legs = [
+            (cust_shares, "held", -post.qty_delta),
+            (omni_shares, "available", post.qty_delta),
+            (omni_cash, "available", -post.cash_delta),
+            (desk_cash, "available", post.cash_delta - post.fee_delta),
+            (desk_pay, "available", -won),
+            (cust_pay, "available", won),
+        ]
+    return moves(*legs, (fees, "available", post.fee_delta))

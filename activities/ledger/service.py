@@ -38,7 +38,7 @@ from activities.ledger.postings import EXTERNAL, Hold, Refused, firm_shard, q
 from activities.ledger.risk import check_amendment, check_and_count
 from activities.orders import REFUSED_STATUS, RESERVED_STATUS, insert_order
 from core import errors
-from core.money import CASH_ASSET
+from core.money import CASH_ASSET, is_currency
 from core.risk import RiskLimits, order_notional
 
 T = TypeVar("T")
@@ -69,15 +69,19 @@ class Ledger:
     # -- accounts
 
     async def open_account(self, input: OpenAccountInput) -> OpenAccountResult:
-        """Open a customer account and its USD row; opening twice is a no-op."""
+        """Open a customer account and its row in its currency (USD, or KRW for a won account,
+        which may still hold dollars and shares); opening twice is a no-op."""
         with refusals():
             account_id = rules.check_account_id(input.account_id)
-            if input.currency != CASH_ASSET:
-                raise Refused(f"unsupported currency {input.currency!r}", errors.INVALID_REQUEST)
+            if not is_currency(input.currency):
+                raise Refused(
+                    f"unsupported currency {str(input.currency)[:20]!r} (USD, KRW)",
+                    errors.INVALID_REQUEST,
+                )
         async with self._pool.acquire() as conn, conn.transaction():
             await store.ensure_firm_accounts(conn)
             created = await conn.fetchval(store.INSERT_CUSTOMER, account_id, input.currency)
-            await conn.execute(store.INSERT_ROW, account_id, "customer", CASH_ASSET)
+            await conn.execute(store.INSERT_ROW, account_id, "customer", input.currency)
         return OpenAccountResult(
             account_id=account_id, currency=input.currency, created=bool(created)
         )
@@ -135,7 +139,9 @@ class Ledger:
         record the order row if given, in one transaction guarded by the fencing token."""
         with refusals():
             symbol = rules.check_symbol(input.symbol)
-            asset = rules.held_asset(input.side, symbol, input.asset)
+            pay_asset = input.pay_asset
+            rate = None if pay_asset is None else rules.fx_rate(input.fx_rate, pay_asset)
+            asset = rules.held_asset(input.side, symbol, input.asset, pay_asset)
             amount = rules.amount(input.amount, asset)
             qty, limit_price = hold_bounds(input, symbol)
             notional = risk_notional(input, qty, limit_price)
@@ -212,6 +218,8 @@ class Ledger:
                 symbol,
                 qty,
                 limit_price,
+                pay_asset,
+                rate,
             )
             _, available_after, _ = rules.balances_after(moves)[row.id]
             result = ReserveResult(
@@ -222,6 +230,7 @@ class Ledger:
                 available_after=q(available_after, asset),
                 fence=fence,
                 price_bound=limit_price,
+                fx_rate=rate,
             )
             await store.record(conn, key, "reserve", args, result)
             return result
@@ -488,6 +497,12 @@ def reserve_args_hash(input: ReserveInput, *, asset: str, amount: Decimal, symbo
             "side": input.side,
             "symbol": symbol,
             "order": input.order.model_dump(mode="json") if input.order else None,
+            # Only when paid in won, so the hashes of USD reserves recorded before are unchanged.
+            **(
+                {"pay_asset": input.pay_asset, "fx_rate": input.fx_rate}
+                if input.pay_asset is not None
+                else {}
+            ),
         },
     )
 

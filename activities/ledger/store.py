@@ -107,7 +107,7 @@ ADVANCE_CUSTOMER_FENCE = (
 _HOLD_COLS = (
     "h.id, h.order_id, h.owner, h.ledger_account_id, h.asset, h.amount, h.held_remaining,"
     " h.posted_qty, h.posted_notional, h.posted_cash, h.posted_fee, h.side, h.symbol, h.status,"
-    " h.version, h.qty, h.limit_price"
+    " h.version, h.qty, h.limit_price, h.pay_asset, h.fx_rate"
 )
 _HOLD_FIELDS = tuple(Hold.__dataclass_fields__)
 # The stored result of operation $3 under key $1 and the order's hold ($2), each possibly absent.
@@ -145,7 +145,8 @@ RESIZE_HOLD = (
 SELECT_CUSTOMER_FENCE = "SELECT last_fence, last_fence_owner FROM customers WHERE account_id = $1"
 INSERT_HOLD = (
     "INSERT INTO holds (order_id, owner, ledger_account_id, asset, amount, held_remaining,"
-    " side, symbol, qty, limit_price) VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9) RETURNING id"
+    " side, symbol, qty, limit_price, pay_asset, fx_rate)"
+    " VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11) RETURNING id"
 )
 # The CHECKs on holds that keep its posts within the order (migrations/0005_hold_bounds.sql),
 # with the bound each names.
@@ -380,7 +381,8 @@ async def customer(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> 
 
 
 async def ensure_firm_accounts(pool_or_conn: asyncpg.Pool | asyncpg.Connection) -> None:
-    """Create the firm's USD rows ('$omnibus', '$fees', '$external', '$error') if missing."""
+    """Create the firm's USD rows ('$omnibus', '$fees', '$external', '$error', '$fx') if
+    missing."""
     for owner, kind in FIRM_KINDS.items():
         await pool_or_conn.execute(INSERT_ROW, owner, kind, CASH_ASSET)
 

@@ -27,7 +27,15 @@ from activities.ledger import (
     WithdrawInput,
     get_balances,
 )
-from cli.commands.common import asset_value, echo_json, id_value, run, table, text_value
+from cli.commands.common import (
+    asset_value,
+    currency_value,
+    echo_json,
+    id_value,
+    run,
+    table,
+    text_value,
+)
 from core.db import create_pool, pending_migrations
 from core.errors import UserError
 from core.money import InvalidAmount, validate_amount
@@ -128,6 +136,18 @@ def register(cli: click.Group) -> None:
         help="Reuse to make a retried command apply once.",
     )
     account_argument = click.argument("account_id", callback=id_value)
+    asset_option = click.option(
+        "--asset",
+        default=None,
+        callback=asset_value,
+        help="USD, KRW or a symbol's shares (default USD).",
+    )
+    currency_option = click.option(
+        "--currency",
+        default=None,
+        callback=currency_value,
+        help="USD or KRW (whole won); the same as --asset for cash.",
+    )
 
     @account.command("open")
     @account_argument
@@ -147,19 +167,20 @@ def register(cli: click.Group) -> None:
     @account.command("deposit")
     @account_argument
     @click.argument("amount", callback=text_value)
-    @click.option(
-        "--asset",
-        default="USD",
-        show_default=True,
-        callback=asset_value,
-        help="USD or a symbol's shares.",
-    )
+    @asset_option
+    @currency_option
     @key_option
     @json_option
     def deposit_cmd(
-        account_id: str, amount: str, asset: str, idempotency_key: str | None, as_json: bool
+        account_id: str,
+        amount: str,
+        asset: str | None,
+        currency: str | None,
+        idempotency_key: str | None,
+        as_json: bool,
     ) -> None:
         """Deposit AMOUNT of an asset into ACCOUNT_ID from external funding."""
+        asset = _one_asset(asset, currency)
         inp = DepositInput(
             account_id=account_id,
             amount=_amount_text(amount, asset),
@@ -172,13 +193,20 @@ def register(cli: click.Group) -> None:
     @account.command("withdraw")
     @account_argument
     @click.argument("amount", callback=text_value)
-    @click.option("--asset", default="USD", show_default=True, callback=asset_value)
+    @asset_option
+    @currency_option
     @key_option
     @json_option
     def withdraw_cmd(
-        account_id: str, amount: str, asset: str, idempotency_key: str | None, as_json: bool
+        account_id: str,
+        amount: str,
+        asset: str | None,
+        currency: str | None,
+        idempotency_key: str | None,
+        as_json: bool,
     ) -> None:
         """Withdraw AMOUNT from ACCOUNT_ID's available balance to external funding."""
+        asset = _one_asset(asset, currency)
         inp = WithdrawInput(
             account_id=account_id,
             amount=_amount_text(amount, asset),
@@ -201,6 +229,13 @@ def register(cli: click.Group) -> None:
         rows = balances_json(result)["balances"]
         assert isinstance(rows, list)
         click.echo(table(rows, ["asset", "available", "held", "version"]))
+
+
+def _one_asset(asset: str | None, currency: str | None) -> str:
+    """--asset or --currency (USD when neither); both, naming two things, is refused."""
+    if asset is not None and currency is not None and asset != currency:
+        raise click.ClickException(f"give --asset or --currency, not both ({asset}, {currency})")
+    return currency or asset or "USD"
 
 
 def _amount_text(text: str, asset: str) -> Decimal:

@@ -14,7 +14,7 @@ import click
 
 from core.errors import UserError
 from core.ids import is_id, is_symbol
-from core.money import CASH_ASSET, InvalidAmount
+from core.money import CURRENCIES, InvalidAmount
 from core.settings import Settings
 from core.statuses import OrderStatus
 
@@ -117,13 +117,25 @@ def symbol_value(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def asset_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """USD or a ticker symbol (upper-cased)."""
+    """A currency (USD, KRW) or a ticker symbol (upper-cased)."""
     if value is None:
         return None
     text = printable(value, param).upper()
-    if text != CASH_ASSET and not is_symbol(text):
+    if text not in CURRENCIES and not is_symbol(text):
         raise click.ClickException(
-            f"{_name(param)}: unknown asset {value[:70]!r} (USD or a ticker symbol)"
+            f"{_name(param)}: unknown asset {value[:70]!r} (USD, KRW or a ticker symbol)"
+        )
+    return text
+
+
+def currency_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A currency the ledger keeps: USD or KRW (any case)."""
+    if value is None:
+        return None
+    text = printable(value, param).upper()
+    if text not in CURRENCIES:
+        raise click.ClickException(
+            f"{_name(param)}: unknown currency {value[:70]!r} ({', '.join(CURRENCIES)})"
         )
     return text
 

@@ -16,6 +16,7 @@ from core.redisconn import check_redis, redis_client
 from core.settings import Settings, masked
 from core.telemetry import OpsServer, ProcessMetrics, broker_check, new_telemetry, redis_check
 from feeds import listener
+from feeds.fx import FxFeed, WalkingRate
 from feeds.marketdata import MarketDataFeed
 
 
@@ -62,7 +63,18 @@ async def _marketdata(settings: Settings, symbols: list[str], interval_s: float)
                 masked(settings.market_data_url),
                 interval_s,
             )
-            await feed.run(stop)
+            if settings.fx_feed:  # the firm's KRW/USD quote beside the stock quotes
+                fx = FxFeed(
+                    redis,
+                    keys,
+                    WalkingRate(settings.fx_mid, settings.fx_walk),
+                    spread=settings.fx_spread,
+                    ttl_s=settings.fx_quote_ttl_s,
+                    interval_s=interval_s,
+                )
+                await asyncio.gather(feed.run(stop), fx.run(stop))
+            else:
+                await feed.run(stop)
     finally:
         await redis.aclose()
 
@@ -94,7 +106,8 @@ def register(cli: click.Group) -> None:
     def marketdata_cmd(
         symbols: str | None, interval: float | None, metrics_port: int | None
     ) -> None:
-        """Keep the latest quote per symbol in Redis (runs until interrupted)."""
+        """Keep the latest quote per symbol, and the firm's KRW/USD quote, in Redis (runs
+        until interrupted)."""
         _configure_logging()
         settings = with_metrics_port(Settings(), metrics_port)
         chosen = [s.strip().upper() for s in symbols.split(",")] if symbols else settings.symbols

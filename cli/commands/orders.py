@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cli.commands.common import (
+    currency_value,
     echo_json,
     id_value,
     int_between,
@@ -79,6 +80,13 @@ def register(cli: click.Group) -> None:
     @click.option("--limit-price", default=None, callback=text_value, help="Up to 4 decimals.")
     @click.option("--tif", type=click.Choice(["day", "gtc", "ioc"]), default="day")
     @click.option(
+        "--pay",
+        default="USD",
+        show_default=True,
+        callback=currency_value,
+        help="Pay (a buy) or be paid (a sell) in USD or KRW, through the firm's FX desk.",
+    )
+    @click.option(
         "--order-id",
         default=None,
         callback=id_value,
@@ -94,6 +102,7 @@ def register(cli: click.Group) -> None:
         order_type: str,
         limit_price: str | None,
         tif: str,
+        pay: str,
         order_id: str | None,
         wait: bool,
         as_json: bool,
@@ -111,6 +120,7 @@ def register(cli: click.Group) -> None:
                 limit_price=limit_price,
                 time_in_force=tif,
                 order_id=order_id or uuid.uuid4().hex[:16],
+                pay=pay,
             )
         except UserError as exc:
             raise click.ClickException(str(exc)) from None

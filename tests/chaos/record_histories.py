@@ -36,6 +36,7 @@ from core.db import drop_database, ensure_database, migrate, with_database
 from core.keys import RedisKeys
 from core.orderkey import OrderKey
 from core.statuses import OrderStatus
+from feeds.fx import FxFeed, WalkingRate
 from tests.support.brokersim import BrokerSim
 from tests.support.saga import SagaStack, saga_settings, saga_stack, start_dev_server
 from workflows.models import BrokerReport, OrderState
@@ -266,6 +267,19 @@ async def replaced_then_filled(saga: SagaStack) -> OrderState:
     return await saga.wait(acct, placed.order_id)
 
 
+async def won_market_buy(saga: SagaStack) -> OrderState:
+    """A market buy paid in won (fx-leg-v1): the stock quote, the FX quote, the hold in won,
+    the fill converted through the FX desk, the rest refunded in won."""
+    acct = saga.account("krw")
+    await saga.orders.open_account(acct, currency="KRW")
+    await saga.orders.deposit(acct, "2000000", currency="KRW")
+    feed = FxFeed(saga.redis, saga.keys, WalkingRate(Decimal(1385), Decimal(0)),
+                  spread=Decimal("0.01"), ttl_s=60)  # fmt: skip
+    await feed.update_once()
+    placed = await saga.place(acct, symbol="AAPL", side="buy", qty="2", pay="KRW")
+    return await saga.wait(acct, placed.order_id)
+
+
 # Histories of the reconciler, recorded by workflow id (``id@run``: that run of the chain).
 RECONCILES: dict[str, Callable[[SagaStack], Awaitable[str]]] = {
     "reconcile_late_order": reconcile_late_order,
@@ -285,6 +299,7 @@ SCENARIOS: dict[str, tuple[Scenario, OrderStatus]] = {
     "parked_then_resumed": (parked_then_resumed, OrderStatus.SETTLED),
     "refused_account_busy": (refused_account_busy, OrderStatus.REJECTED),
     "replaced_then_filled": (replaced_then_filled, OrderStatus.SETTLED),
+    "won_market_buy": (won_market_buy, OrderStatus.SETTLED),
 }
 
 

@@ -31,6 +31,7 @@ from core.temporal import converter_for
 from tests.support.saga import TEST_CODEC_KEYS
 from workflows.order import (
     DECIDED_OR_REFUSED_PATCH,
+    FX_LEG_PATCH,
     LOCAL_STEPS_PATCH,
     TRUST_BOUNDARY_PATCH,
     WORKER_SETTINGS_PATCH,
@@ -55,6 +56,7 @@ PATCHES = {
 PATH_PATCHES = {
     "refused_account_busy": {DECIDED_OR_REFUSED_PATCH},
     "replaced_then_filled": {POLL_BACKOFF_PATCH, REPLACE_PATCH},
+    "won_market_buy": {POLL_BACKOFF_PATCH, FX_LEG_PATCH},
 }
 RECORDED = sorted(HISTORIES.rglob("*.json"))
 # The paths a change is most likely to break; each must keep a recorded history.
