@@ -52,6 +52,8 @@ APP_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "risk_usage": ("SELECT", "INSERT", "UPDATE"),
     "trading_state": ("SELECT", "UPDATE"),
     "trading_state_log": ("SELECT", "INSERT"),
+    # settlement (migrations/0014): a sale's lot is inserted with its fill, settled by UPDATE
+    "unsettled_lots": ("SELECT", "INSERT", "UPDATE"),
     "schema_migrations": ("SELECT",),  # commands check the schema is current before they run
 }
 

@@ -31,6 +31,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.broker import BrokerActivities
 from activities.config import ConfigActivities
 from activities.ledger import Ledger, LedgerActivities, max_fence
+from activities.ledger.settlement import SettlementActivities
 from activities.lock import AccountLock, LockActivities
 from activities.market import MarketActivities
 from activities.marketdata import MarketDataActivities
@@ -58,6 +59,7 @@ from core.temporal import connect
 from worker.collector import Collector
 from workflows.order import OrderWorkflow
 from workflows.reconcile import IncrementalReconcileWorkflow, ReconcileWorkflow
+from workflows.settlement import SettlementWorkflow
 from workflows.trading import TradingStateWorkflow
 
 log = logging.getLogger("ordersaga.worker")
@@ -72,7 +74,13 @@ QUEUES = ("orders", "broker")
 # Temporal's own dispatch rate for a task queue without a limit. "No limit" is sent as this, not
 # left out: a poller that sends none leaves the limit an earlier poller set on the queue.
 UNLIMITED_RATE = 100_000.0
-WORKFLOWS = (OrderWorkflow, ReconcileWorkflow, IncrementalReconcileWorkflow, TradingStateWorkflow)
+WORKFLOWS = (
+    OrderWorkflow,
+    ReconcileWorkflow,
+    IncrementalReconcileWorkflow,
+    TradingStateWorkflow,
+    SettlementWorkflow,
+)
 
 
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
@@ -175,6 +183,7 @@ def build_workers(
         )
         store = OrderStoreActivities(OrderStore(res.pool))
         reconcile = ReconcileActivities(res.pool)
+        settlement = SettlementActivities(res.pool)
         positions = PositionActivities(res.pool, s.broker_cash_baseline)
         config = ConfigActivities(SagaConfig.from_settings(s))
         workers.append(
@@ -201,6 +210,7 @@ def build_workers(
                     reconcile.read_watermark,
                     reconcile.advance_watermark,
                     reconcile.find_order_breaks,
+                    settlement.settle_due,
                     positions.read_ledger_side,
                     positions.record_position_breaks,
                     config.saga_config,

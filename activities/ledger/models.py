@@ -7,6 +7,7 @@ results stored as JSON before the rename.
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Annotated
 
@@ -204,6 +205,15 @@ class Balance(BaseModel):
     available: Decimal
     held: Decimal
     version: int
+    # Sale proceeds not yet settled (part of available: a buy may spend them, a withdrawal may
+    # not; activities/ledger/settlement.py) and when the first of them settles.
+    unsettled: Decimal = Decimal(0)
+    next_settles: date | None = None
+
+    @property
+    def settled(self) -> Decimal:
+        """What a withdrawal may take: available less unsettled."""
+        return self.available - self.unsettled
 
 
 class AccountBalances(BaseModel):

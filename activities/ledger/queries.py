@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from activities.ledger import store
 from activities.ledger.models import AccountBalances, Balance
 from activities.ledger.postings import Refused, q
+from activities.ledger.settlement import UnsettledCash, open_lots, unsettled_cash
 from core.statuses import TERMINAL_STATUS_NAMES
 
 _BALANCES = (
@@ -45,6 +46,7 @@ async def get_balances(pool: asyncpg.Pool, account_id: str) -> AccountBalances:
         except Refused as exc:
             raise store.application_error(exc) from None
         rows = await conn.fetch(_BALANCES, account_id)
+        lots = await open_lots(conn, account_id)
     return AccountBalances(
         account_id=account_id,
         currency=customer["currency"],
@@ -55,10 +57,19 @@ async def get_balances(pool: asyncpg.Pool, account_id: str) -> AccountBalances:
                 available=q(r["available"], r["asset"]),
                 held=q(r["held"], r["asset"]),
                 version=r["version"],
+                **unsettled_of(r["available"], lots.get(r["asset"])),
             )
             for r in rows
         ],
     )
+
+
+def unsettled_of(available: Decimal, lot: UnsettledCash | None) -> dict[str, object]:
+    """A cash row's unsettled part (the open lots, at most what is available; unsettled cash
+    is spent last) and the earliest date one of its lots settles."""
+    if lot is None:
+        return {}
+    return {"unsettled": unsettled_cash(available, lot.amount), "next_settles": lot.next_settles}
 
 
 async def max_fence(pool: asyncpg.Pool, account_id: str) -> int:
@@ -106,6 +117,23 @@ FROM holds h LEFT JOIN orders o
 ORDER BY h.id
 """
 
+# Every unsettled lot (migrations/0014) is a sale's proceeds: its entry is a post, of the lot's
+# order, whose lines credit exactly the lot's amount to the lot's account in the lot's asset.
+_LOTS_ASTRAY = """
+SELECT l.id, l.account_id, l.asset, l.amount, l.order_id, e.code,
+       coalesce(sum(j.amount), 0) AS credited
+FROM unsettled_lots l
+JOIN journal_entries e ON e.id = l.entry_id
+LEFT JOIN journal_lines j ON j.entry_id = l.entry_id AND j.bucket = 'available'
+  AND j.asset = l.asset
+  AND j.ledger_account_id = (SELECT a.id FROM ledger_accounts a
+                             WHERE a.owner = l.account_id AND a.asset = l.asset)
+GROUP BY l.id, e.code, e.order_id
+HAVING e.code <> 'post' OR e.order_id IS DISTINCT FROM l.order_id
+    OR coalesce(sum(j.amount), 0) <> l.amount
+ORDER BY l.id
+"""
+
 
 class AssetTotal(BaseModel):
     asset: str
@@ -144,6 +172,16 @@ class HoldRef(BaseModel):
     order_status: str | None = None
 
 
+class LotAstray(BaseModel):
+    id: int
+    account_id: str
+    asset: str
+    amount: Decimal
+    order_id: str
+    code: str
+    credited: Decimal
+
+
 class LedgerReport(BaseModel):
     ok: bool
     conservation: list[AssetTotal]
@@ -153,6 +191,7 @@ class LedgerReport(BaseModel):
     holds_without_owner: list[HoldRef]
     open_holds_of_finished_orders: list[HoldRef]
     open_holds: list[HoldRef]
+    lots_astray: list[LotAstray] = []
 
     def violations(self) -> list[str]:
         """One line per violation, for people."""
@@ -176,6 +215,11 @@ class LedgerReport(BaseModel):
             f"but the order is {h.order_status}"
             for h in self.open_holds_of_finished_orders
         ]
+        out += [
+            f"unsettled lot {lot.id} ({lot.amount} {lot.asset} of {lot.account_id}) does not "
+            f"match its {lot.code} entry (credited {lot.credited})"
+            for lot in self.lots_astray
+        ]
         return out
 
 
@@ -193,11 +237,14 @@ async def _check(conn: asyncpg.Connection) -> LedgerReport:
         unbalanced = [UnbalancedEntry(**dict(r)) for r in await conn.fetch(_UNBALANCED)]
         unjournaled = [UnjournaledBalance(**dict(r)) for r in await conn.fetch(_UNJOURNALED)]
         holds = await conn.fetch(_HOLDS)
+        astray = [LotAstray(**dict(r)) for r in await conn.fetch(_LOTS_ASTRAY)]
     refs = [(HoldRef(**{k: r[k] for k in HoldRef.model_fields}), r["journaled"]) for r in holds]
     orphans = [h for h, journaled in refs if h.order_status is None and not journaled]
     open_holds = [h for h, _ in refs if h.status == "open"]
     finished = [h for h in open_holds if h.order_status in TERMINAL_STATUS_NAMES]
-    ok = not (conservation or negative or unbalanced or unjournaled or orphans or finished)
+    ok = not (
+        conservation or negative or unbalanced or unjournaled or orphans or finished or astray
+    )
     return LedgerReport(
         ok=ok,
         conservation=conservation,
@@ -207,4 +254,5 @@ async def _check(conn: asyncpg.Connection) -> LedgerReport:
         holds_without_owner=orphans,
         open_holds_of_finished_orders=finished,
         open_holds=open_holds,
+        lots_astray=astray,
     )

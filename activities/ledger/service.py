@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TypeVar
 
 import asyncpg
 
 from activities.ledger import postings as rules
-from activities.ledger import store
+from activities.ledger import settlement, store
 from activities.ledger.models import (
     DepositInput,
     ErrorFillInput,
@@ -115,6 +116,8 @@ class Ledger:
             customer, external = await store.rows(
                 conn, (account_id, asset), (firm_shard(EXTERNAL, account_id), asset)
             )
+            if not into_customer:  # only settled cash leaves (settlement.py)
+                await settlement.check_settled(conn, account_id, asset, customer.available, amount)
             moves = rules.transfer(customer, external, amount, into_customer=into_customer)
             entry_id = await store.apply(conn, moves, key=key, code=code, order_id=None)
             assert entry_id is not None
@@ -262,7 +265,8 @@ class Ledger:
                 return _posted(hold, applied=False)
             rows = await store.rows(conn, *rules.fill_rows(hold))
             moves = rules.fill_moves(post, rows)
-            await store.apply(conn, moves, key=key, code="post", order_id=order_key)
+            entry_id = await store.apply(conn, moves, key=key, code="post", order_id=order_key)
+            await settlement.book_proceeds(conn, hold, moves, entry_id, datetime.now(UTC))
             after = post.hold_after(hold)
             await store.cas_hold(conn, rec, after)
             result = _posted(after, applied=True, post=post)

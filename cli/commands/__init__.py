@@ -21,6 +21,7 @@ from cli.commands import (
     orders,
     redisacl,
     risk,
+    settle,
     worker,
 )
 
@@ -36,6 +37,7 @@ _MODULES = (
     market,
     risk,
     breaks,
+    settle,
     worker,
     codec,
     chaos,

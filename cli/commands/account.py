@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.ledger import (
     AccountBalances,
+    Balance,
     DepositInput,
     Ledger,
     OpenAccountInput,
@@ -38,7 +39,7 @@ from cli.commands.common import (
 )
 from core.db import create_pool, pending_migrations
 from core.errors import UserError
-from core.money import InvalidAmount, validate_amount
+from core.money import InvalidAmount, is_currency, validate_amount
 from core.settings import Settings
 
 T = TypeVar("T")
@@ -106,9 +107,21 @@ def balances_json(result: AccountBalances) -> dict[str, object]:
                 "available": plain(b.available),
                 "held": plain(b.held),
                 "version": b.version,
+                **_settlement_json(b),
             }
             for b in result.balances
         ],
+    }
+
+
+def _settlement_json(b: Balance) -> dict[str, str]:
+    """Cash rows: settled (withdrawable) and unsettled (sale proceeds not yet settled)."""
+    if not is_currency(b.asset):
+        return {}
+    return {
+        "settled": plain(b.settled),
+        "unsettled": plain(b.unsettled),
+        "settles_on": b.next_settles.isoformat() if b.next_settles else "",
     }
 
 
@@ -228,7 +241,8 @@ def register(cli: click.Group) -> None:
         click.echo(f"account {result.account_id} ({result.currency})")
         rows = balances_json(result)["balances"]
         assert isinstance(rows, list)
-        click.echo(table(rows, ["asset", "available", "held", "version"]))
+        cols = ["asset", "available", "held", "settled", "unsettled", "settles_on", "version"]
+        click.echo(table(rows, cols))
 
 
 def _one_asset(asset: str | None, currency: str | None) -> str:
