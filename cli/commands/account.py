@@ -28,6 +28,7 @@ from activities.ledger import (
     WithdrawInput,
     get_balances,
 )
+from activities.ledger.postings import q
 from cli.commands.common import (
     asset_value,
     currency_value,
@@ -114,14 +115,15 @@ def balances_json(result: AccountBalances) -> dict[str, object]:
     }
 
 
-def _settlement_json(b: Balance) -> dict[str, str]:
-    """Cash rows: settled (withdrawable) and unsettled (sale proceeds not yet settled)."""
+def _settlement_json(b: Balance) -> dict[str, str | None]:
+    """Cash rows: settled (withdrawable), unsettled (sale proceeds not yet settled) and when
+    the first of them settles (None: nothing unsettled)."""
     if not is_currency(b.asset):
         return {}
     return {
-        "settled": plain(b.settled),
-        "unsettled": plain(b.unsettled),
-        "settles_on": b.next_settles.isoformat() if b.next_settles else "",
+        "settled": plain(q(b.settled, b.asset)),
+        "unsettled": plain(q(b.unsettled, b.asset)),
+        "settles_on": b.next_settles.isoformat() if b.next_settles else None,
     }
 
 
@@ -242,7 +244,7 @@ def register(cli: click.Group) -> None:
         rows = balances_json(result)["balances"]
         assert isinstance(rows, list)
         cols = ["asset", "available", "held", "settled", "unsettled", "settles_on", "version"]
-        click.echo(table(rows, cols))
+        click.echo(table([{k: v for k, v in r.items() if v is not None} for r in rows], cols))
 
 
 def _one_asset(asset: str | None, currency: str | None) -> str:

@@ -7,6 +7,7 @@ then they can be withdrawn. ``ordersaga account show`` shows settled and unsettl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 
@@ -21,10 +22,15 @@ from core.calendar import NEW_YORK
 from core.errors import UserError
 from core.keys import RedisKeys
 from core.statuses import OrderStatus
-from ordersaga.schedules import run_settlement_now
+from ordersaga.schedules import (
+    SETTLEMENT_SCHEDULE_ID,
+    ensure_settlement_schedule,
+    run_settlement_now,
+)
 from tests.support.brokersim import BrokerSim
 from tests.support.e2e import Stack, e2e_stack
 from tests.support.workerproc import workers_running
+from workflows.settlement import SettlementWorkflow, SettleReport
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
@@ -135,7 +141,41 @@ async def test_sale_proceeds_buy_at_once_and_are_withdrawn_only_once_settled(
     assert (usd.settled, usd.unsettled, usd.next_settles) == (left, 0, None)
     shown = balances_json(await stack.orders.balance(acct))["balances"]
     assert isinstance(shown, list) and shown[0]["asset"] == "USD"
-    assert (shown[0]["settled"], shown[0]["unsettled"]) == (str(left), "0")
+    assert (shown[0]["settled"], shown[0]["unsettled"]) == (str(left), "0.00")
     done = await stack.orders.withdraw(acct, left)
     assert done.available_after == 0
     assert await withdrawals(stack, acct) == 1
+
+
+async def test_the_schedule_runs_the_job_weekdays_after_the_close_in_new_york(
+    stack: Stack, temporal_env: WorkflowEnvironment
+) -> None:
+    client = temporal_env.client
+    handle = client.get_schedule_handle(SETTLEMENT_SCHEDULE_ID)
+    try:
+        assert await ensure_settlement_schedule(client, stack.settings)
+        await handle.pause()  # no run by the clock during the test: one triggered below
+        described = await handle.describe()
+        assert described.schedule.spec.time_zone_name == "America/New_York"
+        upcoming = [t.astimezone(NEW_YORK) for t in described.info.next_action_times]
+        assert upcoming and all(
+            t.weekday() < 5 and (t.hour, t.minute) == (17, 30) for t in upcoming
+        ), upcoming
+        action = described.schedule.action
+        assert action.workflow == SettlementWorkflow.__name__  # type: ignore[attr-defined]
+        assert not await ensure_settlement_schedule(client, stack.settings)  # updated, paused
+        assert (await handle.describe()).schedule.state.paused
+        await handle.trigger()
+        for _ in range(100):
+            recent = (await handle.describe()).info.recent_actions
+            if recent:
+                break
+            await asyncio.sleep(0.1)
+        started = recent[0].action
+        report = await client.get_workflow_handle(
+            started.workflow_id,  # type: ignore[attr-defined]
+            result_type=SettleReport,
+        ).result()
+        assert report.as_of == datetime.now(NEW_YORK).date() and report.pages >= 1
+    finally:
+        await handle.delete()

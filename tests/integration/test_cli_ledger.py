@@ -70,11 +70,20 @@ async def test_open_deposit_withdraw_show(database_url: str) -> None:
     assert done.returncode == 0, done.stderr
     shown = await show(database_url, account)
     assert shown["balances"] == [
-        {"asset": "USD", "available": "100.00", "held": "0.00", "version": 2},
+        {
+            "asset": "USD",
+            "available": "100.00",
+            "held": "0.00",
+            "version": 2,
+            "settled": "100.00",
+            "unsettled": "0.00",
+            "settles_on": None,
+        },
         {"asset": "AAPL", "available": "2.500000000", "held": "0.000000000", "version": 1},
     ]
     human = await cli(database_url, "account", "show", account)
     assert "AVAILABLE" in human.stdout and "100.00" in human.stdout
+    assert "SETTLED" in human.stdout and "UNSETTLED" in human.stdout
 
 
 async def test_idempotency_key_makes_a_repeated_deposit_apply_once(
