@@ -36,13 +36,14 @@ class GetQuoteInput(BaseModel):
     symbol: str
 
 
-class GetQuoteResult(BaseModel):
-    symbol: str
+class QuoteView(BaseModel):
+    """A quote as the cache holds it, for the saga."""
+
     bid: Decimal | None = None
     """None unless fresh: a stale price must not be usable by accident."""
     ask: Decimal | None = None
     as_of: datetime | None = None
-    """The quote's own timestamp (the broker's clock), when a quote was found at all."""
+    """The quote's own timestamp (the source's clock), when a quote was found at all."""
     age_s: float | None = None
     """Seconds since the feed stored the quote (this machine's clock)."""
     fresh: bool = False
@@ -50,20 +51,18 @@ class GetQuoteResult(BaseModel):
     """Why the stored record is not a quote at all (None for a good, stale or missing one)."""
 
 
+class GetQuoteResult(QuoteView):
+    symbol: str
+
+
 class GetFxQuoteInput(BaseModel):
     pair: str = PAIR
 
 
-class GetFxQuoteResult(BaseModel):
-    """The firm's FX quote (won per dollar); bid and ask None unless fresh."""
+class GetFxQuoteResult(QuoteView):
+    """The firm's FX quote (won per dollar)."""
 
     pair: str
-    bid: Decimal | None = None
-    ask: Decimal | None = None
-    as_of: datetime | None = None
-    age_s: float | None = None
-    fresh: bool = False
-    refused: str | None = None
 
 
 class MarketDataActivities:
