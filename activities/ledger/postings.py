@@ -437,21 +437,32 @@ def fill_moves(post: Fill, rows: Sequence[Row]) -> list[Move]:
     if post.converted is not None:
         return fx_fill_moves(post, rows)
     cust_cash, cust_shares, omni_cash, omni_shares, fees = rows
+    cash_bucket: Bucket = "held" if post.side == "buy" else "available"
+    legs = trade_legs(post, (cust_cash, cash_bucket), cust_shares, omni_cash, omni_shares)
+    return moves(*legs, (fees, "available", post.fee_delta))
+
+
+def trade_legs(
+    post: Fill, cash: tuple[Row, Bucket], cust_shares: Row, omni_cash: Row, omni_shares: Row
+) -> list[tuple[Row, Bucket, Decimal]]:
+    """A fill's dollar and share legs (the fee's aside): a buy's dollars (cash plus fee) leave
+    ``cash`` (the customer's hold, or the FX desk paying for won) for the omnibus, which hands
+    the shares over; a sale's held shares go to the omnibus, which pays the proceeds less the
+    fee into ``cash`` (the customer, or the FX desk paying out won)."""
+    row, bucket = cash
     if post.side == "buy":
-        legs: list[tuple[Row, Bucket, Decimal]] = [
-            (cust_cash, "held", -(post.cash_delta + post.fee_delta)),
+        return [
+            (row, bucket, -(post.cash_delta + post.fee_delta)),
             (omni_cash, "available", post.cash_delta),
             (omni_shares, "available", -post.qty_delta),
             (cust_shares, "available", post.qty_delta),
         ]
-    else:
-        legs = [
-            (cust_shares, "held", -post.qty_delta),
-            (omni_shares, "available", post.qty_delta),
-            (omni_cash, "available", -post.cash_delta),
-            (cust_cash, "available", post.cash_delta - post.fee_delta),
-        ]
-    return moves(*legs, (fees, "available", post.fee_delta))
+    return [
+        (cust_shares, "held", -post.qty_delta),
+        (omni_shares, "available", post.qty_delta),
+        (omni_cash, "available", -post.cash_delta),
+        (row, bucket, post.cash_delta - post.fee_delta),
+    ]
 
 
 def used(hold: Hold, amount: Decimal) -> Decimal:
@@ -641,22 +652,13 @@ def fx_fill_moves(post: Fill, rows: Sequence[Row]) -> list[Move]:
     cust_pay, cust_shares, omni_cash, omni_shares, fees, desk_pay, desk_cash = rows
     won = post.converted
     assert won is not None
+    dollars = trade_legs(post, (desk_cash, "available"), cust_shares, omni_cash, omni_shares)
     if post.side == "buy":
         legs: list[tuple[Row, Bucket, Decimal]] = [
             (cust_pay, "held", -won),
             (desk_pay, "available", won),
-            (desk_cash, "available", -(post.cash_delta + post.fee_delta)),
-            (omni_cash, "available", post.cash_delta),
-            (omni_shares, "available", -post.qty_delta),
-            (cust_shares, "available", post.qty_delta),
+            *dollars,
         ]
     else:
-        legs = [
-            (cust_shares, "held", -post.qty_delta),
-            (omni_shares, "available", post.qty_delta),
-            (omni_cash, "available", -post.cash_delta),
-            (desk_cash, "available", post.cash_delta - post.fee_delta),
-            (desk_pay, "available", -won),
-            (cust_pay, "available", won),
-        ]
+        legs = [*dollars, (desk_pay, "available", -won), (cust_pay, "available", won)]
     return moves(*legs, (fees, "available", post.fee_delta))

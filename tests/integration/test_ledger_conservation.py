@@ -76,6 +76,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.holds: dict[str, ModelHold] = {}
         self.last_deposit: DepositInput | None = None
         self.fence = 0  # the lock's counter: each reserve carries a greater fence
+        self.unsettled = D(0)  # sale proceeds not yet settled (T+1): they are not withdrawn
 
     async def _pool(self) -> asyncpg.Pool:
         # made inside the loop: asyncpg binds a pool to the event loop current at creation
@@ -112,7 +113,8 @@ class LedgerMachine(RuleBasedStateMachine):
         inp = WithdrawInput(
             account_id=self.account, amount=amount, idempotency_key=str(uuid.uuid4())
         )
-        if amount > self.balance["USD"][0]:
+        available = self.balance["USD"][0]
+        if amount > available - min(available, self.unsettled):  # settled cash only
             self.expect_refusal(self.ledger.withdraw(inp), errors.INSUFFICIENT_FUNDS)
             return
         self.run(self.ledger.withdraw(inp))
@@ -167,6 +169,7 @@ class LedgerMachine(RuleBasedStateMachine):
             hold.remaining -= qty
             self.balance[SYMBOL][1] -= qty
             self.balance["USD"][0] += cash - fee
+            self.unsettled += max(cash - fee, D(0))
         hold.qty, hold.notional, hold.fee = cum_qty, cum_notional, cum_fee
         hold.cash += cash
 
