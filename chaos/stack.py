@@ -9,7 +9,6 @@ fencing counter, which is the fault we want.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -28,9 +27,9 @@ from devstack.stack import (
 
 _SIM = next(a for a in APPS if a.name == "broker-sim")
 CHAOS_APPS: tuple[AppSpec, ...] = (
-    # The simulator keeps market hours (matching only while its clock says open): the harness
-    # moves its clock (chaos/drills.py), so a run trades at any real hour.
-    replace(_SIM, args=(*_SIM.args, "--market-hours", "enforce")),
+    # The simulator keeps market hours (matching only while its clock says open), as on the dev
+    # stack: the harness moves its clock (chaos/drills.py), so a run trades at any real hour.
+    _SIM,
     next(a for a in APPS if a.name == "marketdata"),
     AppSpec("worker-orders", ("worker", "--queues", "orders"), ready_line="worker ready"),
     AppSpec("worker-broker", ("worker", "--queues", "broker"), ready_line="worker ready"),
