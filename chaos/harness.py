@@ -52,6 +52,10 @@ from core.temporal import connect
 from ordersaga.client import OrderClient
 from ordersaga.schedules import run_reconcile_now
 
+# Settling this long, the gtc limits still open have not filled (the price walked away): the
+# harness cancels them.
+GTC_CANCEL_AFTER_S = 30.0
+
 
 @dataclass(frozen=True)
 class ChaosOptions:
@@ -125,7 +129,7 @@ class _Run:
         self._hostile_report(hostile)
         keys = [p.request.key for p in plan] + hostile.log.order_keys + clients.tally.burst_keys
         keys += self.drills.log.probe_keys
-        await self._settle(pool, keys, started)
+        await self._settle(pool, keys, started, self._gtc_uncanceled(plan), clients)
         await self.drills.check_cancels()
         self._drill_report()
         self.report.stale_fence_relocks = await stale_fence_relocks(oc, clients.tally)
@@ -216,7 +220,25 @@ class _Run:
             self.progress.show("placing", done(), total, f"faults {faults}")
             await asyncio.sleep(1)
 
-    async def _settle(self, pool: asyncpg.Pool, keys: list[str], started: float) -> None:
+    @staticmethod
+    def _gtc_uncanceled(plan: list[PlannedOrder]) -> list[tuple[str, str]]:
+        """The plan's gtc limits the clients never cancel: marketable when placed, they fill,
+        unless the price walked away first; then only a cancel ends them (no close expires a gtc
+        order), and ``_settle`` sends it once settling has gone on for a while."""
+        return [
+            (p.request.account_id, p.request.order_id)
+            for p in plan
+            if p.request.time_in_force == "gtc" and p.cancel_after_s is None
+        ]
+
+    async def _settle(
+        self,
+        pool: asyncpg.Pool,
+        keys: list[str],
+        started: float,
+        gtc: list[tuple[str, str]],
+        clients: Clients,
+    ) -> None:
         """Wait until every order is terminal or parked (a parked order waits for an operator:
         the invariants report it); day orders resting at the broker expire at its close (the
         clock is moved to the next close and on to the next open, every 10 s), as only the
@@ -236,9 +258,36 @@ class _Run:
                 with contextlib.suppress(OSError, aiohttp.ClientError):
                     await self.drills.next_day()
                 last_advance = time.monotonic()
+            if gtc and time.monotonic() - settle_started > GTC_CANCEL_AFTER_S:
+                await self._cancel_open(pool, gtc, clients)
+                gtc = []
             await asyncio.sleep(1)
         self.progress.end()
         self.report.settling_s = round(time.monotonic() - settle_started, 1)
+
+    async def _cancel_open(
+        self, pool: asyncpg.Pool, orders: list[tuple[str, str]], clients: Clients
+    ) -> None:
+        """Cancel those of ``orders`` still open, as their client would at the end of its day."""
+        keys = [f"{a}/{o}" for a, o in orders]
+        try:
+            rows = await pool.fetch(
+                "SELECT account_id, order_id FROM orders WHERE account_id || '/' || order_id ="
+                " ANY($1::text[]) AND status <> ALL($2::text[])",
+                keys,
+                [*TERMINAL_STATUS_NAMES, OrderStatus.NEEDS_ATTENTION.value],
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return
+        for r in rows:
+            try:
+                res = await clients.oc.cancel_order(r["account_id"], r["order_id"])
+            except Exception as exc:  # it ended meanwhile, or a store is down: reported
+                clients.tally.place_errors.append(f"settle cancel {r['order_id']}: {exc!r}")
+                continue
+            self.report.client["gtc_canceled_at_settle"] = self.report.client.get(
+                "gtc_canceled_at_settle", 0
+            ) + int(res.accepted)
 
     async def _open_orders(self, pool: asyncpg.Pool, keys: Sequence[str]) -> int:
         """Orders not terminal yet; an order whose place call failed may have no row: not open."""
