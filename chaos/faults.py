@@ -5,7 +5,8 @@ through PUT /admin/faults, cleared after), a process fault is a SIGKILL followed
 a store fault is a restart or a sweep of pg_terminate_backend. Short lock TTLs are a window in
 which new orders carry a lock TTL shorter than their reserve takes. Hostile faults (lies sent
 through the parts an attacker reaches: forged signals, poison events, bad quotes, the caller's
-settings, absurd numbers) are played by chaos/hostile.py.
+settings, absurd numbers) are played by chaos/hostile.py. The drills (the market closed for a
+window, trading halted for a window) are played by chaos/drills.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from chaos.drills import DRILL_KINDS, DRILL_WINDOWS, Drills
 from chaos.hostile import HOSTILE_KINDS, PENDING_KINDS, Hostile
 from chaos.stack import ChaosStack
 from chaos.workload import SYMBOLS
@@ -43,7 +45,7 @@ BROKER_FAULTS: dict[str, dict[str, Any]] = {
 }
 # Windows of a fixed length: a lost order needs every submit attempt late, so the window must
 # outlast the submit's schedule-to-close (12 s on a chaos stack).
-FIXED_WINDOWS = {"broker_late_lost": 14.0}
+FIXED_WINDOWS = {"broker_late_lost": 14.0, **DRILL_WINDOWS}
 CLEAR: dict[str, Any] = {
     "latency_ms": 0,
     "jitter_ms": 0,
@@ -73,6 +75,7 @@ FAULT_KINDS: tuple[str, ...] = (
     *RESTART_FAULTS,
     *OTHER_FAULTS,
     *HOSTILE_KINDS,
+    *DRILL_KINDS,
 )
 # What ``all`` means: every kind but those waiting for a fix on another branch (PENDING_KINDS).
 DEFAULT_KINDS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k not in PENDING_KINDS)
@@ -140,9 +143,11 @@ class Injector:
         broker_url: str,
         hostile: Hostile | None = None,
         short_ttl: Callable[[float], Awaitable[None]] | None = None,
+        drills: Drills | None = None,
     ) -> None:
         self.stack = stack
         self.hostile = hostile
+        self.drills = drills  # the market-closed and trading-halt drills (chaos/drills.py)
         # What a short-lock-TTL window does for its length (shorten the locks, a burst of orders)
         self.short_ttl = short_ttl
         self.session = session
@@ -196,6 +201,10 @@ class Injector:
             if self.hostile is None:
                 raise RuntimeError("no hostile injector for a hostile fault")
             await self.hostile.inject(kind, window)
+        elif kind in DRILL_KINDS:
+            if self.drills is None:
+                raise RuntimeError("no drills for a drill kind")
+            await self.drills.inject(kind, window)
         elif kind == "short_lock_ttl":
             self.lock_ttl_short = True
             try:

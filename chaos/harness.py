@@ -13,15 +13,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 from temporalio.client import Client
 
 from activities.broker import BrokerActivities, ListBrokerOrdersInput
+from activities.ledger.fxdesk import fx_position
+from chaos.drills import HALTED_WORDS, Drills
 from chaos.faults import Injector, build_schedule, parse_kinds
 from chaos.hostile import Hostile
-from chaos.invariants import FAILED_ORDER_WORKFLOWS, check_invariants
+from chaos.invariants import (
+    FAILED_ORDER_WORKFLOWS,
+    check_invariants,
+    currency_by_kind,
+)
 from chaos.report import ChaosReport, Progress
 from chaos.stack import ChaosStack, chaos_settings
 from chaos.workload import (
@@ -34,6 +41,7 @@ from chaos.workload import (
     poor_account,
     shorten_locks,
     stale_fence_relocks,
+    won_account_ids,
 )
 from core.broker_client import BrokerClient, BrokerOrder
 from core.keys import RedisKeys
@@ -43,6 +51,10 @@ from core.statuses import TERMINAL_STATUS_NAMES, OrderStatus
 from core.temporal import connect
 from ordersaga.client import OrderClient
 from ordersaga.schedules import run_reconcile_now
+
+# Settling this long, the gtc limits still open have not filled (the price walked away): the
+# harness cancels them.
+GTC_CANCEL_AFTER_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,9 @@ class _Run:
         plan = plan_orders(opts.seed, opts.orders, accounts, prices)
         hostile = Hostile(temporal, pool, self.session, s, opts.seed, self._listener_up)
         await hostile.setup()
-        injector = Injector(self.stack, self.session, s.broker_url, hostile)
+        self.drills = Drills(oc, pool, self._admin, opts.seed, accounts[-1], "MSFT", prices["MSFT"])
+        await self.drills.open_market()  # the simulator keeps market hours: open it, any day
+        injector = Injector(self.stack, self.session, s.broker_url, hostile, drills=self.drills)
         clients = Clients(oc, lambda: injector.lock_ttl_short, opts.concurrency)
 
         async def short_ttl(window_s: float) -> None:
@@ -114,7 +128,10 @@ class _Run:
         await self._place(plan, clients, injector, started)
         self._hostile_report(hostile)
         keys = [p.request.key for p in plan] + hostile.log.order_keys + clients.tally.burst_keys
-        await self._settle(pool, keys, started)
+        keys += self.drills.log.probe_keys
+        await self._settle(pool, keys, started, self._gtc_uncanceled(plan), clients)
+        await self.drills.check_cancels()
+        self._drill_report()
         self.report.stale_fence_relocks = await stale_fence_relocks(oc, clients.tally)
         # Requests held late by the broker must have executed before the reconciler looks.
         await asyncio.sleep(max(0.0, injector.late_until - time.monotonic()))
@@ -175,10 +192,19 @@ class _Run:
             "cancels_sent": t.cancels_sent,
             "cancels_after_end": t.cancels_refused,
             "burst_orders": len(t.burst_keys),
+            "drill_orders": len(self.drills.log.probe_keys),
+            "refused_for_halt": sum(
+                n for why, n in t.refused_reasons.items() if why.startswith(HALTED_WORDS)
+            ),
         }
         self.report.client_errors = t.place_errors
         self.report.refused_reasons = dict(t.refused_reasons.most_common())
         self.report.throughput_orders_per_s = round(t.placed / max(self.report.placing_s, 0.1), 2)
+
+    def _drill_report(self) -> None:
+        log = self.drills.log
+        self.report.drills = dict(sorted(log.counts.items()))
+        self.report.drill_findings = list(log.findings)
 
     def _listener_up(self) -> bool:
         return self.stack.pid_of("broker-listener") is not None
@@ -194,10 +220,29 @@ class _Run:
             self.progress.show("placing", done(), total, f"faults {faults}")
             await asyncio.sleep(1)
 
-    async def _settle(self, pool: asyncpg.Pool, keys: list[str], started: float) -> None:
+    @staticmethod
+    def _gtc_uncanceled(plan: list[PlannedOrder]) -> list[tuple[str, str]]:
+        """The plan's gtc limits the clients never cancel: marketable when placed, they fill,
+        unless the price walked away first; then only a cancel ends them (no close expires a gtc
+        order), and ``_settle`` sends it once settling has gone on for a while."""
+        return [
+            (p.request.account_id, p.request.order_id)
+            for p in plan
+            if p.request.time_in_force == "gtc" and p.cancel_after_s is None
+        ]
+
+    async def _settle(
+        self,
+        pool: asyncpg.Pool,
+        keys: list[str],
+        started: float,
+        gtc: list[tuple[str, str]],
+        clients: Clients,
+    ) -> None:
         """Wait until every order is terminal or parked (a parked order waits for an operator:
         the invariants report it); day orders resting at the broker expire at its close (the
-        clock is advanced a day at a time), as only the broker expires orders."""
+        clock is moved to the next close and on to the next open, every 10 s), as only the
+        broker expires orders."""
         deadline = time.monotonic() + self.opts.settle_timeout_s
         settle_started = time.monotonic()
         last_advance = time.monotonic()
@@ -210,11 +255,39 @@ class _Run:
                 self.report.error = f"{open_count} order(s) not terminal after the deadline"
                 break
             if time.monotonic() - last_advance > 10:
-                await self._admin("POST", "/admin/clock/advance", {"seconds": 86_400})
+                with contextlib.suppress(OSError, aiohttp.ClientError):
+                    await self.drills.next_day()
                 last_advance = time.monotonic()
+            if gtc and time.monotonic() - settle_started > GTC_CANCEL_AFTER_S:
+                await self._cancel_open(pool, gtc, clients)
+                gtc = []
             await asyncio.sleep(1)
         self.progress.end()
         self.report.settling_s = round(time.monotonic() - settle_started, 1)
+
+    async def _cancel_open(
+        self, pool: asyncpg.Pool, orders: list[tuple[str, str]], clients: Clients
+    ) -> None:
+        """Cancel those of ``orders`` still open, as their client would at the end of its day."""
+        keys = [f"{a}/{o}" for a, o in orders]
+        try:
+            rows = await pool.fetch(
+                "SELECT account_id, order_id FROM orders WHERE account_id || '/' || order_id ="
+                " ANY($1::text[]) AND status <> ALL($2::text[])",
+                keys,
+                [*TERMINAL_STATUS_NAMES, OrderStatus.NEEDS_ATTENTION.value],
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return
+        for r in rows:
+            try:
+                res = await clients.oc.cancel_order(r["account_id"], r["order_id"])
+            except Exception as exc:  # it ended meanwhile, or a store is down: reported
+                clients.tally.place_errors.append(f"settle cancel {r['order_id']}: {exc!r}")
+                continue
+            self.report.client["gtc_canceled_at_settle"] = self.report.client.get(
+                "gtc_canceled_at_settle", 0
+            ) + int(res.accepted)
 
     async def _open_orders(self, pool: asyncpg.Pool, keys: Sequence[str]) -> int:
         """Orders not terminal yet; an order whose place call failed may have no row: not open."""
@@ -230,9 +303,11 @@ class _Run:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return len(keys)
 
-    async def _admin(self, method: str, path: str, body: object) -> None:
+    async def _admin(self, method: str, path: str, body: object) -> dict[str, Any]:
         async with self.session.request(method, self.settings.broker_url + path, json=body) as r:
             r.raise_for_status()
+            answer: dict[str, Any] = await r.json()
+            return answer
 
     async def _reconcile(self, temporal: Client) -> None:
         """Run the reconciler until late orders are final at the broker and fully booked."""
@@ -276,6 +351,24 @@ class _Run:
             f"chaos{self.opts.seed}-%",
         )
         self.report.orders_by_status = {r["status"]: int(r["n"]) for r in rows}
+        won = await pool.fetch(
+            "SELECT status, count(*) AS n FROM orders WHERE account_id = ANY($1::text[])"
+            " GROUP BY status",
+            won_account_ids(self.opts.seed),
+        )
+        self.report.won_orders_by_status = {r["status"]: int(r["n"]) for r in won}
+        totals = await currency_by_kind(pool)
+        self.report.currencies = {
+            asset: {kind: f"{v.normalize():f}" for kind, v in kinds.items()}
+            for asset, kinds in totals.items()
+        }
+        desk = await fx_position(pool)
+        self.report.fx_desk = {
+            "krw": str(desk.krw),
+            "usd": str(desk.usd),
+            "average_rate": str(desk.average_rate),
+            "fills": str(desk.entries),
+        }
         self.report.ok = not self.report.violations()
 
     async def _broker_orders(self) -> list[BrokerOrder]:

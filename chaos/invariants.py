@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 
 from activities.ledger import check_ledger
 from core.broker_client import BrokerOrder
-from core.money import CASH_ASSET, round_cash
+from core.fx import krw_cost, krw_proceeds
+from core.money import CASH_ASSET, KRW, round_cash
 from core.settings import SagaSettings
 from core.statuses import TERMINAL_STATUS_NAMES, OrderStatus
 from workflows.pricing import cumulative_fee
@@ -40,6 +41,8 @@ INVARIANTS = (
     "no_order_workflow_failed",
     "no_parked_order",
     "caller_settings_ignored",
+    "conservation_per_currency",
+    "fx_desk_matches_won_orders",
 )
 # Temporal visibility's list of order workflows that ended FAILED (invariant 8: never fail open).
 FAILED_ORDER_WORKFLOWS = "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Failed'"
@@ -60,6 +63,33 @@ FROM orders o LEFT JOIN holds h ON h.order_id = o.account_id || '/' || o.order_i
 """
 _ERROR_BALANCES = (
     "SELECT asset, available + held AS total FROM ledger_accounts WHERE owner = '$error'"
+)
+# Per currency (USD, KRW, each symbol): the balances by owner kind, and the journal's lines.
+_BALANCES_BY_KIND = """
+SELECT asset, kind, sum(available + held) AS total FROM ledger_accounts GROUP BY asset, kind
+"""
+_JOURNAL_BY_KIND = """
+SELECT l.asset, a.kind, sum(l.amount) AS total FROM journal_lines l
+JOIN ledger_accounts a ON a.id = l.ledger_account_id GROUP BY l.asset, a.kind
+"""
+# Each order paid in won: its hold's dollar figures and rate, the won its customer paid or got
+# in its fills' entries, and the dollars the desk moved for it.
+_WON_ORDERS = """
+SELECT h.order_id, h.side, h.fx_rate, h.posted_cash, h.posted_fee,
+       coalesce(sum(l.amount) FILTER (WHERE a.kind = 'customer' AND l.asset = 'KRW'), 0)
+           AS customer_krw,
+       coalesce(sum(l.amount) FILTER (WHERE a.kind = 'fx' AND l.asset = 'KRW'), 0) AS desk_krw,
+       coalesce(sum(l.amount) FILTER (WHERE a.kind = 'fx' AND l.asset = 'USD'), 0) AS desk_usd
+FROM holds h
+LEFT JOIN journal_entries e ON e.order_id = h.order_id AND e.code = 'post'
+LEFT JOIN journal_lines l ON l.entry_id = e.id
+LEFT JOIN ledger_accounts a ON a.id = l.ledger_account_id
+WHERE h.pay_asset = 'KRW'
+GROUP BY h.order_id, h.side, h.fx_rate, h.posted_cash, h.posted_fee
+"""
+_DESK = (
+    "SELECT asset, sum(available + held) AS total FROM ledger_accounts WHERE kind = 'fx'"
+    " GROUP BY asset"
 )
 _CUSTOMER_POSTS = """
 SELECT DISTINCT order_id FROM journal_entries WHERE code = 'post' AND order_id = ANY($1::text[])
@@ -87,6 +117,11 @@ async def check_invariants(
             by_client[bo.client_order_id].append(bo)
         late = [bos[0] for key, bos in by_client.items() if _is_late(rows.get(key))]
         charged = await conn.fetch(_CUSTOMER_POSTS, [bo.client_order_id for bo in late])
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            by_kind = await conn.fetch(_BALANCES_BY_KIND)
+            journal = await conn.fetch(_JOURNAL_BY_KIND)
+            won_orders = await conn.fetch(_WON_ORDERS)
+            desk = {r["asset"]: r["total"] for r in await conn.fetch(_DESK)}
     results = [
         InvariantResult(
             name="ledger_check", ok=ledger.ok, checked=1, violations=ledger.violations()
@@ -114,6 +149,8 @@ async def check_invariants(
         _no_failed_workflows(failed_workflows or []),
         _no_parked_order(rows),
         _caller_settings_ignored(rows, by_client, caller_orders, saga or SagaSettings()),
+        conservation_per_currency(by_kind, journal),
+        fx_desk_matches_won_orders(won_orders, desk),
     ]
     return results
 
@@ -263,4 +300,80 @@ def _caller_settings_ignored(
             bad.append(f"{key}: paid fees {row['fees']}, the worker's commission is {want}")
     return InvariantResult(
         name="caller_settings_ignored", ok=not bad, checked=len(caller_orders), violations=bad
+    )
+
+
+async def currency_by_kind(pool: asyncpg.Pool) -> dict[str, dict[str, Decimal]]:
+    """The run's per-currency figures: per asset, the balances by owner kind."""
+    return currency_totals(await pool.fetch(_BALANCES_BY_KIND))
+
+
+def currency_totals(by_kind: list[asyncpg.Record]) -> dict[str, dict[str, Decimal]]:
+    """Per asset (USD, KRW, each symbol), the balances by owner kind (customer, omnibus, fees,
+    external, error, fx): the run's per-currency figures."""
+    out: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    for r in by_kind:
+        out[r["asset"]][r["kind"]] = Decimal(r["total"])
+    return {asset: dict(sorted(kinds.items())) for asset, kinds in sorted(out.items())}
+
+
+def conservation_per_currency(
+    by_kind: list[asyncpg.Record], journal: list[asyncpg.Record]
+) -> InvariantResult:
+    """Per currency and per symbol, nothing made or lost: the balances of every owner sum to
+    zero (what customers and the firm hold is what came in from outside), and each owner kind's
+    balances are exactly the journal's lines on that kind (one snapshot for both)."""
+    balances = currency_totals(by_kind)
+    lines = currency_totals(journal)
+    bad: list[str] = []
+    for asset in sorted(set(balances) | set(lines)):
+        have, booked = balances.get(asset, {}), lines.get(asset, {})
+        total = sum(have.values(), Decimal(0))
+        if total != 0:
+            bad.append(f"{asset}: balances sum to {total}, not 0 ({_kinds(have)})")
+        for kind in sorted(set(have) | set(booked)):
+            h, j = have.get(kind, Decimal(0)), booked.get(kind, Decimal(0))
+            if h != j:
+                bad.append(f"{asset} {kind}: balances {h}, journal lines {j}")
+    return InvariantResult(
+        name="conservation_per_currency", ok=not bad, checked=len(balances), violations=bad
+    )
+
+
+def _kinds(totals: dict[str, Decimal]) -> str:
+    return ", ".join(f"{k} {v.normalize():f}" for k, v in totals.items())
+
+
+def fx_desk_matches_won_orders(
+    won_orders: list[asyncpg.Record], desk: dict[str, Decimal]
+) -> InvariantResult:
+    """Order by order, a won buy was charged ``krw_cost`` of its dollars (cash and fees) at its
+    hold's rate and a won sale paid ``krw_proceeds`` of its proceeds, to the won; the desk took
+    that won and paid those dollars; and the desk holds exactly the sum of what its orders moved,
+    in each currency."""
+    bad: list[str] = []
+    want_krw, want_usd = Decimal(0), Decimal(0)
+    for r in won_orders:
+        key, rate = r["order_id"], Decimal(r["fx_rate"])
+        cash, fee = Decimal(r["posted_cash"]), Decimal(r["posted_fee"])
+        if r["side"] == "buy":
+            krw, usd = krw_cost(cash + fee, rate), -(cash + fee)
+        else:
+            krw, usd = -krw_proceeds(cash - fee, rate), cash - fee
+        customer = -Decimal(r["customer_krw"])  # the won the customer gave the desk
+        if customer != krw:
+            bad.append(f"{key}: customer's won moved {customer}, {usd} USD at {rate} is {krw}")
+        if Decimal(r["desk_krw"]) != krw or Decimal(r["desk_usd"]) != usd:
+            bad.append(
+                f"{key}: the desk moved {r['desk_krw']} KRW and {r['desk_usd']} USD,"
+                f" the order {krw} KRW and {usd} USD"
+            )
+        want_krw += krw
+        want_usd += usd
+    for asset, want in ((KRW, want_krw), (CASH_ASSET, want_usd)):
+        have = Decimal(desk.get(asset, 0))
+        if have != want:
+            bad.append(f"$fx {asset}: holds {have}, its won orders account for {want}")
+    return InvariantResult(
+        name="fx_desk_matches_won_orders", ok=not bad, checked=len(won_orders), violations=bad
     )

@@ -25,6 +25,14 @@ class ChaosReport(BaseModel):
     # got through where it must be refused (each one a violation).
     hostile: dict[str, int] = Field(default_factory=dict)
     hostile_findings: list[str] = Field(default_factory=list)
+    # The market-closed and trading-halt drills: what they did, and what did not happen as it
+    # must (each one a violation).
+    drills: dict[str, int] = Field(default_factory=dict)
+    drill_findings: list[str] = Field(default_factory=list)
+    won_orders_by_status: dict[str, int] = Field(default_factory=dict)
+    # Per asset (USD, KRW, each symbol): the balances by owner kind, as decimal text.
+    currencies: dict[str, dict[str, str]] = Field(default_factory=dict)
+    fx_desk: dict[str, str] = Field(default_factory=dict)
     invariants: list[InvariantResult] = Field(default_factory=list)
     client: dict[str, int] = Field(default_factory=dict)
     client_errors: list[str] = Field(default_factory=list)
@@ -44,6 +52,7 @@ class ChaosReport(BaseModel):
         out = [f"{r.name}: {v}" for r in self.invariants for v in r.violations]
         out += [f"fault not injected: {f}" for f in self.fault_failures]
         out += [f"hostile input got through: {f}" for f in self.hostile_findings]
+        out += [f"drill: {f}" for f in self.drill_findings]
         if self.error:
             out.append(self.error)
         return out
@@ -64,6 +73,16 @@ class ChaosReport(BaseModel):
             "faults injected: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.faults_by_kind.items())),
             "hostile: " + ", ".join(f"{k} {v}" for k, v in sorted(self.hostile.items())),
+            "drills: " + ", ".join(f"{k} {v}" for k, v in sorted(self.drills.items())),
+            "won orders by status: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.won_orders_by_status.items())),
+            "FX desk: " + ", ".join(f"{k} {v}" for k, v in self.fx_desk.items()),
+            "",
+            "per currency (balances by owner kind; each sums to 0):",
+            *(
+                f"  {asset:<5} " + ", ".join(f"{k} {v}" for k, v in kinds.items())
+                for asset, kinds in self.currencies.items()
+            ),
             "",
             "invariants:",
         ]
@@ -75,6 +94,7 @@ class ChaosReport(BaseModel):
                 lines.append(f"         ... {len(r.violations) - 20} more")
         lines += [f"  fault not injected: {f}" for f in self.fault_failures]
         lines += [f"  hostile input got through: {f}" for f in self.hostile_findings[:20]]
+        lines += [f"  drill: {f}" for f in self.drill_findings[:20]]
         lines += [f"  client error: {e}" for e in self.client_errors[:20]]
         if self.error:
             lines.append(f"  error: {self.error}")

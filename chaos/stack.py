@@ -25,8 +25,11 @@ from devstack.stack import (
     free_port,
 )
 
+_SIM = next(a for a in APPS if a.name == "broker-sim")
 CHAOS_APPS: tuple[AppSpec, ...] = (
-    next(a for a in APPS if a.name == "broker-sim"),
+    # The simulator keeps market hours (matching only while its clock says open), as on the dev
+    # stack: the harness moves its clock (chaos/drills.py), so a run trades at any real hour.
+    _SIM,
     next(a for a in APPS if a.name == "marketdata"),
     AppSpec("worker-orders", ("worker", "--queues", "orders"), ready_line="worker ready"),
     AppSpec("worker-broker", ("worker", "--queues", "broker"), ready_line="worker ready"),
@@ -42,6 +45,10 @@ CHAOS_ENV = {
     "ORDERSAGA_SAGA__SUBMIT_START_TO_CLOSE_S": "4",
     "ORDERSAGA_SAGA__SUBMIT_SCHEDULE_TO_CLOSE_S": "12",
     "ORDERSAGA_SAGA__ABSENT_GRACE_S": "20",
+    # An order accepted while the simulator's market is closed waits QUEUED, asking its clock
+    # again every 2 s (the market-closed drill opens it after a few seconds).
+    "ORDERSAGA_SAGA__MARKET_HOURS": "enforce",
+    "ORDERSAGA_SAGA__MARKET_RECHECK_S": "2",
     "ORDERSAGA_MARKETDATA_INTERVAL_S": "0.5",
     "ORDERSAGA_QUOTE_MAX_AGE_S": "30",
     "ORDERSAGA_WORKER_GRACE_S": "2",
@@ -63,6 +70,8 @@ def chaos_settings(**overrides: object) -> Settings:
             "submit_start_to_close_s": 4.0,
             "submit_schedule_to_close_s": 12.0,
             "absent_grace_s": 20.0,
+            "market_hours": "enforce",
+            "market_recheck_s": 2.0,
         },
         "quote_max_age_s": 30.0,
         "database_url": "postgresql://ordersaga_app@127.0.0.1:5432/ordersaga_chaos",

@@ -31,6 +31,11 @@ SYMBOLS = ("AAPL", "MSFT", "TSLA", "NVDA", "AMZN")
 START_CASH = Decimal("50000")
 START_SHARES = Decimal("40")
 POOR_CASH = Decimal("5")
+# Won accounts (currency KRW, funded in whole won, about START_CASH at the FX feed's mid): their
+# orders are paid in won through the FX desk (pay=KRW). WON_SHARE of the plan goes to them.
+WON_ACCOUNTS = 3
+START_WON = Decimal("70000000")
+WON_SHARE = 0.15
 # A short-lock-TTL window: every account lock taken lives at most this long (the workers own
 # the saga's settings, so the fault shortens the locks in Redis, as a short TTL would).
 SHORT_LOCK_TTL_MS = 20
@@ -89,6 +94,10 @@ def poor_account(seed: int) -> str:
     return f"chaos{seed}-poor"
 
 
+def won_account_ids(seed: int) -> list[str]:
+    return [f"chaos{seed}-w{i:02d}" for i in range(WON_ACCOUNTS)]
+
+
 async def open_accounts(oc: OrderClient, seed: int, n: int) -> list[str]:
     accounts = account_ids(seed, n)
     for acct in accounts:
@@ -98,6 +107,11 @@ async def open_accounts(oc: OrderClient, seed: int, n: int) -> list[str]:
             await oc.deposit(acct, START_SHARES, asset=symbol)
     await oc.open_account(poor_account(seed))
     await oc.deposit(poor_account(seed), POOR_CASH)
+    for acct in won_account_ids(seed):
+        await oc.open_account(acct, currency="KRW")
+        await oc.deposit(acct, START_WON, currency="KRW")
+        for symbol in SYMBOLS:
+            await oc.deposit(acct, START_SHARES, asset=symbol)
     return accounts
 
 
@@ -106,7 +120,8 @@ def plan_orders(
 ) -> list[PlannedOrder]:
     rng = random.Random(seed * 7919 + 1)
     hot = accounts[: max(1, len(accounts) // 5)]
-    return [_plan_one(rng, seed, i, accounts, hot, prices) for i in range(count)]
+    won = won_account_ids(seed)
+    return [_plan_one(rng, seed, i, accounts, hot, won, prices) for i in range(count)]
 
 
 def _plan_one(
@@ -115,12 +130,17 @@ def _plan_one(
     i: int,
     accounts: list[str],
     hot: list[str],
+    won: list[str],
     prices: dict[str, Decimal],
 ) -> PlannedOrder:
     symbol = rng.choice(SYMBOLS)
     roll = rng.random()
+    pay = "USD"
     if roll < 0.05:
         acct, side = poor_account(seed), "buy"
+    elif roll < 0.05 + WON_SHARE:
+        acct, pay = rng.choice(won), "KRW"
+        side = "buy" if rng.random() < 0.6 else "sell"
     else:
         acct = rng.choice(hot) if rng.random() < 0.5 else rng.choice(accounts)
         side = "buy" if rng.random() < 0.6 else "sell"
@@ -148,6 +168,7 @@ def _plan_one(
         symbol=symbol,
         side=side,  # type: ignore[arg-type]
         qty=qty,
+        pay=pay,  # type: ignore[arg-type]
         **fields,
     )
     return PlannedOrder(request=request, cancel_after_s=cancel_after, rests=rests)

@@ -1,10 +1,14 @@
 """``ordersaga demo``: the local stack, accounts, a mix of orders, and a look at the results.
 
-Brings the dev stack up (or reuses it), opens and funds three accounts, places buys, sells,
-limits, a fractional order, one replaced at the broker (its limit chased up to the market), one
-that is canceled and one refused for funds, waits for all of them,
-prints the orders and balances, runs the ledger check and prints the Web UI link filtered to these
-orders. The stack stays up for looking around until ``ordersaga dev down``.
+Brings the dev stack up (or reuses it), opens and funds five accounts (one a won account), places
+buys, sells, limits, a fractional order, one replaced at the broker (its limit chased up to the
+market), one that is canceled, one refused for funds, one paid in won through the FX desk and one
+refused for a pre-trade limit (an override the demo sets on that account), waits for all of them;
+then closes the simulated market (its clock moved to the next close), places an order that waits
+QUEUED, opens the market (the clock moved to the next open) and waits for it to fill. Prints the
+orders and balances, the won order's charge and refund, the FX desk's position, runs the ledger
+check and prints the Web UI link filtered to these orders. The stack stays up for looking around
+until ``ordersaga dev down``.
 """
 
 from __future__ import annotations
@@ -40,9 +44,19 @@ class DemoOrder:
     tif: str = "day"
     cancel: bool = False
     replace: str | None = None  # once at the broker, its limit moved to this multiple
+    pay: str = "USD"  # KRW: paid in won through the FX desk
 
 
-ACCOUNTS = {"alice": ("50000", {}), "bob": ("2000", {"AAPL": "10"}), "carol": ("25", {})}
+ACCOUNTS = {
+    "alice": ("50000", {}),
+    "bob": ("2000", {"AAPL": "10"}),
+    "carol": ("25", {}),
+    "erin": ("20000", {}),
+}
+WON_ACCOUNTS = {"dami": "3000000"}  # won accounts (currency KRW) and their deposit in won
+LIMITS = {"erin": "1000"}  # a per-account override: the largest order's notional (USD)
+# Placed while the simulated market is closed: it waits QUEUED until the demo opens it.
+QUEUED_ORDER = DemoOrder("alice", "AMZN", "buy", "1")
 ORDERS = (
     DemoOrder("alice", "AAPL", "buy", "1"),
     DemoOrder("alice", "MSFT", "buy", "2", "limit", limit="1.02"),
@@ -52,6 +66,8 @@ ORDERS = (
     DemoOrder("alice", "TSLA", "buy", "3", "limit", limit="0.7", tif="gtc", cancel=True),
     DemoOrder("bob", "MSFT", "buy", "1", "limit", limit="0.8", tif="gtc", replace="1.05"),
     DemoOrder("carol", "AAPL", "buy", "1"),  # refused: insufficient funds
+    DemoOrder("dami", "AAPL", "buy", "2", pay="KRW"),  # paid in won through the FX desk
+    DemoOrder("erin", "AAPL", "buy", "10"),  # refused: above erin's max order notional
 )
 
 
@@ -76,22 +92,26 @@ async def _price(oc: OrderClient, symbol: str) -> Decimal:
 async def _place_all(oc: OrderClient, accounts: dict[str, str]) -> list[tuple[DemoOrder, Any]]:
     placed = []
     for i, order in enumerate(ORDERS):
-        limit = None
-        if order.limit is not None:
-            price = await _price(oc, order.symbol)
-            limit = (price * Decimal(order.limit)).quantize(Decimal("0.01"))
-        result = await oc.place_order(
-            account_id=accounts[order.who],
-            symbol=order.symbol,
-            side=order.side,
-            qty=order.qty,
-            order_type=order.order_type,
-            limit_price=limit,
-            time_in_force=order.tif,
-        )
-        placed.append((order, result))
+        placed.append((order, await _place(oc, accounts, order)))
         _progress("placing", i + 1, len(ORDERS))
     return placed
+
+
+async def _place(oc: OrderClient, accounts: dict[str, str], order: DemoOrder) -> Any:
+    limit = None
+    if order.limit is not None:
+        price = await _price(oc, order.symbol)
+        limit = (price * Decimal(order.limit)).quantize(Decimal("0.01"))
+    return await oc.place_order(
+        account_id=accounts[order.who],
+        symbol=order.symbol,
+        side=order.side,
+        qty=order.qty,
+        order_type=order.order_type,
+        limit_price=limit,
+        time_in_force=order.tif,
+        pay=order.pay,
+    )
 
 
 async def _wait_all(oc: OrderClient, placed: list[tuple[DemoOrder, Any]]) -> list[OrderState]:
@@ -129,7 +149,8 @@ def _order_rows(finals: list[OrderState]) -> list[dict[str, object]]:
                 "account": req.account_id,
                 "order": req.order_id,
                 "order_desc": f"{req.side} {st.order_qty} {req.symbol} {req.order_type}"
-                + (" (replaced)" if st.replaced_ids else ""),
+                + (" (replaced)" if st.replaced_ids else "")
+                + (f" paid in {st.pay_asset}" if st.pay_asset else ""),
                 "status": st.status.value,
                 "filled": st.filled_qty,
                 "cost": st.posted_cash,
@@ -170,17 +191,14 @@ async def run_demo(settings: Settings) -> int:
     async with OrderClient.connect(settings) as oc:
         if await ensure_reconcile_schedule(oc.temporal, settings):
             click.echo(f"reconciler schedule created (every {settings.reconcile_every_s:.0f}s)")
-        accounts = {who: f"demo-{who}-{run_id}" for who in ACCOUNTS}
-        for who, (usd, shares) in ACCOUNTS.items():
-            await oc.open_account(accounts[who])
-            await oc.deposit(accounts[who], usd, key=f"demo:{run_id}:{who}:usd")
-            for symbol, qty in shares.items():
-                await oc.deposit(
-                    accounts[who], qty, asset=symbol, key=f"demo:{run_id}:{who}:{symbol}"
-                )
+        accounts = {who: f"demo-{who}-{run_id}" for who in [*ACCOUNTS, *WON_ACCOUNTS]}
+        await _open_accounts(oc, accounts, run_id)
         await _wait_for_quotes(oc)
         placed = await _place_all(oc, accounts)
         finals = await _wait_all(oc, placed)
+        queued = await _queued_order(oc, accounts)
+        if queued is not None:
+            finals.append(queued)
         click.echo("\norders")
         click.echo(
             table(
@@ -192,6 +210,7 @@ async def run_demo(settings: Settings) -> int:
         click.echo(
             table(await _balance_rows(oc, accounts), ["account", "asset", "available", "held"])
         )
+        await _show_won_orders(oc, finals)
         report = await check_ledger(oc._pool)
     click.echo(f"\nledger check: {'OK' if report.ok else 'VIOLATIONS'}")
     ids = " OR ".join(f"AccountId = '{a}'" for a in accounts.values())
@@ -224,3 +243,94 @@ async def _wait_for_quotes(oc: OrderClient, timeout_s: float = 20) -> None:
             await asyncio.sleep(0.1)
     finally:
         await redis.aclose()
+
+
+async def _open_accounts(oc: OrderClient, accounts: dict[str, str], run_id: str) -> None:
+    for who, (usd, shares) in ACCOUNTS.items():
+        await oc.open_account(accounts[who])
+        await oc.deposit(accounts[who], usd, key=f"demo:{run_id}:{who}:usd")
+        for symbol, qty in shares.items():
+            await oc.deposit(accounts[who], qty, asset=symbol, key=f"demo:{run_id}:{who}:{symbol}")
+    for who, won in WON_ACCOUNTS.items():
+        await oc.open_account(accounts[who], currency="KRW")
+        await oc.deposit(accounts[who], won, currency="KRW", key=f"demo:{run_id}:{who}:krw")
+    for who, notional in LIMITS.items():
+        await oc.risk.set_limits(accounts[who], max_order_notional=notional, by="demo")
+        click.echo(f"{accounts[who]}: orders above {notional} USD of notional are refused")
+
+
+async def _sim_admin(settings: Settings, method: str, path: str, body: object = None) -> Any:
+    """The simulator's admin API (its clock): the dev stack's broker URL and keys."""
+    import aiohttp
+
+    headers = {
+        "APCA-API-KEY-ID": settings.broker_key_id,
+        "APCA-API-SECRET-KEY": settings.broker_secret_key.get_secret_value(),
+    }
+    async with aiohttp.ClientSession(headers=headers) as session:
+        url = settings.broker_url + path
+        async with session.request(method, url, json=body) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+
+async def _queued_order(oc: OrderClient, accounts: dict[str, str]) -> OrderState | None:
+    """Close the simulated market, place QUEUED_ORDER (it waits QUEUED), open the market, and
+    wait for it to fill. None when the running stack's simulator keeps no market hours (a stack
+    started before it did: ``ordersaga dev down`` and run the demo again)."""
+    clock = await _sim_admin(oc.settings, "GET", "/admin/clock")
+    if clock["market_hours"] != "enforce":
+        click.echo("\n(this stack's simulator keeps no market hours: no order waits QUEUED;"
+                   " restart it with `ordersaga dev down` to see one)")  # fmt: skip
+        return None
+    closed = await _sim_admin(oc.settings, "POST", "/admin/clock/advance", {"to": "next_close"})
+    click.echo(f"\nsimulated market closed: its clock moved to {closed['now']}")
+    result = await _place(oc, accounts, QUEUED_ORDER)
+    what = f"{result.account_id}/{result.order_id} ({QUEUED_ORDER.side} {QUEUED_ORDER.qty}"
+    what += f" {QUEUED_ORDER.symbol})"
+    state = await oc.get_order(result.account_id, result.order_id)
+    for _ in range(100):
+        if state.status == OrderStatus.QUEUED or state.terminal:
+            break
+        await asyncio.sleep(0.1)
+        state = await oc.get_order(result.account_id, result.order_id)
+    click.echo(f"  {what}: {state.status.value} until the open, {closed['next_open']}")
+    opened = await _sim_admin(oc.settings, "POST", "/admin/clock/advance", {"to": "next_open"})
+    click.echo(f"simulated market open: its clock moved to {opened['now']}")
+    final = await oc.wait(result.account_id, result.order_id, timeout_s=120)
+    click.echo(f"  {what}: {final.status.value}, {final.filled_qty} filled")
+    return final
+
+
+async def _show_won_orders(oc: OrderClient, finals: list[OrderState]) -> None:
+    """Each order paid in won: the won held, charged (the dollars it cost, fees included, at
+    the hold's rate, rounded up to the won) and refunded; then the FX desk's position."""
+    from core.fx import krw_cost
+
+    rows: list[dict[str, object]] = []
+    for st in finals:
+        if st.pay_asset is None or st.fx_rate is None or st.request.side != "buy":
+            continue
+        usd = st.posted_cash + st.fees
+        charged = krw_cost(usd, st.fx_rate)
+        rows.append(
+            {
+                "order": f"{st.request.account_id}/{st.request.order_id}",
+                "rate": _fmt(st.fx_rate),
+                "held_krw": _fmt(st.held),
+                "usd_cost": _fmt(usd),
+                "charged_krw": _fmt(charged),
+                "refunded_krw": _fmt(st.held - charged),
+            }
+        )
+    if not rows:
+        return
+    click.echo(
+        "\norders paid in won (KRW held at the FX ask, charged for the dollars, rest refunded)"
+    )
+    click.echo(
+        table(rows, ["order", "rate", "held_krw", "usd_cost", "charged_krw", "refunded_krw"])
+    )
+    desk = await oc.fx_position()
+    rate = f", average rate {desk.average_rate}" if desk.average_rate is not None else ""
+    click.echo(f"FX desk position: {_fmt(desk.krw)} KRW, {_fmt(desk.usd)} USD{rate}")

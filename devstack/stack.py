@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 
@@ -101,6 +102,9 @@ APPS: tuple[AppSpec, ...] = (
             "{broker_port}",
             "--state",
             "{state_dir}/broker.db",
+            # Matching only while the simulated market is open; up() opens it (open_market).
+            "--market-hours",
+            "enforce",
         ),
         port="broker",
     ),
@@ -423,6 +427,10 @@ class DevStack:
             ),
             "ORDERSAGA_CODEC_SERVER_PORT": str(p["codec"]),
             "ORDERSAGA_CODEC_SERVER_CORS_ORIGIN": f"http://127.0.0.1:{p['temporal_ui']}",
+            # An order accepted while the simulator's market is closed waits QUEUED, asking the
+            # simulator's clock every few seconds (its clock moves by /admin/clock/advance).
+            "ORDERSAGA_SAGA__MARKET_HOURS": "enforce",
+            "ORDERSAGA_SAGA__MARKET_RECHECK_S": "2",
         }
 
     # pid files
@@ -680,7 +688,34 @@ class DevStack:
         self._write_stack(env, external)
         await self._ensure_running("temporal", env)
         await self._start_apps(env)
+        if "broker-sim" in self.app_names():
+            try:
+                await self.open_market(env["ORDERSAGA_BROKER_URL"])
+            except (aiohttp.ClientError, TimeoutError, KeyError, AttributeError) as exc:
+                # The stack is up all the same; orders wait QUEUED until the market opens.
+                self.echo(f"  could not open the simulated market: {type(exc).__name__}: {exc}")
         return await self.status()
+
+    async def open_market(self, broker_url: str) -> None:
+        """The simulator keeps market hours: when its clock says closed (a night, a weekend),
+        move it to the next open, so the stack trades at any real hour. The clock then runs at
+        real speed; ``POST /admin/clock/advance`` moves it again (the demo closes the market)."""
+        headers = {
+            "APCA-API-KEY-ID": self.settings.broker_key_id,
+            "APCA-API-SECRET-KEY": self.settings.broker_secret_key.get_secret_value(),
+        }
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+            async with session.get(f"{broker_url}/admin/clock") as resp:
+                resp.raise_for_status()
+                clock = await resp.json()
+            if clock.get("market_open") or clock.get("market_hours") != "enforce":
+                return
+            body = {"to": "next_open"}
+            async with session.post(f"{broker_url}/admin/clock/advance", json=body) as resp:
+                resp.raise_for_status()
+                moved = await resp.json()
+        self.echo(f"  simulated market was closed: its clock moved to the open, {moved['now']}")
 
     def _app_redis_url(self, url: str) -> str:
         """``url`` logged in as the stack's ACL user."""

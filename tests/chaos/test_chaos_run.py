@@ -1,6 +1,8 @@
 """The short chaos run: about 200 orders under every default fault kind, accidents and hostile
 input alike, on the harness's own stack (embedded Postgres and Redis, own Temporal dev server,
-simulator, split workers, listener), must end with every invariant holding.
+simulator keeping market hours, split workers, listener), must end with every invariant holding:
+some orders paid in won through the FX desk, some QUEUED while the drill closed the market, and
+a trading halt that refused new orders with its reason while a live one still canceled.
 """
 
 from __future__ import annotations
@@ -35,16 +37,30 @@ async def test_short_chaos_run_has_no_violations() -> None:
     assert report.ok
     assert set(report.faults_by_kind) == set(DEFAULT_KINDS), report.faults_by_kind
     hostile = report.hostile
-    placed = ORDERS + hostile["orders_placed"] + report.client["burst_orders"]
+    client = report.client
+    placed = ORDERS + hostile["orders_placed"] + client["burst_orders"] + client["drill_orders"]
     assert sum(report.orders_by_status.values()) == placed, report.orders_by_status
     # The mix reached every ending: fills, cancels, expiries, refusals.
     assert {"SETTLED", "CANCELED", "REJECTED"} <= set(report.orders_by_status)
     # Refused at once only as the plan and the faults explain (the poor account, corrupt-quote
     # windows): about 17 of 200 in a healthy run; a dead price feed made it 86.
-    assert report.client["refused_at_once"] <= ORDERS // 5, report.render()
+    # (Orders the clients placed while trading was halted are refused for it, and not counted.)
+    assert client["refused_at_once"] - client["refused_for_halt"] <= ORDERS // 5, report.render()
     # Orders lost to the broker's 45 s late window reached the reconciler and the error account.
     assert report.late_orders >= 1, report.render()
-    assert len(report.invariants) == 12 and all(r.ok for r in report.invariants)
+    assert len(report.invariants) == 14 and all(r.ok for r in report.invariants)
+    # Won accounts traded through the FX desk, and conservation held per currency (the two
+    # invariants above): USD, KRW and each symbol.
+    assert report.won_orders_by_status.get("SETTLED", 0) >= 1, report.render()
+    assert int(report.fx_desk["fills"]) >= 1 and report.fx_desk["krw"] != "0", report.fx_desk
+    assert {"USD", "KRW", "AAPL"} <= set(report.currencies), report.currencies
+    # The market-closed drill held orders QUEUED until it opened the market; the halt refused
+    # its probe (and the clients' orders) with its reason, and the live order still canceled.
+    drills = report.drills
+    assert report.drill_findings == []
+    assert drills["queued_seen"] >= 1, drills
+    assert drills["probes_refused_for_halt"] >= 1 and drills["canceled_while_halted"] >= 1
+    assert client["refused_for_halt"] >= 1, report.render()
     # The hostile kinds did something, and none of it got through (no finding, and the
     # invariants above: no fill above the broker's, no workflow FAILED, none parked, the
     # caller's settings ignored).

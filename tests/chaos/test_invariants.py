@@ -15,6 +15,7 @@ from chaos.invariants import (
     _no_parked_order,
     _one_broker_order,
     _status_agrees,
+    fx_desk_matches_won_orders,
 )
 from core.broker_client import BrokerOrder
 from core.settings import SagaSettings
@@ -138,3 +139,33 @@ def test_an_order_that_ran_with_the_callers_settings_is_found() -> None:
     # Settled on a queue of the caller's: the real broker never had it.
     assert not _caller_settings_ignored(paid, {}, {"h/1"}, saga).ok
     assert not _caller_settings_ignored({}, by_client, {"h/1"}, saga).ok
+
+
+def won(key: str, side: str, cash: str, fee: str, customer_krw: int, desk_usd: str) -> Any:
+    """A won order's row as the checker reads it (rate 1400.5): the customer's and the desk's
+    won are opposite, the desk's dollars as given."""
+    return {
+        "order_id": key, "side": side, "fx_rate": Decimal("1400.5"), "posted_cash": Decimal(cash),
+        "posted_fee": Decimal(fee), "customer_krw": Decimal(customer_krw),
+        "desk_krw": -Decimal(customer_krw), "desk_usd": Decimal(desk_usd),
+    }  # fmt: skip
+
+
+def test_fx_desk_rule_checks_a_won_sale_paid_rounded_down_and_the_desk_totals() -> None:
+    # A buy of 100.01 + a 0.50 fee: 100.51 x 1400.5 = 140764.255, charged 140765 (rounded up);
+    # a sale of 49.76 - a 0.25 fee: 49.51 x 1400.5 = 69338.755, paid 69338 (rounded down).
+    rows = [
+        won("a/buy", "buy", "100.01", "0.50", -140765, "-100.51"),
+        won("a/sell", "sell", "49.76", "0.25", 69338, "49.51"),
+    ]
+    desk = {"KRW": Decimal(140765 - 69338), "USD": Decimal("-100.51") + Decimal("49.51")}
+    result = fx_desk_matches_won_orders(rows, desk)
+    assert result.ok and result.checked == 2, result.violations
+    # The sale paid the rounded-up 69339 (a won in the customer's favour): found on the order;
+    # the desk's dollars a cent off: found on the desk.
+    rows[1] = won("a/sell", "sell", "49.76", "0.25", 69339, "49.51")
+    desk["KRW"] -= 1
+    desk["USD"] += Decimal("0.01")
+    bad = fx_desk_matches_won_orders(rows, desk).violations
+    assert any(v.startswith("a/sell: customer's won moved") for v in bad), bad
+    assert any(v.startswith("$fx USD") for v in bad), bad

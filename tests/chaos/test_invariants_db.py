@@ -9,6 +9,7 @@ by checking nothing) would show here.
 from __future__ import annotations
 
 import itertools
+from decimal import ROUND_CEILING
 from decimal import Decimal as D
 
 import asyncpg
@@ -33,15 +34,17 @@ from tests.conftest import scratch_database
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.integration]
 
 ACCT = "inv-acct"
+WON = "inv-won"  # a won account: its order is paid in KRW through the FX desk
+RATE = D("1390.5")
 FENCES = itertools.count(1)
 
 
 def broker(
-    oid: str, status: str, filled: str = "0", notional: str = "0", bid: str = ""
+    oid: str, status: str, filled: str = "0", notional: str = "0", bid: str = "", acct: str = ACCT
 ) -> BrokerOrder:
     return BrokerOrder(
         id=bid or f"b-{oid}",
-        client_order_id=f"{ACCT}/{oid}",
+        client_order_id=f"{acct}/{oid}",
         symbol="AAPL",
         side="buy",
         qty=D(2),
@@ -82,6 +85,39 @@ async def held(ledger: Ledger, oid: str) -> str:
     return key
 
 
+async def held_in_won(ledger: Ledger, oid: str) -> str:
+    """A buy of 2 AAPL at up to 100 paid in won: the dollar hold (201) in won at RATE."""
+    key = f"{WON}/{oid}"
+    record = OrderRecord(
+        account_id=WON,
+        order_id=oid,
+        workflow_id=f"order/{key}",
+        symbol="AAPL",
+        side="buy",
+        order_type="limit",
+        time_in_force="day",
+        qty=D(2),
+        limit_price=D(100),
+        params_hash=oid,
+    )
+    await ledger.reserve(
+        ReserveInput(
+            account_id=WON,
+            order_key=key,
+            asset="KRW",
+            amount=(D(201) * RATE).to_integral_value(ROUND_CEILING),
+            fence=next(FENCES),
+            idempotency_key=f"{key}:reserve",
+            side="buy",
+            symbol="AAPL",
+            order=record,
+            pay_asset="KRW",
+            fx_rate=RATE,
+        )
+    )
+    return key
+
+
 async def fill(ledger: Ledger, key: str, qty: str, notional: str, fee: str) -> None:
     await ledger.post_fill(
         PostFillInput(order_key=key, cum_qty=D(qty), cum_notional=D(notional), cum_fee=D(fee))
@@ -90,11 +126,11 @@ async def fill(ledger: Ledger, key: str, qty: str, notional: str, fee: str) -> N
 
 async def ended(
     store: OrderStore, oid: str, status: str, *, broker_id: str | None, qty: str = "0",
-    notional: str = "0", fees: str = "0", reason: str | None = None,
+    notional: str = "0", fees: str = "0", reason: str | None = None, acct: str = ACCT,
 ) -> None:  # fmt: skip
     await store.update(
         UpdateOrderInput(
-            account_id=ACCT,
+            account_id=acct,
             order_id=oid,
             status=status,
             reason=reason,
@@ -129,10 +165,25 @@ async def check_a_broken_database(pool: asyncpg.Pool) -> None:
     await fill(ledger, a, "2", "200", "0.50")
     await ledger.void(VoidInput(order_key=a, idempotency_key=f"{a}:void"))
     await ended(store, "A", "SETTLED", broker_id="b-A", qty="2", notional="200", fees="0.50")
-    clean = [broker("A", "filled", "2", "200")]
-    results = by_name(await check_invariants(pool, clean, {a}, caller_orders={a}))
+    # W: a clean order paid in won, filled in two parts (1 for 99.996, then 1 more for 99.987).
+    await ledger.open_account(OpenAccountInput(account_id=WON, currency="KRW"))
+    await ledger.deposit(
+        DepositInput(account_id=WON, amount=D(1_000_000), asset="KRW", idempotency_key="d-w")
+    )
+    w = await held_in_won(ledger, "W")
+    await fill(ledger, w, "1", "99.996", "0.25")
+    await fill(ledger, w, "2", "199.983", "0.50")
+    await ledger.void(VoidInput(order_key=w, idempotency_key=f"{w}:void"))
+    await ended(
+        store, "W", "SETTLED", broker_id="b-W", qty="2", notional="199.983", fees="0.50", acct=WON
+    )
+    clean = [broker("A", "filled", "2", "200"), broker("W", "filled", "2", "199.983", acct=WON)]
+    results = by_name(await check_invariants(pool, clean, {a, w}, caller_orders={a}))
     assert set(results) == set(INVARIANTS)
     assert all(r.ok for r in results.values()), [r for r in results.values() if not r.ok]
+    assert results["fx_desk_matches_won_orders"].checked == 1
+    # KRW, USD and AAPL, each checked on its own
+    assert results["conservation_per_currency"].checked == 3
 
     # B: settled, its hold never voided.
     b = await held(ledger, "B")
@@ -161,6 +212,13 @@ async def check_a_broken_database(pool: asyncpg.Pool) -> None:
         "UPDATE ledger_accounts SET available = available + 1 WHERE owner = $1 AND asset = 'AAPL'",
         ACCT,
     )
+    # The desk's books: a won more on one of its rows, and W's rate changed after its fills
+    # (so the won it was charged no longer match its dollars).
+    await pool.execute(
+        "UPDATE ledger_accounts SET available = available + 1"
+        " WHERE id = (SELECT min(id) FROM ledger_accounts WHERE kind = 'fx' AND asset = 'KRW')"
+    )
+    await pool.execute("UPDATE holds SET fx_rate = fx_rate + 1 WHERE order_id = $1", w)
     listing = [
         *clean,
         broker("B", "canceled"),
@@ -171,7 +229,7 @@ async def check_a_broken_database(pool: asyncpg.Pool) -> None:
         broker("F", "new"),
         broker("G", "new"),
     ]
-    placed = {a, b, c, d, e, f, g}
+    placed = {a, b, c, d, e, f, g, w}
     expensive = SagaSettings(commission_rate=D("0.05"))  # A paid the default, not this
     results = by_name(
         await check_invariants(
@@ -196,9 +254,16 @@ async def check_a_broken_database(pool: asyncpg.Pool) -> None:
         "no_order_workflow_failed": "order/inv-acct/X",
         "no_parked_order": g,
         "caller_settings_ignored": a,
+        "conservation_per_currency": "KRW",
+        "fx_desk_matches_won_orders": w,
     }
     assert set(planted) == set(INVARIANTS)
     for name, key in planted.items():
         result = results[name]
         assert not result.ok, name
         assert any(key in v for v in result.violations), (name, key, result.violations)
+    # Both per-currency rules name every broken currency, the desk's row as well as W's rate.
+    conservation = results["conservation_per_currency"].violations
+    assert any(v.startswith("AAPL:") for v in conservation), conservation
+    desk = results["fx_desk_matches_won_orders"].violations
+    assert any(v.startswith("$fx KRW") for v in desk), desk

@@ -82,6 +82,14 @@ def test_a_demo_run_prints_and_logs_no_secret(state: Path) -> None:
         demo = cli("demo")
         assert demo.returncode == 0, printed[-1][-3000:]
         assert "ledger check: OK" in demo.stdout
+        # The demo's issue-17 parts: an order paid in won (charged, refunded, the desk's
+        # position), one refused for the account's limit, one QUEUED while the simulated market
+        # was closed that filled once the demo opened it.
+        out = demo.stdout
+        assert "paid in KRW" in out and "REFUNDED_KRW" in out and "FX desk position:" in out, out
+        assert "over the per-order maximum 1000.00 USD" in out, out[-3000:]
+        assert "simulated market closed" in out and ": QUEUED until the open" in out
+        assert "simulated market open" in out and ": SETTLED, 1 filled" in out, out[-3000:]
         for name in (STACK_FILE, CODEC_KEYS_FILE, CODEC_TOKEN_FILE):
             mode = stat.S_IMODE((state / name).stat().st_mode)
             assert mode == 0o600, f"{name}: {oct(mode)}"
