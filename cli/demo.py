@@ -29,7 +29,7 @@ from core.settings import Settings
 from core.statuses import OrderStatus
 from devstack.stack import DevStack, apply_stack_env
 from ordersaga.client import OrderClient
-from ordersaga.schedules import ensure_reconcile_schedule
+from ordersaga.schedules import ensure_reconcile_schedule, ensure_settlement_schedule
 from workflows.models import OrderState
 
 
@@ -191,6 +191,8 @@ async def run_demo(settings: Settings) -> int:
     async with OrderClient.connect(settings) as oc:
         if await ensure_reconcile_schedule(oc.temporal, settings):
             click.echo(f"reconciler schedule created (every {settings.reconcile_every_s:.0f}s)")
+        if await ensure_settlement_schedule(oc.temporal, settings):
+            click.echo("settlement schedule created (weekdays 17:30 New York: T+1 proceeds)")
         accounts = {who: f"demo-{who}-{run_id}" for who in [*ACCOUNTS, *WON_ACCOUNTS]}
         await _open_accounts(oc, accounts, run_id)
         await _wait_for_quotes(oc)
