@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -28,7 +28,7 @@ from core.keys import RedisKeys
 from core.settings import SagaConfig
 from core.statuses import OrderStatus
 from feeds.fx import FxFeed
-from tests.support.brokersim import BrokerSim
+from tests.support.brokersim import BrokerSim, brokersim_fixture
 from tests.support.e2e import Stack, e2e_stack
 from tests.support.workerproc import workers_running
 from workflows.pricing import hold_for
@@ -44,14 +44,10 @@ class FixedRate:
         return MID
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerSim]:
-    started = BrokerSim.start(
-        tmp_path_factory.mktemp("fx-sim") / "broker.db",
-        fill_model={"mode": "partial", "parts": 3, "tick_ms": 50, "auto": True, "walk": False},
-    )
-    yield started
-    started.stop()
+sim = brokersim_fixture(
+    scope="module",
+    fill_model={"mode": "partial", "parts": 3, "tick_ms": 50, "auto": True, "walk": False},
+)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.ledger import check_ledger
 from core.keys import RedisKeys
 from core.statuses import OrderStatus
-from tests.support.brokersim import BrokerSim
+from tests.support.brokersim import BrokerSim, brokersim_fixture
 from tests.support.e2e import Stack, e2e_stack
 from tests.support.workerproc import workers_running
 from workflows.models import OrderRequest, PlaceResult
@@ -33,14 +33,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 MAX_ORDER_NOTIONAL = "1000"  # AAPL is about 190 in the simulator
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerSim]:
-    started = BrokerSim.start(
-        tmp_path_factory.mktemp("risk-sim") / "broker.db",
-        fill_model={"mode": "instant", "parts": 1, "auto": True},
-    )
-    yield started
-    started.stop()
+sim = brokersim_fixture(scope="module", fill_model={"mode": "instant", "parts": 1, "auto": True})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -8,7 +8,7 @@ then they can be withdrawn. ``ordersaga account show`` shows settled and unsettl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import pytest
@@ -27,7 +27,7 @@ from ordersaga.schedules import (
     ensure_settlement_schedule,
     run_settlement_now,
 )
-from tests.support.brokersim import BrokerSim
+from tests.support.brokersim import BrokerSim, brokersim_fixture
 from tests.support.e2e import Stack, e2e_stack
 from tests.support.workerproc import workers_running
 from workflows.settlement import SettlementWorkflow, SettleReport
@@ -35,14 +35,10 @@ from workflows.settlement import SettlementWorkflow, SettleReport
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.temporal]
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerSim]:
-    started = BrokerSim.start(
-        tmp_path_factory.mktemp("settle-sim") / "broker.db",
-        fill_model={"mode": "partial", "parts": 2, "tick_ms": 50, "auto": True, "walk": False},
-    )
-    yield started
-    started.stop()
+sim = brokersim_fixture(
+    scope="module",
+    fill_model={"mode": "partial", "parts": 2, "tick_ms": 50, "auto": True, "walk": False},
+)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
